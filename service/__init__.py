@@ -1,0 +1,1 @@
+"""rankboard.service: the metrics engine and the metrics service."""

@@ -1,0 +1,1 @@
+"""rankboard.trainer: optimizers and losses from tzrec configs, and the streaming client."""
