@@ -1,0 +1,91 @@
+"""The ``rankboard`` command: ``serve`` the service, ``send`` a file of predictions.
+
+Example::
+
+    rankboard serve --grpc-port 50051 --http-port 8000 --data-dir ./rankboard-data
+    rankboard send preds.parquet --target 127.0.0.1:50051 --experiment exp1 \\
+        --arm control --task ctr --phase eval --step 1000 --group-col user_id
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from rankboard.service.server import ServiceConfig, env_token, run_service
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the metrics service (gRPC ingestion + REST)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (0: any free one)")
+    p.add_argument("--http-port", type=int, default=8000, help="REST port (0: any free one)")
+    p.add_argument("--data-dir", default="rankboard-data",
+                   help="write-ahead log, checkpoints and registry (default ./rankboard-data)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where metric state lives (auto: the GPU when there is one)")
+    p.add_argument("--token", default=None,
+                   help="write token for ingestion and deletes (or RANKBOARD_TOKEN)")
+    p.add_argument("--read-token", default=None,
+                   help="read token for REST (or RANKBOARD_READ_TOKEN)")
+    p.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"],
+                   help="when the write-ahead log is synced: every batch before its ack"
+                   " (default), every 50 ms, or by the OS")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0,
+                   help="seconds between checkpoints of all metric state (default 60)")
+    p.add_argument("--max-samples-per-run", type=int, default=50_000_000,
+                   help="cap on eval samples retained per run (default 50M)")
+    p.add_argument("--max-samples-total", type=int, default=200_000_000,
+                   help="cap on eval samples retained by the service (default 200M)")
+    p.add_argument("--max-message-bytes", type=int, default=64 << 20,
+                   help="largest gRPC message accepted (default 64 MiB)")
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="seconds open streams get to finish on SIGTERM (default 10)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run until SIGTERM / SIGINT, then drain and exit 0."""
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServiceConfig(
+        host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+        data_dir=args.data_dir, device=args.device,
+        token=env_token("RANKBOARD_TOKEN", args.token),
+        read_token=env_token("RANKBOARD_READ_TOKEN", args.read_token),
+        fsync=args.fsync, max_message_bytes=args.max_message_bytes,
+        drain_timeout_s=args.drain_timeout,
+        store={"checkpoint_interval_s": args.checkpoint_interval,
+               "max_samples_per_run": args.max_samples_per_run,
+               "max_samples_total": args.max_samples_total},
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with run_service(config) as svc:
+        print(f"rankboard: gRPC on {svc.grpc_target}, REST on {svc.http_url}", flush=True)
+        stop.wait()
+        print("rankboard: draining", flush=True)
+    print("rankboard: stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rankboard`` console script."""
+    parser = argparse.ArgumentParser(prog="rankboard", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    from rankboard.service.send import add_send_parser
+
+    add_send_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The service process: the store, the gRPC server and the REST server together.
+
+Example (in-process, as the tests and the demo use it)::
+
+    >>> import tempfile
+    >>> with run_service(ServiceConfig(data_dir=tempfile.mkdtemp())) as svc:
+    ...     svc.grpc_target.startswith("127.0.0.1:"), svc.http_url.startswith("http://")
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import uvicorn
+from grpc_health.v1 import health_pb2
+
+from rankboard.service.grpc_api import SERVICE_NAME, build_grpc_server
+from rankboard.service.rest import create_app
+from rankboard.service.state.store import MetricStore, StoreConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is there, else ``cpu``; ``cuda`` without one fails.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use auto or cpu)")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return device
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``rankboard serve`` takes; port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    http_port: int = 0
+    data_dir: str | Path = "rankboard-data"
+    device: str = "auto"
+    token: str | None = None
+    read_token: str | None = None
+    fsync: str = "batch"
+    max_message_bytes: int = 64 << 20
+    max_concurrent_rpcs: int = 256
+    drain_timeout_s: float = 10.0
+    store: dict = field(default_factory=dict)
+
+
+class Service:
+    """A running service; :meth:`stop` drains it."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        device = resolve_device(config.device)
+        self.store = MetricStore(
+            StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync,
+                        **config.store)
+        )
+        self.draining = threading.Event()
+        self._grpc, self._health = build_grpc_server(
+            self.store, self.draining, token=config.token,
+            max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((config.host, config.http_port))
+        self.http_port = self._sock.getsockname()[1]
+        app = create_app(self.store, read_token=config.read_token, write_token=config.token)
+        self._http = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        )
+        self._http_thread = threading.Thread(target=self._serve_http, name="http", daemon=True)
+        self.device = device
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC server."""
+        return f"{_url_host(self.config.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the REST server."""
+        return f"http://{_url_host(self.config.host)}:{self.http_port}"
+
+    def _serve_http(self) -> None:
+        asyncio.run(self._http.serve(sockets=[self._sock]))
+
+    def start(self) -> Service:
+        """Start both servers; return when they accept connections."""
+        self._grpc.start()
+        self._http_thread.start()
+        while not self._http.started:
+            if not self._http_thread.is_alive():
+                raise RuntimeError("the REST server failed to start")
+            threading.Event().wait(0.01)
+        log.info("rankboard: gRPC on %s, REST on %s (device %s, data %s)",
+                 self.grpc_target, self.http_url, self.device, self.config.data_dir)
+        return self
+
+    def stop(self) -> None:
+        """Drain: refuse new streams, let open ones get their acks, sync the log, stop."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        self._health.enter_graceful_shutdown()
+        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._grpc.stop(grace=self.config.drain_timeout_s).wait(self.config.drain_timeout_s + 1)
+        self.store.close()
+        self._http.should_exit = True
+        self._http_thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def wait(self) -> None:
+        """Block until the gRPC server terminates."""
+        self._grpc.wait_for_termination()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.contextmanager
+def run_service(config: ServiceConfig) -> Iterator[Service]:
+    """Start a service for the block, stop (drain) it after."""
+    svc = Service(config).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def env_token(name: str, given: str | None) -> str | None:
+    """``given`` or the environment variable ``name`` (empty means none)."""
+    return given or os.environ.get(name) or None

@@ -1,0 +1,186 @@
+"""Decode and validate ingestion batches into tensors, without per-sample Python.
+
+The arrays of a :class:`rankboard.v1.Batch` are raw little-endian buffers; they
+are decoded with :func:`numpy.frombuffer` (zero copy) and wrapped as tensors.
+
+Example::
+
+    >>> import numpy as np
+    >>> from rankboard.protos import ingest_pb2
+    >>> msg = ingest_pb2.Batch(producer_id="p", sequence=1, experiment="e", arm="a",
+    ...     task="ctr", phase=ingest_pb2.PHASE_EVAL,
+    ...     predictions=encode_array(np.array([0.2, 0.9], np.float32)),
+    ...     labels=encode_array(np.array([0, 1], np.float32)))
+    >>> b = decode_batch(msg)
+    >>> b.key, b.num_samples, b.labels.tolist()
+    (RunKey(experiment='e', arm='a', task='ctr', phase='eval'), 2, [0.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from rankboard.protos import ingest_pb2, metric_pb2
+from rankboard.service.errors import InvalidBatch
+
+_DTYPES: dict[int, np.dtype] = {
+    ingest_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    ingest_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
+    ingest_pb2.DTYPE_INT32: np.dtype("<i4"),
+    ingest_pb2.DTYPE_INT64: np.dtype("<i8"),
+}
+_CODES = {v.str: k for k, v in _DTYPES.items()}
+PHASES = {ingest_pb2.PHASE_TRAIN: "train", ingest_pb2.PHASE_EVAL: "eval"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MAX_SAMPLES_PER_BATCH = 1 << 22
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """Identity of a run: one metric state per (experiment, arm, task, phase)."""
+
+    experiment: str
+    arm: str
+    task: str
+    phase: str
+
+
+@dataclass
+class Batch:
+    """A decoded, structurally valid batch (metric-level checks come later)."""
+
+    producer_id: str
+    sequence: int
+    key: RunKey
+    step: int
+    predictions: torch.Tensor
+    labels: torch.Tensor
+    weights: torch.Tensor | None = None
+    grouping_keys: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: list[metric_pb2.MetricConfig] = field(default_factory=list)
+    train_metrics: list[metric_pb2.TrainMetricConfig] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples (rows) in the batch."""
+        return int(self.labels.shape[0])
+
+
+def encode_array(values: np.ndarray | torch.Tensor) -> ingest_pb2.Array:
+    """Encode a 1-D (or flattened) array as a little-endian :class:`Array`.
+
+    >>> encode_array(np.arange(3, dtype=np.int64)).dtype == ingest_pb2.DTYPE_INT64
+    True
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    arr = np.ascontiguousarray(values).reshape(-1)
+    little = arr.dtype.newbyteorder("<")
+    code = _CODES.get(little.str)
+    if code is None:
+        raise ValueError(f"unsupported dtype {arr.dtype}: use float32, float64, int32 or int64")
+    return ingest_pb2.Array(dtype=code, data=arr.astype(little, copy=False).tobytes())
+
+
+def decode_array(arr: ingest_pb2.Array, what: str) -> np.ndarray:
+    """Decode ``arr`` in bulk; ``what`` names the field in errors."""
+    dtype = _DTYPES.get(arr.dtype)
+    if dtype is None:
+        raise InvalidBatch(f"{what}: dtype must be set to one of FLOAT32, FLOAT64, INT32, INT64")
+    if len(arr.data) % dtype.itemsize:
+        raise InvalidBatch(
+            f"{what}: {len(arr.data)} bytes is not a multiple of {dtype.itemsize} ({dtype.name})"
+        )
+    # a writable copy: torch refuses to share read-only buffers without a warning
+    return np.frombuffer(arr.data, dtype=dtype).copy()
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidBatch(
+            f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
+            " and start with a letter or digit"
+        )
+    return value
+
+
+def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH) -> Batch:
+    """Decode ``msg`` into tensors and check its structure.
+
+    Raises :class:`InvalidBatch` for missing identity fields, unknown phases,
+    bad buffers, mismatched lengths, empty or oversized batches, and NaN or
+    infinite predictions, labels or weights.
+    """
+    if not msg.producer_id:
+        raise InvalidBatch("producer_id is required")
+    if len(msg.producer_id) > 256:
+        raise InvalidBatch("producer_id is longer than 256 characters")
+    phase = PHASES.get(msg.phase)
+    if phase is None:
+        raise InvalidBatch("phase must be PHASE_TRAIN or PHASE_EVAL")
+    key = RunKey(
+        _check_name(msg.experiment, "experiment"),
+        _check_name(msg.arm, "arm"),
+        _check_name(msg.task, "task"),
+        phase,
+    )
+    if msg.step < 0:
+        raise InvalidBatch(f"step must be >= 0, got {msg.step}")
+    if not msg.HasField("predictions") or not msg.HasField("labels"):
+        raise InvalidBatch("predictions and labels are required")
+    labels = decode_array(msg.labels, "labels")
+    preds = decode_array(msg.predictions, "predictions")
+    n = labels.shape[0]
+    if n == 0:
+        raise InvalidBatch("empty batch: labels has no values")
+    if n > max_samples:
+        raise InvalidBatch(f"batch of {n} samples is over the limit of {max_samples} per batch")
+    width = max(msg.num_classes, 1)
+    if preds.shape[0] != n * width:
+        raise InvalidBatch(
+            f"length mismatch: {n} labels but {preds.shape[0]} predictions"
+            + (f" (expected {n} x {width} classes)" if width > 1 else "")
+        )
+    pred_t = torch.from_numpy(preds.astype(np.float32) if preds.dtype.kind == "i" else preds)
+    if width > 1:
+        pred_t = pred_t.reshape(n, width)
+    if not bool(torch.isfinite(pred_t).all()):
+        raise InvalidBatch("predictions contain NaN or infinite values")
+    label_t = torch.from_numpy(labels)
+    if labels.dtype.kind == "f" and not bool(torch.isfinite(label_t).all()):
+        raise InvalidBatch("labels contain NaN or infinite values")
+    weights = None
+    if msg.HasField("weights"):
+        w = decode_array(msg.weights, "weights")
+        if w.shape[0] != n:
+            raise InvalidBatch(f"length mismatch: {n} labels but {w.shape[0]} weights")
+        weights = torch.from_numpy(w.astype(np.float32) if w.dtype.kind == "i" else w)
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise InvalidBatch("weights must be finite and >= 0")
+    keys: dict[str, torch.Tensor] = {}
+    for col in msg.grouping_keys:
+        name = _check_name(col.name, "grouping key name")
+        if name in keys:
+            raise InvalidBatch(f"grouping key {name!r} given twice")
+        k = decode_array(col.keys, f"grouping key {name!r}")
+        if k.dtype.kind != "i":
+            raise InvalidBatch(f"grouping key {name!r} must be INT64 or INT32")
+        if k.shape[0] != n:
+            raise InvalidBatch(f"length mismatch: {n} labels but {k.shape[0]} keys in {name!r}")
+        keys[name] = torch.from_numpy(k.astype(np.int64, copy=False))
+    return Batch(
+        producer_id=msg.producer_id,
+        sequence=msg.sequence,
+        key=key,
+        step=msg.step,
+        predictions=pred_t,
+        labels=label_t,
+        weights=weights,
+        grouping_keys=keys,
+        metrics=list(msg.metrics),
+        train_metrics=list(msg.train_metrics),
+    )

@@ -1,0 +1,109 @@
+"""The run registry and metric history in an embedded SQLite database.
+
+Runs are registered when their first batch is applied; the history holds a
+metric's value per point (a decay step of a train run, an eval step of an eval
+run). Writes are idempotent (``INSERT OR REPLACE`` on natural keys), so the
+replay of the write-ahead log after a crash rewrites the same rows.
+
+Example::
+
+    >>> reg = Registry(":memory:")
+    >>> reg.register_run(("e", "a", "ctr", "eval"), "auc {}", "binary")
+    >>> reg.record(("e", "a", "ctr", "eval"), "auc", point=1, step=100, value=0.75)
+    >>> reg.history(("e", "a", "ctr", "eval"), "auc")
+    [(100, 0.75)]
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+RunTuple = tuple[str, str, str, str]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    experiment TEXT NOT NULL, arm TEXT NOT NULL, task TEXT NOT NULL, phase TEXT NOT NULL,
+    declaration TEXT NOT NULL, label_kind TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (experiment, arm, task, phase)
+);
+CREATE TABLE IF NOT EXISTS history (
+    experiment TEXT NOT NULL, arm TEXT NOT NULL, task TEXT NOT NULL, phase TEXT NOT NULL,
+    metric TEXT NOT NULL, point INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
+    PRIMARY KEY (experiment, arm, task, phase, metric, point)
+);
+"""
+
+
+class Registry:
+    """Thread-safe access to the registry database at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+
+    def register_run(self, run: RunTuple, declaration: str, label_kind: str) -> None:
+        """Record a run (kept as first registered)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*run, declaration, label_kind, time.time()),
+            )
+
+    def record(self, run: RunTuple, metric: str, point: int, step: int, value: float) -> None:
+        """Store the value of ``metric`` at history ``point`` (NaN stored as NULL)."""
+        self.record_many(run, [(metric, point, step, value)])
+
+    def record_many(self, run: RunTuple, rows: Iterable[tuple[str, int, int, float]]) -> None:
+        """Store several ``(metric, point, step, value)`` rows in one transaction."""
+        data = [
+            (*run, m, p, s, None if v is None or math.isnan(v) else float(v))
+            for m, p, s, v in rows
+        ]
+        if not data:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?)", data
+            )
+            self._conn.execute("COMMIT")
+
+    def history(self, run: RunTuple, metric: str) -> list[tuple[int, float | None]]:
+        """``(step, value)`` of ``metric`` in ``run``, in point order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT step, value FROM history WHERE experiment=? AND arm=? AND task=?"
+                " AND phase=? AND metric=? ORDER BY point",
+                (*run, metric),
+            ).fetchall()
+        return [(int(s), v) for s, v in rows]
+
+    def runs(self) -> list[tuple[str, str, str, str, str, str]]:
+        """All registered runs: ``(experiment, arm, task, phase, declaration, label_kind)``."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT experiment, arm, task, phase, declaration, label_kind FROM runs"
+                " ORDER BY experiment, arm, task, phase"
+            ).fetchall()
+
+    def delete_experiment(self, experiment: str) -> None:
+        """Forget an experiment's runs and history."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            self._conn.execute("DELETE FROM runs WHERE experiment=?", (experiment,))
+            self._conn.execute("DELETE FROM history WHERE experiment=?", (experiment,))
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()

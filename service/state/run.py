@@ -1,0 +1,292 @@
+"""One run: the metric state of an (experiment, arm, task, phase).
+
+An eval run keeps one window of metrics per eval step (a checkpoint evaluated
+once is one window); a train run keeps decayed training metrics
+(:class:`~rankboard.service.metrics.TrainMetricWrapper`) whose value at each
+decay step becomes a history point.
+
+Metrics are those declared by the run's first batch; without a declaration the
+defaults of :func:`default_declaration` apply.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from google.protobuf import text_format
+from torchmetrics import Metric
+
+from rankboard.protos import metric_pb2
+from rankboard.service import metrics as rbm
+from rankboard.service.errors import DeclarationConflict, InvalidBatch
+from rankboard.service.state.batch import Batch, RunKey
+
+Config = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
+
+
+def label_kind_of(batch: Batch) -> str:
+    """``multiclass`` for (n, C) predictions, ``binary`` for labels in {0, 1}, else ``real``."""
+    if batch.predictions.dim() == 2:
+        return "multiclass"
+    labels = batch.labels
+    return "binary" if bool(((labels == 0) | (labels == 1)).all()) else "real"
+
+
+def default_declaration(batch: Batch) -> list[Config]:
+    """The metrics of a run whose first batch declares none.
+
+    eval, binary labels: exact ``auc``, ``normalized_entropy`` and, when grouping
+    keys come, ``grouped_auc`` on the first key column; eval, real labels: exact
+    ``xauc``, ``mean_squared_error``, ``mean_absolute_error``; eval, multi-class:
+    exact ``multiclass_auc`` and ``accuracy``; train: decayed ``auc`` (binary),
+    ``accuracy`` (multi-class) or ``mean_squared_error`` (real).
+    """
+    kind = label_kind_of(batch)
+    if batch.key.phase == "train":
+        cfg = metric_pb2.TrainMetricConfig()
+        {"binary": cfg.auc, "real": cfg.mean_squared_error, "multiclass": cfg.accuracy}[
+            kind
+        ].SetInParent()
+        return [cfg]
+    out: list[Config] = []
+    if kind == "binary":
+        out.append(metric_pb2.MetricConfig(auc=metric_pb2.AUC(thresholds=0)))
+        out.append(metric_pb2.MetricConfig(normalized_entropy=metric_pb2.NormalizedEntropy()))
+        if batch.grouping_keys:
+            name = next(iter(batch.grouping_keys))
+            out.append(
+                metric_pb2.MetricConfig(grouped_auc=metric_pb2.GroupedAUC(grouping_key=name))
+            )
+    elif kind == "real":
+        for field_name in ("xauc", "mean_squared_error", "mean_absolute_error"):
+            cfg = metric_pb2.MetricConfig()
+            getattr(cfg, field_name).SetInParent()
+            out.append(cfg)
+    else:
+        out.append(metric_pb2.MetricConfig(multiclass_auc=metric_pb2.MulticlassAUC(thresholds=0)))
+        out.append(metric_pb2.MetricConfig(accuracy=metric_pb2.Accuracy()))
+    return out
+
+
+def declaration_text(configs: Sequence[Config]) -> str:
+    """Canonical text of a declaration (one config per line), for comparison and display."""
+    return "\n".join(text_format.MessageToString(c, as_one_line=True) for c in configs)
+
+
+def _build(phase: str, configs: Sequence[Config]) -> dict[str, Metric]:
+    try:
+        if phase == "train":
+            return dict(rbm.create_train_metrics(configs))
+        return dict(rbm.create_metrics(configs))
+    except ValueError as err:
+        raise InvalidBatch(f"bad metric declaration: {err}") from None
+
+
+def _inputs(metric: Metric, name: str, batch: Batch, device: torch.device) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if batch.weights is not None and getattr(metric, "supports_weights", False):
+        kwargs["weights"] = batch.weights.to(device, non_blocking=True)
+    if getattr(metric, "needs_grouping_key", False):
+        key_name = metric.grouping_key_name
+        keys = batch.grouping_keys.get(key_name)
+        if keys is None:
+            raise InvalidBatch(
+                f"metric {name!r} groups by {key_name!r} but the batch has no grouping key"
+                f" column of that name (it has: {sorted(batch.grouping_keys) or 'none'})"
+            )
+        kwargs["grouping_key"] = keys.to(device, non_blocking=True)
+    return kwargs
+
+
+@dataclass
+class Window:
+    """The metrics of one eval step (or the single window of a train run)."""
+
+    metrics: dict[str, Metric]
+    samples: int = 0
+
+
+@dataclass
+class Run:
+    """Metric state of one (experiment, arm, task, phase)."""
+
+    key: RunKey
+    configs: list[Config]
+    declared: bool
+    label_kind: str
+    device: torch.device
+    windows: dict[int, Window] = field(default_factory=dict)
+    samples: int = 0
+    version: int = 0
+    last_step: int = 0
+    history_points: int = 0
+    _prototype: dict[str, Metric] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(cls, batch: Batch, device: torch.device) -> Run:
+        """A new run for ``batch``'s key, declared by ``batch`` or with the defaults."""
+        phase = batch.key.phase
+        if phase == "eval" and batch.train_metrics:
+            raise InvalidBatch("an eval batch declares train_metrics; use metrics")
+        if phase == "train" and batch.metrics:
+            raise InvalidBatch("a train batch declares metrics; use train_metrics")
+        declared = batch.train_metrics if phase == "train" else batch.metrics
+        configs = list(declared) if declared else default_declaration(batch)
+        run = cls(batch.key, configs, bool(declared), label_kind_of(batch), device)
+        run._prototype = _build(phase, configs)
+        return run
+
+    @property
+    def declaration(self) -> str:
+        """The canonical text of the run's metric configs."""
+        return declaration_text(self.configs)
+
+    @property
+    def metric_keys(self) -> list[str]:
+        """Result keys of the run's metrics, in declaration order."""
+        return list(self._prototype)
+
+    def check(self, batch: Batch) -> None:
+        """Raise unless ``batch`` can be applied; changes nothing."""
+        declared = batch.train_metrics if self.key.phase == "train" else batch.metrics
+        other = batch.metrics if self.key.phase == "train" else batch.train_metrics
+        if other:
+            raise InvalidBatch(
+                f"a {self.key.phase} batch declares "
+                f"{'metrics' if self.key.phase == 'train' else 'train_metrics'}"
+            )
+        if declared and declaration_text(declared) != self.declaration:
+            raise DeclarationConflict(
+                f"run {self.key.experiment}/{self.key.arm}/{self.key.task}/{self.key.phase} "
+                f"is declared with [{self.declaration.replace(chr(10), '; ')}]"
+                f"{'' if self.declared else ' (the defaults)'}; a batch may not change it to "
+                f"[{declaration_text(declared).replace(chr(10), '; ')}]"
+            )
+        for name, metric in self._prototype.items():
+            kwargs = _inputs(metric, name, batch, torch.device("cpu"))
+            try:
+                metric.check_inputs(batch.predictions, batch.labels, **kwargs)
+            except ValueError as err:
+                raise InvalidBatch(f"metric {name!r}: {err}") from None
+
+    def apply(self, batch: Batch) -> list[tuple[str, int, float]]:
+        """Update the metrics with a checked batch.
+
+        Returns the train history points this batch produced, as
+        ``(metric, point, value)``.
+        """
+        step = batch.step if self.key.phase == "eval" else 0
+        window = self.windows.get(step)
+        if window is None:
+            window = Window(_build(self.key.phase, self.configs))
+            for m in window.metrics.values():
+                m.to(self.device)
+            self.windows[step] = window
+        preds = batch.predictions.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        points: list[tuple[str, int, float]] = []
+        decayed = False
+        for name, metric in window.metrics.items():
+            kwargs = _inputs(metric, name, batch, self.device)
+            refreshed = metric.update(preds, labels, **kwargs)
+            if self.key.phase == "train" and refreshed:
+                decayed = True
+        if decayed:
+            self.history_points += 1
+            for name, metric in window.metrics.items():
+                points.append((name, self.history_points, float(metric.compute())))
+        window.samples += batch.num_samples
+        self.samples += batch.num_samples
+        self.last_step = max(self.last_step, batch.step)
+        self.version += 1
+        return points
+
+    def latest_step(self) -> int:
+        """The newest eval step (the train run's last step for train runs)."""
+        if self.key.phase == "eval" and self.windows:
+            return max(self.windows)
+        return self.last_step
+
+    def sources(self, step: int) -> tuple[dict[str, Metric], int]:
+        """Copies of the metrics of ``step`` that can be computed without the lock.
+
+        Per-sample list states are shared (they are only ever appended to);
+        tensor states are cloned. Returns ``(metrics, samples)``.
+        """
+        window = self.windows.get(0 if self.key.phase == "train" else step)
+        if window is None:
+            return {}, 0
+        out = {}
+        for name, metric in window.metrics.items():
+            out[name] = _state_copy(metric)
+        return out, window.samples
+
+    # --- persistence -------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the run (tensors are copies)."""
+        return {
+            "key": self.key,
+            "configs": [c.SerializeToString() for c in self.configs],
+            "declared": self.declared,
+            "label_kind": self.label_kind,
+            "samples": self.samples,
+            "version": self.version,
+            "last_step": self.last_step,
+            "history_points": self.history_points,
+            "windows": {
+                step: {
+                    "samples": w.samples,
+                    "metrics": {k: _cpu(m.state_dict()) for k, m in w.metrics.items()},
+                }
+                for step, w in self.windows.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> Run:
+        """Rebuild a run saved by :meth:`to_state`."""
+        key: RunKey = state["key"]
+        msg_cls = metric_pb2.TrainMetricConfig if key.phase == "train" else metric_pb2.MetricConfig
+        configs = [msg_cls.FromString(b) for b in state["configs"]]
+        run = cls(key, configs, state["declared"], state["label_kind"], device)
+        run._prototype = _build(key.phase, configs)
+        run.samples = state["samples"]
+        run.version = state["version"]
+        run.last_step = state["last_step"]
+        run.history_points = state["history_points"]
+        for step, w in state["windows"].items():
+            metrics = _build(key.phase, configs)
+            for k, m in metrics.items():
+                m.load_state_dict(w["metrics"][k])
+                m.to(device)
+            run.windows[step] = Window(metrics, w["samples"])
+        return run
+
+
+def _cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, list):
+        return [_cpu(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    return obj
+
+
+def _state_copy(metric: Metric) -> Metric:
+    """A shallow copy of ``metric`` whose states can be computed on independently."""
+    if not getattr(metric, "_defaults", None) or any(
+        isinstance(v, torch.nn.Module) for v in metric.__dict__.get("_modules", {}).values()
+    ):
+        return copy.deepcopy(metric)
+    new = copy.copy(metric)
+    new.__dict__ = dict(metric.__dict__)
+    for name in metric._defaults:
+        value = getattr(metric, name)
+        new.__dict__[name] = list(value) if isinstance(value, list) else value.clone()
+    new._computed = None
+    return new

@@ -1,0 +1,320 @@
+"""The metric store: applies batches to runs, durably and exactly once.
+
+Order of work for a batch, under one lock so that the log order is the apply
+order: drop it as a duplicate if its producer's sequence is not above the last
+applied one; check it against its run (declaration, metric inputs, caps); append
+it to the write-ahead log (durable per the fsync policy); apply it; record the
+producer's sequence. A rejected batch changes nothing. On start the store loads
+the newest good checkpoint and replays the log after it, which rebuilds the
+metric state and the producers' sequences, so idempotency holds across restarts.
+
+Example::
+
+    >>> import tempfile, numpy as np
+    >>> from rankboard.protos import ingest_pb2
+    >>> from rankboard.service.state.batch import encode_array
+    >>> store = MetricStore(StoreConfig(data_dir=tempfile.mkdtemp()))
+    >>> msg = ingest_pb2.Batch(producer_id="p", sequence=1, experiment="e", arm="a",
+    ...     task="ctr", phase=ingest_pb2.PHASE_EVAL, step=1,
+    ...     predictions=encode_array(np.array([0.1, 0.4, 0.35, 0.8], np.float32)),
+    ...     labels=encode_array(np.array([0, 0, 1, 1], np.float32)))
+    >>> store.ingest(msg).samples, store.ingest(msg).duplicate
+    (4, True)
+    >>> store.snapshot(RunKey("e", "a", "ctr", "eval"))[0].metrics["auc"]
+    0.75
+    >>> store.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rankboard.protos import ingest_pb2
+from rankboard.service.errors import CapacityExceeded, NotFound, ShuttingDown
+from rankboard.service.state import checkpoint
+from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, Batch, RunKey, decode_batch
+from rankboard.service.state.registry import Registry
+from rankboard.service.state.run import Run
+from rankboard.service.state.snapshots import Snapshot, SnapshotCache
+from rankboard.service.state.wal import RECORD_BATCH, RECORD_DELETE_EXPERIMENT, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreConfig:
+    """Settings of the store (see ``rankboard serve --help``)."""
+
+    data_dir: str | Path = "rankboard-data"
+    device: str = "cpu"
+    fsync: str = "batch"
+    fsync_interval_s: float = 0.05
+    checkpoint_interval_s: float = 60.0
+    checkpoint_wal_bytes: int = 256 << 20
+    max_samples_per_run: int = 50_000_000
+    max_samples_total: int = 200_000_000
+    max_samples_per_batch: int = MAX_SAMPLES_PER_BATCH
+    snapshot_min_interval_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one batch."""
+
+    sequence: int
+    duplicate: bool
+    samples: int
+
+
+class MetricStore:
+    """All runs of the service, their durability and their snapshots."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._runs: dict[RunKey, Run] = {}
+        self._producers: dict[str, int] = {}
+        self._retained = 0
+        self._closed = False
+        self.registry = Registry(self.data_dir / "registry.sqlite")
+        self._ckpt_dir = self.data_dir / "checkpoints"
+        self._wal = WriteAheadLog(self.data_dir / "wal", config.fsync, config.fsync_interval_s)
+        self._ckpt_index = self._recover()
+        self._last_ckpt_time = time.monotonic()
+        self.snapshots = SnapshotCache(
+            self._snapshot_source, self._version_of, config.snapshot_min_interval_s
+        )
+        self._ckpt_wake = threading.Event()
+        self._ckpt_thread = threading.Thread(
+            target=self._checkpoint_loop, name="checkpointer", daemon=True
+        )
+        self._ckpt_thread.start()
+
+    # --- ingestion -----------------------------------------------------------------
+    def ingest(self, msg: ingest_pb2.Batch) -> IngestResult:
+        """Apply ``msg`` once; raise a :class:`ServiceError` (and change nothing) if refused."""
+        batch = decode_batch(msg, self.config.max_samples_per_batch)
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("the service is shutting down; retry on another instance")
+            last = self._producers.get(batch.producer_id)
+            if last is not None and batch.sequence <= last:
+                return IngestResult(batch.sequence, True, 0)
+            run = self._runs.get(batch.key)
+            new = run is None
+            if run is None:
+                run = Run.create(batch, self.device)
+            run.check(batch)
+            self._check_caps(run, batch)
+            self._wal.append(RECORD_BATCH, msg.SerializeToString())
+            self._apply(run, batch, new)
+        if self._wal_due():
+            self._ckpt_wake.set()
+        return IngestResult(batch.sequence, False, batch.num_samples)
+
+    def _check_caps(self, run: Run, batch: Batch) -> None:
+        if run.key.phase != "eval":
+            return
+        n = batch.num_samples
+        if run.samples + n > self.config.max_samples_per_run:
+            raise CapacityExceeded(
+                f"run {'/'.join(run.key.__dict__.values())} would hold {run.samples + n} samples,"
+                f" over the cap of {self.config.max_samples_per_run} per run"
+                " (rankboard serve --max-samples-per-run); delete old experiments to free room"
+            )
+        if self._retained + n > self.config.max_samples_total:
+            raise CapacityExceeded(
+                f"the service would retain {self._retained + n} eval samples, over its cap of"
+                f" {self.config.max_samples_total} (rankboard serve --max-samples-total)"
+            )
+
+    def _apply(self, run: Run, batch: Batch, new: bool) -> None:
+        if new:
+            self._runs[run.key] = run
+            self.registry.register_run(_tuple(run.key), run.declaration, run.label_kind)
+        points = run.apply(batch)
+        if run.key.phase == "eval":
+            self._retained += batch.num_samples
+        if points:
+            self.registry.record_many(
+                _tuple(run.key), [(name, p, batch.step, v) for name, p, v in points]
+            )
+        self._producers[batch.producer_id] = batch.sequence
+
+    def delete_experiment(self, experiment: str) -> int:
+        """Delete an experiment's runs, state and history (durably); return runs removed."""
+        with self._lock:
+            keys = [k for k in self._runs if k.experiment == experiment]
+            if not keys:
+                raise NotFound(f"experiment {experiment!r} not found")
+            self._wal.append(RECORD_DELETE_EXPERIMENT, experiment.encode())
+            self._delete(experiment)
+        self.snapshots.invalidate(experiment)
+        return len(keys)
+
+    def _delete(self, experiment: str) -> None:
+        for key in [k for k in self._runs if k.experiment == experiment]:
+            run = self._runs.pop(key)
+            if key.phase == "eval":
+                self._retained -= run.samples
+        self.registry.delete_experiment(experiment)
+
+    # --- reading -------------------------------------------------------------------
+    def runs(self) -> list[Run]:
+        """All runs, sorted by key."""
+        with self._lock:
+            return [self._runs[k] for k in sorted(self._runs)]
+
+    def run(self, key: RunKey) -> Run:
+        """The run of ``key``; raise :class:`NotFound`."""
+        with self._lock:
+            run = self._runs.get(key)
+        if run is None:
+            raise NotFound(
+                f"no run for experiment {key.experiment!r}, arm {key.arm!r}, task {key.task!r},"
+                f" phase {key.phase!r}"
+            )
+        return run
+
+    def snapshot(
+        self, key: RunKey, step: int | None = None, fresh: bool = False
+    ) -> tuple[Snapshot, bool]:
+        """The metrics of ``key`` at ``step`` (eval: latest step by default) and staleness."""
+        with self._lock:
+            run = self.run(key)
+            if step is None:
+                step = run.latest_step()
+            elif key.phase == "eval" and step not in run.windows:
+                raise NotFound(
+                    f"run {key.experiment}/{key.arm}/{key.task}/eval has no eval step {step}"
+                    f" (steps: {sorted(run.windows)})"
+                )
+            if key.phase == "train":
+                step = 0
+        snap, stale = self.snapshots.get((key, step), fresh=fresh)
+        return snap, stale
+
+    def _snapshot_source(self, skey: tuple[RunKey, int]) -> tuple[dict, int, int]:
+        key, step = skey
+        with self._lock:
+            run = self.run(key)
+            metrics, samples = run.sources(step)
+            return metrics, samples, run.version
+
+    def _version_of(self, skey: tuple[RunKey, int]) -> int:
+        with self._lock:
+            return self.run(skey[0]).version
+
+    def history(self, key: RunKey, metric: str) -> list[tuple[int, float | None]]:
+        """``(step, value)`` points of ``metric``: decay steps (train) or eval steps (eval)."""
+        run = self.run(key)
+        if metric not in run.metric_keys:
+            raise NotFound(f"run has no metric {metric!r} (it has: {', '.join(run.metric_keys)})")
+        if key.phase == "train":
+            return self.registry.history(_tuple(key), metric)
+        with self._lock:
+            steps = sorted(run.windows)
+        rows = []
+        for step in steps:
+            snap, _ = self.snapshots.get((key, step))
+            rows.append((metric, step, step, snap.metrics.get(metric)))
+        self.registry.record_many(_tuple(key), rows)
+        return [(s, v) for _, _, s, v in rows]
+
+    # --- durability ----------------------------------------------------------------
+    def _recover(self) -> int:
+        loaded = checkpoint.load_latest(self._ckpt_dir)
+        start = 0
+        if loaded is not None:
+            start, state = loaded
+            self._producers = dict(state["producers"])
+            for run_state in state["runs"]:
+                run = Run.from_state(run_state, self.device)
+                self._runs[run.key] = run
+                if run.key.phase == "eval":
+                    self._retained += run.samples
+            log.info("loaded checkpoint %d: %d runs", start, len(self._runs))
+        replayed = 0
+        for _, kind, payload in self._wal.replay(start):
+            try:
+                if kind == RECORD_BATCH:
+                    self._replay_batch(ingest_pb2.Batch.FromString(payload))
+                elif kind == RECORD_DELETE_EXPERIMENT:
+                    self._delete(payload.decode())
+                replayed += 1
+            except Exception:
+                log.exception("skipping a write-ahead log record that does not apply")
+        if replayed:
+            log.info("replayed %d write-ahead log records from segment %d", replayed, start)
+        return start
+
+    def _replay_batch(self, msg: ingest_pb2.Batch) -> None:
+        batch = decode_batch(msg, self.config.max_samples_per_batch)
+        last = self._producers.get(batch.producer_id)
+        if last is not None and batch.sequence <= last:
+            return
+        run = self._runs.get(batch.key)
+        new = run is None
+        if run is None:
+            run = Run.create(batch, self.device)
+        run.check(batch)
+        self._apply(run, batch, new)
+
+    def _wal_due(self) -> bool:
+        return self._wal.current_bytes >= self.config.checkpoint_wal_bytes
+
+    def checkpoint(self) -> Path:
+        """Write a checkpoint of all state now and drop the log it makes unneeded."""
+        with self._lock:
+            state = {
+                "format": 1,
+                "producers": dict(self._producers),
+                "runs": [run.to_state() for run in self._runs.values()],
+            }
+            index = self._wal.rotate()
+        path = checkpoint.save_checkpoint(self._ckpt_dir, index, state)
+        kept = checkpoint.list_checkpoints(self._ckpt_dir)
+        if kept:
+            self._wal.remove_before(kept[0])
+        self._ckpt_index = index
+        self._last_ckpt_time = time.monotonic()
+        log.info("checkpoint %s written", path.name)
+        return path
+
+    def _checkpoint_loop(self) -> None:
+        while not self._closed:
+            self._ckpt_wake.wait(timeout=1.0)
+            self._ckpt_wake.clear()
+            if self._closed:
+                return
+            due = time.monotonic() - self._last_ckpt_time >= self.config.checkpoint_interval_s
+            if self._wal_due() or (due and self._wal.current_bytes > 0):
+                try:
+                    self.checkpoint()
+                except Exception:
+                    log.exception("checkpoint failed; the write-ahead log keeps the data")
+
+    def close(self) -> None:
+        """Refuse new batches, sync the log and stop the background threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wal.close()
+        self._ckpt_wake.set()
+        self._ckpt_thread.join(timeout=10)
+        self.snapshots.close()
+        self.registry.close()
+
+
+def _tuple(key: RunKey) -> tuple[str, str, str, str]:
+    return (key.experiment, key.arm, key.task, key.phase)
