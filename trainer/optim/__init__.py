@@ -1,0 +1,77 @@
+"""Optimizers, learning-rate schedules and the training-step wrapper from tzrec configs.
+
+- :mod:`.builder`: ``(class, kwargs)`` pairs and schedulers from config messages
+  (tzrec's names: ``create_sparse_optimizer``, ``create_dense_optimizer``, ...);
+- :mod:`.lr_scheduler`: closed-form schedules registered by config message name;
+- :mod:`.fused`: sparse optimizers fused into fbgemm embedding kernels;
+- :mod:`.wrapper`: gradient accumulation and AMP loss scaling;
+- :mod:`.train_optimizers`: :func:`build_optimizers`, all of the above from a TrainConfig.
+
+Example::
+
+    >>> from rankboard.trainer.optim import SCHEDULERS
+    >>> sorted(SCHEDULERS)[:2]
+    ['ConstantLR', 'CosineAnnealingLR']
+"""
+
+from rankboard.trainer.optim.builder import (
+    CPU_SPARSE_OPTIMIZERS,
+    build_part_optimizers,
+    check_sparse_optimizer_device,
+    config_to_kwargs,
+    create_dense_optimizer,
+    create_part_optim_schedulers,
+    create_part_optimizer,
+    create_scheduler,
+    create_sparse_optimizer,
+    group_param_by_regex_pattern,
+    keyed_optimizer,
+    sparse_initial_accumulator_value,
+)
+from rankboard.trainer.optim.fused import (
+    apply_sparse_optimizer,
+    dense_named_parameters,
+    set_initial_accumulator,
+    table_wise_sharding_plan,
+)
+from rankboard.trainer.optim.lr_scheduler import (
+    SCHEDULERS,
+    BaseLR,
+    ConstantLR,
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestartsLR,
+    ExponentialDecayLR,
+    ManualStepLR,
+)
+from rankboard.trainer.optim.train_optimizers import TrainOptimizers, build_optimizers
+from rankboard.trainer.optim.wrapper import MIXED_PRECISION_DTYPES, TrainStepOptimizer
+
+__all__ = [
+    "CPU_SPARSE_OPTIMIZERS",
+    "MIXED_PRECISION_DTYPES",
+    "SCHEDULERS",
+    "BaseLR",
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestartsLR",
+    "ExponentialDecayLR",
+    "ManualStepLR",
+    "TrainOptimizers",
+    "TrainStepOptimizer",
+    "apply_sparse_optimizer",
+    "build_optimizers",
+    "build_part_optimizers",
+    "check_sparse_optimizer_device",
+    "config_to_kwargs",
+    "create_dense_optimizer",
+    "create_part_optim_schedulers",
+    "create_part_optimizer",
+    "create_scheduler",
+    "create_sparse_optimizer",
+    "dense_named_parameters",
+    "group_param_by_regex_pattern",
+    "keyed_optimizer",
+    "set_initial_accumulator",
+    "sparse_initial_accumulator_value",
+    "table_wise_sharding_plan",
+]
