@@ -414,6 +414,7 @@ class MetricsStream:
         self._unreported: list[Rejection] = []
         self._unreported_more = 0
         self._fatal: MetricsStreamError | None = None
+        self._fatal_reported = False
         self._closing = False  # no new records
         self._stop = False  # worker must exit now
         self._closed = False
@@ -512,6 +513,7 @@ class MetricsStream:
                     )
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
             if self._fatal is not None:
+                self._fatal_reported = True
                 raise self._fatal
             rejections, more = self._unreported, self._unreported_more
             self._unreported, self._unreported_more = [], 0
@@ -521,7 +523,8 @@ class MetricsStream:
     def close(self, timeout: float | None = 60.0) -> None:
         """Flush (waiting at most ``timeout`` seconds), then stop the threads and channel.
 
-        Raises as :meth:`flush` does; the stream is closed either way.
+        Raises as :meth:`flush` does (a fatal error only if :meth:`flush` or
+        :meth:`log` has not raised it already); the stream is closed either way.
         """
         if self._closed:
             return
@@ -529,7 +532,7 @@ class MetricsStream:
             self._closing = True
             self._cond.notify_all()
         try:
-            self.flush(timeout)
+            self._flush_for_close(timeout)
         finally:
             with self._cond:
                 self._stop = True
@@ -550,6 +553,11 @@ class MetricsStream:
                     "rankboard stream %s closed with %d samples never acknowledged",
                     self.producer_id, lost,
                 )  # fmt: skip
+
+    def _flush_for_close(self, timeout: float | None) -> None:
+        if self._fatal is not None and self._fatal_reported:
+            return  # the caller has seen the fatal error already
+        self.flush(timeout)
 
     @property
     def stats(self) -> StreamStats:
@@ -584,6 +592,7 @@ class MetricsStream:
     # ---------------------------------------------------------------- records
     def _check_usable(self) -> None:
         if self._fatal is not None:
+            self._fatal_reported = True
             raise self._fatal
         if self._closing:
             raise MetricsStreamError(f"rankboard stream {self.producer_id} is closed")

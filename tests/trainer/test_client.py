@@ -280,8 +280,11 @@ def test_auth_token_from_env_and_fatal_error(server: Server, store: Store,
         bad.flush(timeout=10)
     with pytest.raises(MetricsStreamError, match="UNAUTHENTICATED"):
         bad.log(torch.rand(4), torch.ones(4), task="ctr", phase="eval", step=0)
-    with pytest.raises(MetricsStreamError):
-        bad.close()
+    bad.close()  # the caller has seen the error: close() does not raise it again
+    other = stream(server, token="wrong")
+    other.log(torch.rand(4), torch.ones(4), task="ctr", phase="eval", step=0)
+    with pytest.raises(MetricsStreamError, match="UNAUTHENTICATED"):
+        other.close(timeout=10)
     assert store.samples == 4
 
 
