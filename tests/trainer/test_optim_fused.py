@@ -49,9 +49,15 @@ def adagrad_train_config(value: float) -> train_pb2.TrainConfig:
 def test_tables_are_fused_and_dense_params_exclude_them(sharded_model) -> None:
     model = sharded_model(sparse("rowwise_adagrad_optimizer { lr: 0.1 }"))
     fused = model.fused_optimizer
-    assert sorted(fused.params) == ["ebc.embedding_bags.t_item.weight", "ebc.embedding_bags.t_user.weight"]
+    assert sorted(fused.params) == [
+        "ebc.embedding_bags.t_item.weight",
+        "ebc.embedding_bags.t_user.weight",
+    ]
     assert sorted(dense_named_parameters(model)) == [
-        "over.0.bias", "over.0.weight", "over.2.bias", "over.2.weight",
+        "over.0.bias",
+        "over.0.weight",
+        "over.2.bias",
+        "over.2.weight",
     ]
 
 
