@@ -1,0 +1,117 @@
+"""The base class shared by every rankboard metric.
+
+A :class:`RankMetric` is a torchmetrics ``Metric`` whose states are all registered with
+``add_state(..., persistent=True)``: ``state_dict()`` / ``load_state_dict()`` round-trip
+them (list states included), ``merge_state`` combines two instances and ``.to(device)``
+moves them. On top of torchmetrics it fixes the calling convention the service relies on:
+
+* ``update(preds, target, *, weights=None, grouping_key=None)``;
+* ``check_inputs(...)`` runs exactly the validation ``update`` runs, touching no state;
+* class attributes ``supports_weights``, ``needs_grouping_key`` and ``label_kind``
+  (``"binary"``, ``"multiclass"`` or ``"real"``) tell a caller what to pass;
+* an empty batch is a valid no-op;
+* ``compute()`` returns a 0-d float64 tensor, NaN where the metric is undefined, and
+  leaves the state untouched.
+
+State follows its inputs: the first update after construction or ``reset()`` moves the
+metric to the inputs' device; later inputs are moved to the metric's device.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from rankboard.service.metrics.functional._validation import Batch, LabelKind, validate_batch
+
+__all__ = ["RankMetric"]
+
+log = logging.getLogger(__name__)
+
+
+class RankMetric(Metric):
+    """Base class: validation, device following and persistence for all metrics."""
+
+    supports_weights: ClassVar[bool] = False
+    needs_grouping_key: ClassVar[bool] = False
+    label_kind: ClassVar[LabelKind] = "binary"
+    multiclass_preds: ClassVar[bool] = False
+    allow_multihot_target: ClassVar[bool] = False
+    prob_preds: ClassVar[bool] = False
+
+    is_differentiable = False
+    higher_is_better: bool | None = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def _validate(
+        self,
+        preds: Any,
+        target: Any,
+        weights: Any | None,
+        grouping_key: Any | None,
+    ) -> Batch:
+        return validate_batch(
+            preds,
+            target,
+            label_kind=self.label_kind,
+            weights=weights,
+            grouping_key=grouping_key,
+            supports_weights=self.supports_weights,
+            needs_grouping_key=self.needs_grouping_key,
+            multiclass_preds=self.multiclass_preds,
+            allow_multihot_target=self.allow_multihot_target,
+            prob_preds=self.prob_preds,
+            metric_name=type(self).__name__,
+        )
+
+    def check_inputs(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Raise ``ValueError`` if ``update`` would refuse this batch; changes nothing."""
+        self._validate(preds, target, weights, grouping_key)
+
+    def _prepare(
+        self,
+        preds: Any,
+        target: Any,
+        weights: Any | None,
+        grouping_key: Any | None,
+    ) -> Batch | None:
+        """Validate, follow the device, and return the batch (None when it is empty)."""
+        b = self._validate(preds, target, weights, grouping_key)
+        if b.size == 0:
+            return None
+        dev = b.preds.device
+        if dev != self.device:
+            if self._update_count <= 1:
+                self.to(dev)
+            else:
+                b = Batch(*(None if x is None else x.to(self.device) for x in b))
+        return b
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # a loaded metric counts as updated: no "compute before update" warning
+        self._update_count = max(self._update_count, 1)
+        self._computed = None
+
+    @staticmethod
+    def _cat(state: list[Tensor] | Tensor, like: Tensor) -> Tensor:
+        """Concatenate a list (cat) state; an empty list gives an empty tensor like ``like``."""
+        if isinstance(state, Tensor):
+            return state
+        if not state:
+            return like
+        return torch.cat(state) if len(state) > 1 else state[0]

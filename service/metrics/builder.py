@@ -1,0 +1,133 @@
+"""Build metric objects from the tzrec-compatible config protos.
+
+The key of a metric is its oneof field name (``auc``, ``grouped_auc``, ...); a task that
+declares the same metric again gets ``auc_2``, ``auc_3``, ... Proto2 presence
+(``HasField``) decides the XAUC modes: sampling only where ``sample_ratio`` /
+``max_pairs`` / ``max_pairs_per_group`` are set explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rankboard.protos import metric_pb2
+from rankboard.service.metrics.auc import AUC, MulticlassAUC
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.classification import Accuracy, RecallAtK
+from rankboard.service.metrics.entropy import NormalizedEntropy
+from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
+from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
+from rankboard.service.metrics.train import DecayAUC, TrainMetricWrapper
+from rankboard.service.metrics.xauc import XAUC
+
+__all__ = [
+    "create_metric",
+    "create_metrics",
+    "create_train_metric",
+    "create_train_metrics",
+    "metric_key",
+]
+
+AnyMetricConfig = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
+
+
+def metric_key(cfg: AnyMetricConfig) -> str:
+    """The oneof field name of ``cfg``; ``ValueError`` when no metric is set.
+
+    >>> metric_key(metric_pb2.MetricConfig(grouped_auc=metric_pb2.GroupedAUC(grouping_key="u")))
+    'grouped_auc'
+    """
+    name = cfg.WhichOneof("metric")
+    if name is None:
+        raise ValueError("metric config sets no metric (empty oneof 'metric')")
+    return name
+
+
+def _grouping_key(msg: Any, what: str) -> str:
+    if not msg.grouping_key:
+        raise ValueError(f"{what}: grouping_key must be a non-empty feature name")
+    return str(msg.grouping_key)
+
+
+def _build(name: str, msg: Any, train: bool) -> RankMetric:
+    if name == "auc":
+        return DecayAUC(thresholds=msg.thresholds) if train else AUC(thresholds=msg.thresholds)
+    if name == "multiclass_auc":
+        return MulticlassAUC(thresholds=msg.thresholds, average=msg.average)
+    if name == "recall_at_k":
+        return RecallAtK(top_k=msg.top_k)
+    if name == "mean_absolute_error":
+        return MeanAbsoluteError()
+    if name == "mean_squared_error":
+        return MeanSquaredError()
+    if name == "accuracy":
+        return Accuracy(threshold=msg.threshold, top_k=msg.top_k)
+    if name == "grouped_auc":
+        return GroupedAUC(grouping_key=_grouping_key(msg, "grouped_auc"))
+    if name == "xauc":
+        return XAUC(
+            sample_ratio=msg.sample_ratio if msg.HasField("sample_ratio") else None,
+            max_pairs=msg.max_pairs if msg.HasField("max_pairs") else None,
+            in_batch=msg.in_batch,
+        )
+    if name == "grouped_xauc":
+        return GroupedXAUC(
+            grouping_key=_grouping_key(msg, "grouped_xauc"),
+            max_pairs_per_group=(
+                msg.max_pairs_per_group if msg.HasField("max_pairs_per_group") else None
+            ),
+        )
+    if name == "normalized_entropy":
+        return NormalizedEntropy(eta=msg.eta)
+    raise ValueError(f"unsupported metric {name!r}")
+
+
+def create_metric(cfg: metric_pb2.MetricConfig) -> RankMetric:
+    """The evaluation metric configured by ``cfg``.
+
+    >>> m = create_metric(metric_pb2.MetricConfig(auc=metric_pb2.AUC(thresholds=0)))
+    >>> type(m).__name__, m.thresholds
+    ('AUC', 0)
+    """
+    name = metric_key(cfg)
+    return _build(name, getattr(cfg, name), train=False)
+
+
+def create_train_metric(cfg: metric_pb2.TrainMetricConfig) -> TrainMetricWrapper:
+    """The training metric configured by ``cfg``: AUC becomes a :class:`DecayAUC`.
+
+    >>> w = create_train_metric(metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC(), decay_step=10))
+    >>> type(w.metric).__name__, w.decay_step, round(w.decay_rate, 2)
+    ('DecayAUC', 10, 0.9)
+    """
+    name = metric_key(cfg)
+    metric = _build(name, getattr(cfg, name), train=True)
+    return TrainMetricWrapper(metric, decay_rate=cfg.decay_rate, decay_step=cfg.decay_step)
+
+
+def _unique_keys(cfgs: Sequence[AnyMetricConfig]) -> list[str]:
+    seen: dict[str, int] = {}
+    keys = []
+    for cfg in cfgs:
+        base = metric_key(cfg)
+        seen[base] = seen.get(base, 0) + 1
+        keys.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return keys
+
+
+def create_metrics(cfgs: Sequence[metric_pb2.MetricConfig]) -> dict[str, RankMetric]:
+    """Metrics keyed by oneof name, repeats suffixed ``_2``, ``_3``, ...
+
+    >>> cfg = metric_pb2.MetricConfig(auc=metric_pb2.AUC())
+    >>> list(create_metrics([cfg, cfg]))
+    ['auc', 'auc_2']
+    """
+    return {k: create_metric(c) for k, c in zip(_unique_keys(cfgs), cfgs, strict=True)}
+
+
+def create_train_metrics(
+    cfgs: Sequence[metric_pb2.TrainMetricConfig],
+) -> dict[str, TrainMetricWrapper]:
+    """Training metrics keyed like :func:`create_metrics`."""
+    return {k: create_train_metric(c) for k, c in zip(_unique_keys(cfgs), cfgs, strict=True)}

@@ -1,0 +1,125 @@
+"""Accuracy and recall@k."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch, validate_batch
+from rankboard.service.metrics.functional.classification import accuracy_counts, recall_counts
+
+__all__ = ["Accuracy", "RecallAtK"]
+
+
+class Accuracy(RankMetric):
+    """Fraction of correct predictions.
+
+    Binary with ``(n,)`` probabilities: predicted positive when ``p > threshold``, targets
+    in {0, 1} (``label_kind`` is ``"binary"``). Multiclass with ``(n, C)`` scores: correct
+    when the integer target class is among the ``top_k`` highest scores. NaN if no samples.
+
+    >>> m = Accuracy()
+    >>> m.update(torch.tensor([0.2, 0.7, 0.6]), torch.tensor([0, 1, 0]))
+    >>> round(m.compute().item(), 4)
+    0.6667
+    >>> top2 = Accuracy(top_k=2)
+    >>> top2.update(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]), torch.tensor([1, 0]))
+    >>> top2.compute().item()
+    0.5
+    """
+
+    label_kind = "binary"
+
+    def __init__(self, threshold: float = 0.5, top_k: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if top_k < 1:
+            raise ValueError(f"Accuracy: top_k must be >= 1, got {top_k}")
+        self.threshold = float(threshold)
+        self.top_k = int(top_k)
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
+        multiclass = getattr(preds, "ndim", None) == 2 or (
+            isinstance(preds, list | tuple) and bool(preds) and isinstance(preds[0], list | tuple)
+        )
+        return validate_batch(
+            preds, target, label_kind="multiclass" if multiclass else "binary",
+            weights=weights, grouping_key=grouping_key, multiclass_preds=multiclass,
+            metric_name="Accuracy",
+        )
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch: ``(n,)`` probabilities and 0/1 targets, or ``(n, C)`` and class ids."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        c, n = accuracy_counts(b.preds, b.target, self.threshold, self.top_k)
+        self.correct += c
+        self.total += n
+
+    def compute(self) -> Tensor:
+        """The accuracy, 0-d float64 (NaN without samples)."""
+        t = self.total
+        return torch.where(t > 0, self.correct.double() / t.clamp(min=1), math.nan)
+
+
+class RecallAtK(RankMetric):
+    """Micro recall@k: relevant items ranked in the top ``top_k`` over all relevant items.
+
+    ``preds`` are ``(n, C)`` scores. ``target`` is either ``(n, C)`` relevance (multi-hot
+    0/1, or non-negative gains summed as weights) or ``(n,)`` integer class ids (one
+    relevant item per row). ``top_k`` larger than C means all C. NaN when nothing is
+    relevant.
+
+    >>> m = RecallAtK(top_k=1)
+    >>> preds = torch.tensor([[0.9, 0.8, 0.1], [0.1, 0.2, 0.7]])
+    >>> m.update(preds, torch.tensor([[1, 0, 1], [0, 0, 1]]))
+    >>> round(m.compute().item(), 4)
+    0.6667
+    """
+
+    label_kind = "multiclass"
+    multiclass_preds = True
+    allow_multihot_target = True
+
+    def __init__(self, top_k: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if top_k < 1:
+            raise ValueError(f"RecallAtK: top_k must be >= 1, got {top_k}")
+        self.top_k = int(top_k)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("hits", zero.clone(), dist_reduce_fx="sum", persistent=True)
+        self.add_state("relevant", zero.clone(), dist_reduce_fx="sum", persistent=True)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` (n, C), ``target`` (n, C) relevance or (n,) class ids."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        h, r = recall_counts(b.preds, b.target, self.top_k)
+        self.hits += h
+        self.relevant += r
+
+    def compute(self) -> Tensor:
+        """The recall, 0-d float64 (NaN when nothing was relevant)."""
+        r = self.relevant
+        return torch.where(r > 0, self.hits / torch.where(r > 0, r, 1.0), math.nan)

@@ -1,0 +1,64 @@
+"""Normalized entropy, streaming: three float64 sums."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional.entropy import ne_from_sums, ne_sums
+
+__all__ = ["NormalizedEntropy"]
+
+
+class NormalizedEntropy(RankMetric):
+    """Mean log loss of the model over that of a constant predictor at the positive rate.
+
+    ``preds`` are probabilities in [0, 1] (a logit is refused), clamped to
+    ``[eta, 1 - eta]``; the observed (weighted) positive rate is clamped likewise, so a
+    stream with a single class gives a finite (large) value. NaN only without samples or
+    with zero total weight. Lower is better.
+
+    >>> m = NormalizedEntropy()
+    >>> m.update(torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0, 1, 1]))
+    >>> round(m.compute().item(), 4)
+    0.4395
+    """
+
+    supports_weights = True
+    label_kind = "binary"
+    prob_preds = True
+    higher_is_better = False
+
+    def __init__(self, eta: float = 1e-12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0 < eta < 0.5:
+            raise ValueError(f"NormalizedEntropy: eta must be in (0, 0.5), got {eta}")
+        self.eta = float(eta)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("sum_logloss", zero.clone(), dist_reduce_fx="sum", persistent=True)
+        self.add_state("sum_positive", zero.clone(), dist_reduce_fx="sum", persistent=True)
+        self.add_state("sum_weight", zero.clone(), dist_reduce_fx="sum", persistent=True)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` (n,) probabilities, ``target`` (n,) in {0, 1}."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        ce, pos, w = ne_sums(b.preds, b.target, b.weights, self.eta)
+        self.sum_logloss += ce
+        self.sum_positive += pos
+        self.sum_weight += w
+
+    def compute(self) -> Tensor:
+        """The normalized entropy, 0-d float64."""
+        return ne_from_sums(self.sum_logloss, self.sum_positive, self.sum_weight, self.eta)

@@ -1,0 +1,190 @@
+"""Input validation shared by the functional metrics and the metric classes.
+
+Every check runs before any state changes and raises :class:`ValueError` with a message
+a caller can act on. The value checks (finite, label sets, ranges) are folded into one
+boolean reduction so that a batch costs a single host sync, also on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+LabelKind = Literal["binary", "multiclass", "real"]
+
+__all__ = ["Batch", "LabelKind", "validate_batch"]
+
+
+class Batch(NamedTuple):
+    """A validated batch in the compact dtypes the metrics keep.
+
+    ``preds`` float32 ``(n,)`` or ``(n, C)``; ``target`` float32 ``(n,)`` for binary and
+    real labels, int64 ``(n,)`` class ids or float32 ``(n, C)`` relevance for multiclass;
+    ``weights`` float32 ``(n,)`` or None; ``keys`` int64 ``(n,)`` or None.
+    """
+
+    preds: Tensor
+    target: Tensor
+    weights: Tensor | None
+    keys: Tensor | None
+
+    @property
+    def size(self) -> int:
+        return int(self.preds.shape[0])
+
+
+def _as_tensor(x: object, name: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a tensor or array-like of numbers: {err}") from err
+
+
+def validate_batch(
+    preds: object,
+    target: object,
+    *,
+    label_kind: LabelKind,
+    weights: object | None = None,
+    grouping_key: object | None = None,
+    supports_weights: bool = False,
+    needs_grouping_key: bool = False,
+    multiclass_preds: bool = False,
+    allow_multihot_target: bool = False,
+    prob_preds: bool = False,
+    metric_name: str = "metric",
+) -> Batch:
+    """Check one batch and return it converted to the compact dtypes.
+
+    Rules (each violation is a ``ValueError``):
+
+    * ``preds`` is 1-D ``(n,)``, or 2-D ``(n, C)`` with ``C >= 1`` when
+      ``multiclass_preds``; finite; within ``[0, 1]`` when ``prob_preds``.
+    * ``target`` has ``n`` rows. ``binary``: values in {0, 1} (any numeric or bool dtype).
+      ``real``: finite. ``multiclass``: integral class ids in ``[0, C)``, or, when
+      ``allow_multihot_target``, an ``(n, C)`` tensor of finite non-negative relevance.
+    * ``weights`` only where supported: ``(n,)``, finite, non-negative.
+    * ``grouping_key`` required where needed (``(n,)`` integer ids) and refused elsewhere.
+    * ``n == 0`` is allowed: the batch is then a no-op for every metric.
+
+    >>> b = validate_batch([0.2, 0.9], [0, 1], label_kind="binary")
+    >>> b.preds.dtype, b.target.tolist()
+    (torch.float32, [0.0, 1.0])
+    >>> validate_batch([0.2, float("nan")], [0, 1], label_kind="binary")
+    Traceback (most recent call last):
+    ...
+    ValueError: metric: preds contain NaN or infinite values
+    """
+    p = _as_tensor(preds, "preds")
+    t = _as_tensor(target, "target")
+    who = metric_name
+    if p.is_complex() or p.dtype == torch.bool:
+        raise ValueError(f"{who}: preds must be real numbers, got dtype {p.dtype}")
+    if multiclass_preds:
+        if p.dim() != 2 or p.shape[1] < 1:
+            raise ValueError(f"{who}: preds must have shape (n, num_classes), got {tuple(p.shape)}")
+    elif p.dim() != 1:
+        raise ValueError(f"{who}: preds must have shape (n,), got {tuple(p.shape)}")
+    n = int(p.shape[0])
+    if t.shape[:1] != (n,) and not (t.dim() >= 1 and t.shape[0] == n):
+        raise ValueError(
+            f"{who}: target has {t.shape[0] if t.dim() else 'no'} rows but preds have {n}"
+        )
+    if t.is_complex():
+        raise ValueError(f"{who}: target must be real numbers, got dtype {t.dtype}")
+
+    multihot = False
+    if label_kind == "multiclass" and multiclass_preds:
+        if t.dim() == 2 and allow_multihot_target:
+            if t.shape != p.shape:
+                raise ValueError(
+                    f"{who}: multi-hot target must have the shape of preds {tuple(p.shape)}, "
+                    f"got {tuple(t.shape)}"
+                )
+            multihot = True
+        elif t.dim() != 1:
+            raise ValueError(f"{who}: target must be class ids of shape (n,), got {tuple(t.shape)}")
+    elif t.dim() != 1:
+        raise ValueError(f"{who}: target must have shape (n,), got {tuple(t.shape)}")
+
+    w: Tensor | None = None
+    if weights is not None:
+        if not supports_weights:
+            raise ValueError(f"{who} does not support per-sample weights")
+        w = _as_tensor(weights, "weights")
+        if w.dim() != 1 or w.shape[0] != n:
+            raise ValueError(f"{who}: weights must have shape ({n},), got {tuple(w.shape)}")
+        if w.is_complex() or w.dtype == torch.bool:
+            raise ValueError(f"{who}: weights must be real numbers, got dtype {w.dtype}")
+
+    k: Tensor | None = None
+    if needs_grouping_key:
+        if grouping_key is None:
+            raise ValueError(f"{who} needs a grouping key for every sample, none was given")
+        k = _as_tensor(grouping_key, "grouping_key")
+        if k.dim() != 1 or k.shape[0] != n:
+            raise ValueError(f"{who}: grouping_key must have shape ({n},), got {tuple(k.shape)}")
+        if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
+            raise ValueError(f"{who}: grouping_key must be integer ids, got dtype {k.dtype}")
+    elif grouping_key is not None:
+        raise ValueError(f"{who} does not take a grouping key")
+
+    device = p.device
+    t = t.to(device)
+    if w is not None:
+        w = w.to(device)
+    if k is not None:
+        k = k.to(device)
+
+    # Value checks: one stacked reduction, one host sync.
+    checks: list[tuple[Tensor, str]] = []
+    pf = p.float() if not p.is_floating_point() else p
+    if n:
+        checks.append((torch.isfinite(pf).all(), "preds contain NaN or infinite values"))
+        if prob_preds:
+            checks.append(
+                (((pf >= 0) & (pf <= 1)).all(), "preds must be probabilities in [0, 1]")
+            )
+        if label_kind == "binary":
+            checks.append((((t == 0) | (t == 1)).all(), "binary target must be 0 or 1"))
+        elif label_kind == "real":
+            tf = t.float() if not t.is_floating_point() else t
+            checks.append((torch.isfinite(tf).all(), "target contains NaN or infinite values"))
+        elif multihot:
+            tf = t.float()
+            checks.append(
+                ((torch.isfinite(tf) & (tf >= 0)).all(), "relevance must be finite and >= 0")
+            )
+        else:
+            c = int(p.shape[1]) if multiclass_preds else None
+            ok = torch.ones((), dtype=torch.bool, device=device)
+            if t.is_floating_point():
+                ok = ok & (torch.isfinite(t) & (t == torch.floor(t))).all()
+            if c is not None:
+                ok = ok & ((t >= 0) & (t < c)).all()
+            checks.append((ok, f"target must be integer class ids in [0, {c})"))
+        if w is not None:
+            wf = w.float() if not w.is_floating_point() else w
+            checks.append(
+                ((torch.isfinite(wf) & (wf >= 0)).all(), "weights must be finite and >= 0")
+            )
+        if checks and not bool(torch.stack([c for c, _ in checks]).all()):
+            for c, msg in checks:
+                if not bool(c):
+                    raise ValueError(f"{who}: {msg}")
+
+    preds32 = p.to(torch.float32)
+    if label_kind == "multiclass" and not multihot:
+        target_out = t.to(torch.int64)
+    else:
+        target_out = t.to(torch.float32)
+    return Batch(
+        preds32,
+        target_out,
+        None if w is None else w.to(torch.float32),
+        None if k is None else k.to(torch.int64),
+    )

@@ -1,0 +1,131 @@
+"""Grouped metrics: the exact AUC / XAUC of every group (e.g. per user), averaged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional.grouped_auc import (
+    grouped_auc_from_stats,
+    grouped_auc_stats,
+)
+from rankboard.service.metrics.functional.xauc import (
+    grouped_xauc_from_stats,
+    grouped_xauc_stats,
+    sampled_grouped_xauc,
+)
+
+__all__ = ["GroupedAUC", "GroupedXAUC"]
+
+
+class _GroupedSamples(RankMetric):
+    """Keeps float32 preds and targets and int64 group keys as cat states."""
+
+    needs_grouping_key = True
+
+    def __init__(self, grouping_key: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.grouping_key_name = grouping_key
+        self.num_groups: int | None = None
+        self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
+        self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
+        self.add_state("keys", [], dist_reduce_fx="cat", persistent=True)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` (n,), ``target`` (n,), ``grouping_key`` (n,) integer ids."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        self.preds.append(b.preds)
+        self.target.append(b.target)
+        self.keys.append(b.keys)
+
+    def _samples(self) -> tuple[Tensor, Tensor, Tensor]:
+        empty = torch.zeros(0, device=self.device)
+        keys = torch.zeros(0, dtype=torch.int64, device=self.device)
+        return (
+            self._cat(self.preds, empty),
+            self._cat(self.target, empty),
+            self._cat(self.keys, keys),
+        )
+
+    def compute_with_count(self) -> tuple[Tensor, Tensor]:
+        """``(value, number of groups counted)``: 0-d float64 and 0-d int64 tensors."""
+        raise NotImplementedError
+
+    def compute(self) -> Tensor:
+        """The averaged value (0-d float64, NaN without a valid group); also sets
+        ``num_groups``, the number of groups counted."""
+        value, count = self.compute_with_count()
+        self.num_groups = int(count)
+        return value
+
+
+class GroupedAUC(_GroupedSamples):
+    """Mean exact AUC over the groups that have both classes (ties count one half).
+
+    All groups are computed at once (one sort by (group, prediction), segment
+    reductions). Groups with a single class are skipped; ``compute()`` is NaN when no group
+    has both. :meth:`compute_with_count` also returns the number of groups counted, and
+    ``num_groups`` holds it after ``compute()``.
+
+    >>> m = GroupedAUC(grouping_key="user_id")
+    >>> m.update(torch.tensor([0.9, 0.1, 0.5, 0.5]), torch.tensor([1, 0, 1, 0]),
+    ...          grouping_key=torch.tensor([7, 7, 8, 8]))
+    >>> m.update(torch.tensor([0.3]), torch.tensor([1]), grouping_key=torch.tensor([9]))
+    >>> value, count = m.compute_with_count()
+    >>> value.item(), count.item()
+    (0.75, 2)
+    """
+
+    label_kind = "binary"
+
+    def compute_with_count(self) -> tuple[Tensor, Tensor]:
+        preds, target, keys = self._samples()
+        return grouped_auc_from_stats(grouped_auc_stats(preds, target, keys))
+
+
+class GroupedXAUC(_GroupedSamples):
+    """XAUC of every group with at least two samples, averaged weighted by group size.
+
+    Exact unless ``max_pairs_per_group`` is given (the reference's estimate from at most
+    that many random pairs per group, seeded so that repeated computes agree). NaN when
+    no group has two samples.
+
+    >>> m = GroupedXAUC(grouping_key="user_id")
+    >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.9, 0.5]), torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0]),
+    ...          grouping_key=torch.tensor([1, 1, 1, 2, 2]))
+    >>> round(m.compute().item(), 4), m.num_groups
+    (0.6, 2)
+    """
+
+    label_kind = "real"
+
+    def __init__(
+        self,
+        grouping_key: str = "",
+        max_pairs_per_group: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(grouping_key, **kwargs)
+        if max_pairs_per_group is not None and max_pairs_per_group < 1:
+            raise ValueError("GroupedXAUC: max_pairs_per_group must be >= 1")
+        self.max_pairs_per_group = max_pairs_per_group
+
+    def compute_with_count(self) -> tuple[Tensor, Tensor]:
+        preds, target, keys = self._samples()
+        if self.max_pairs_per_group is not None:
+            return sampled_grouped_xauc(
+                preds, target, keys, max_pairs_per_group=self.max_pairs_per_group
+            )
+        return grouped_xauc_from_stats(grouped_xauc_stats(preds, target, keys))

@@ -1,0 +1,197 @@
+"""Training-time metrics, smoothed over time as in the reference (tzrec).
+
+:class:`DecayAUC` keeps two binned confusion histograms: updates fill the *buffer*, and
+:meth:`DecayAUC.decay` folds it into the main state
+(``state = decay * state + (1 - decay) * buffer``, or the buffer itself while the state
+is still empty) and clears it. :class:`TrainMetricWrapper` calls that every
+``decay_step``-th update; for any other metric it computes the metric over the last
+``decay_step`` updates, resets it and smooths the value
+(``value = decay * value + (1 - decay) * new``, the first value taken as is).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.auc import AUC
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional.auc import auc_from_histogram
+
+__all__ = ["DecayAUC", "TrainMetricWrapper"]
+
+log = logging.getLogger(__name__)
+
+
+class DecayAUC(AUC):
+    """Binned AUC whose state decays: updates go to a buffer, :meth:`decay` folds it in.
+
+    ``compute()`` is the AUC of the (decayed) main state: NaN before the first decay.
+
+    >>> m = DecayAUC(thresholds=10)
+    >>> m.update(torch.tensor([0.1, 0.45, 0.4, 0.8]), torch.tensor([0, 0, 1, 1]))
+    >>> m.compute().isnan().item()
+    True
+    >>> m.decay(0.9)
+    >>> m.compute().item()
+    0.875
+    """
+
+    def __init__(self, thresholds: int = 200, **kwargs: Any) -> None:
+        if thresholds < 1:
+            raise ValueError(f"DecayAUC needs binned thresholds >= 1, got {thresholds}")
+        super().__init__(thresholds=thresholds, **kwargs)
+        zeros = torch.zeros(2 * self.thresholds, dtype=torch.float64)
+        self.add_state("buffer", zeros, dist_reduce_fx="sum", persistent=True)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch to the buffer (see :class:`AUC` for the inputs)."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        bins = self.thresholds
+        idx = torch.clamp(b.preds * bins, 0, bins - 1).to(torch.int64)
+        idx += b.target.to(torch.int64) * bins
+        if b.weights is None:
+            self.buffer += torch.bincount(idx, minlength=2 * bins)
+        else:
+            self.buffer += torch.bincount(idx, weights=b.weights.double(), minlength=2 * bins)
+
+    def decay(self, decay: float) -> None:
+        """Fold the buffer into the state and clear it."""
+        empty = not bool(self.hist.any())
+        self.hist = self.buffer.clone() if empty else decay * self.hist + (1 - decay) * self.buffer
+        self.buffer = torch.zeros_like(self.buffer)
+        self._computed = None
+
+    def compute(self) -> Tensor:
+        """AUC of the decayed state, 0-d float64."""
+        return auc_from_histogram(self.hist)
+
+
+class TrainMetricWrapper(RankMetric):
+    """Smooths a metric over training steps; ``update`` returns True on a decay step.
+
+    Every ``decay_step``-th non-empty update the value is refreshed: for a
+    :class:`DecayAUC` the confusion state decays and the value is its AUC; otherwise the
+    wrapped metric is computed, reset, and ``value = decay_rate * value +
+    (1 - decay_rate) * new`` (the first value is taken as is; a NaN window, e.g. one
+    without positives, leaves the value unchanged). ``compute()`` is NaN before the first
+    decay step. The value and counters are persistent states, so ``state_dict`` round-trips
+    the whole wrapper (the wrapped metric's states are under ``metric.``).
+
+    >>> w = TrainMetricWrapper(DecayAUC(thresholds=10), decay_rate=0.9, decay_step=2)
+    >>> w.update(torch.tensor([0.1, 0.8]), torch.tensor([0, 1]))
+    False
+    >>> w.update(torch.tensor([0.45, 0.4]), torch.tensor([0, 1]))
+    True
+    >>> w.compute().item(), w.num_updates
+    (0.875, 2)
+    """
+
+    full_state_update = True  # the smoothed value cannot be merged
+
+    def __init__(
+        self, metric: RankMetric, decay_rate: float = 0.9, decay_step: int = 100, **kwargs: Any
+    ) -> None:
+        if decay_step < 1:
+            raise ValueError(f"TrainMetricWrapper: decay_step must be >= 1, got {decay_step}")
+        if not 0 <= decay_rate <= 1:
+            raise ValueError(f"TrainMetricWrapper: decay_rate must be in [0, 1], got {decay_rate}")
+        self._last_decayed = False
+        super().__init__(**kwargs)
+        self.metric = metric
+        self.decay_rate = float(decay_rate)
+        self.decay_step = int(decay_step)
+        self.supports_weights = metric.supports_weights
+        self.needs_grouping_key = metric.needs_grouping_key
+        self.label_kind = metric.label_kind
+        if hasattr(metric, "grouping_key_name"):
+            self.grouping_key_name: str = metric.grouping_key_name
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        self.add_state("value", nan, dist_reduce_fx=None, persistent=True)
+        self.add_state("steps", torch.tensor(0), dist_reduce_fx=None, persistent=True)
+        self.add_state("decays", torch.tensor(0), dist_reduce_fx=None, persistent=True)
+
+    def _wrap_update(self, update: Callable) -> Callable:
+        wrapped = super()._wrap_update(update)
+
+        @functools.wraps(update)
+        def report(*args: Any, **kwargs: Any) -> bool:
+            wrapped(*args, **kwargs)
+            return self._last_decayed
+
+        return report
+
+    @property
+    def num_updates(self) -> int:
+        """Non-empty updates since construction or reset."""
+        return int(self.steps)
+
+    def check_inputs(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """The wrapped metric's validation."""
+        self.metric.check_inputs(preds, target, weights=weights, grouping_key=grouping_key)
+
+    def update(  # type: ignore[override]
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> bool:
+        """Update the wrapped metric; True when this update refreshed the value."""
+        self._last_decayed = False
+        b = self.metric._validate(preds, target, weights, grouping_key)
+        if b.size == 0:
+            return False
+        if b.preds.device != self.device and self._update_count <= 1:
+            self.to(b.preds.device)
+        self.metric.update(b.preds, b.target, weights=b.weights, grouping_key=b.keys)
+        self.steps += 1
+        if int(self.steps) % self.decay_step:
+            return False
+        if isinstance(self.metric, DecayAUC):
+            self.metric.decay(self.decay_rate)
+            self.value = self.metric.compute().to(torch.float64).clone()
+        else:
+            new = self.metric.compute().to(torch.float64)
+            self.metric.reset()
+            if torch.isnan(new):
+                log.debug("train metric window is undefined (NaN); value kept")
+            elif int(self.decays) == 0 or torch.isnan(self.value):
+                self.value = new.clone()
+            else:
+                self.value = self.decay_rate * self.value + (1 - self.decay_rate) * new
+        self.decays += 1
+        self._last_decayed = True
+        return True
+
+    def compute(self) -> Tensor:
+        """The smoothed value, 0-d float64 (NaN before the first decay step)."""
+        return self.value.clone()
+
+    def reset(self) -> None:
+        """Reset the value, the counters and the wrapped metric."""
+        super().reset()
+        self.metric.reset()

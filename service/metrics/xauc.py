@@ -1,0 +1,105 @@
+"""XAUC for real-valued targets (e.g. watch time): exact, sampled, or in-batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional.xauc import grouped_xauc_stats, sampled_xauc
+
+__all__ = ["XAUC"]
+
+
+class XAUC(RankMetric):
+    """Fraction of sample pairs whose targets and predictions are ordered alike.
+
+    Modes:
+
+    * default, exact: over all ``n (n - 1) / 2`` pairs, ties in either counting as
+      disagreement; ``O(n log n)`` at compute; keeps float32 preds and targets.
+    * ``sample_ratio`` and/or ``max_pairs`` given: the reference's estimate from
+      ``min(n (n - 1) / 2 * sample_ratio, max_pairs)`` random pairs (``sample_ratio``
+      defaults to 1e-3 when only ``max_pairs`` is given), seeded for repeatable values.
+    * ``in_batch=True``: the mean of the exact XAUC of every batch of >= 2 samples (state:
+      two float64 / int64 sums).
+
+    NaN with fewer than two samples (in-batch: no batch of two).
+
+    >>> m = XAUC()
+    >>> m.update(torch.tensor([0.1, 0.2]), torch.tensor([1.0, 3.0]))
+    >>> m.update(torch.tensor([0.3, 0.3]), torch.tensor([2.0, 5.0]))
+    >>> m.compute().item()
+    0.6666666666666666
+    """
+
+    label_kind = "real"
+
+    def __init__(
+        self,
+        sample_ratio: float | None = None,
+        max_pairs: int | None = None,
+        in_batch: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if sample_ratio is not None and not 0 < sample_ratio <= 1:
+            raise ValueError(f"XAUC: sample_ratio must be in (0, 1], got {sample_ratio}")
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"XAUC: max_pairs must be >= 1, got {max_pairs}")
+        self.in_batch = bool(in_batch)
+        self.sampling = not self.in_batch and (sample_ratio is not None or max_pairs is not None)
+        self.sample_ratio = 1e-3 if sample_ratio is None else float(sample_ratio)
+        self.max_pairs = max_pairs
+        if self.in_batch:
+            self.add_state(
+                "batch_sum", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True
+            )
+            self.add_state("batch_count", torch.tensor(0), "sum", persistent=True)
+        else:
+            self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
+            self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` (n,) and ``target`` (n,) finite reals."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        if self.in_batch:
+            if b.size < 2:
+                return
+            s = grouped_xauc_stats(b.preds, b.target)
+            pairs = b.size * (b.size - 1) // 2
+            self.batch_sum += s.concordant.sum().to(torch.float64) / pairs
+            self.batch_count += 1
+        else:
+            self.preds.append(b.preds)
+            self.target.append(b.target)
+
+    def compute(self) -> Tensor:
+        """The XAUC, a 0-d float64 tensor (NaN when undefined)."""
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.device)
+        if self.in_batch:
+            c = self.batch_count
+            return torch.where(c > 0, self.batch_sum / c.clamp(min=1), nan)
+        empty = torch.zeros(0, device=self.device)
+        preds, target = self._cat(self.preds, empty), self._cat(self.target, empty)
+        n = int(preds.numel())
+        if n < 2:
+            return nan
+        if self.sampling:
+            return sampled_xauc(
+                preds, target, sample_ratio=self.sample_ratio, max_pairs=self.max_pairs
+            )
+        conc = grouped_xauc_stats(preds, target).concordant.sum()
+        return conc.to(torch.float64) / (n * (n - 1) // 2)
