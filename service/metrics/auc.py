@@ -10,6 +10,7 @@ from torch import Tensor
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.auc import (
+    add_binned_counts,
     auc_from_histogram,
     exact_auc,
     exact_multiclass_auc,
@@ -81,13 +82,7 @@ class AUC(RankMetric):
             self.weights.append(b.weights if b.weights is not None else torch.ones_like(b.preds))
 
     def _add_histogram(self, b: Batch) -> None:
-        bins = self.thresholds
-        idx = torch.clamp(b.preds * bins, 0, bins - 1).to(torch.int64)
-        idx += b.target.to(torch.int64) * bins
-        if b.weights is None:
-            self.hist += torch.bincount(idx, minlength=2 * bins)
-        else:
-            self.hist += torch.bincount(idx, weights=b.weights.double(), minlength=2 * bins)
+        add_binned_counts(self.hist, b.preds, b.target, self.thresholds, b.weights)
 
     def compute(self) -> Tensor:
         """The AUC as a 0-d float64 tensor (NaN without positives or negatives)."""

@@ -19,7 +19,9 @@ metric to the inputs' device; later inputs are moved to the metric's device.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -100,6 +102,20 @@ class RankMetric(Metric):
             else:
                 b = Batch(*(None if x is None else x.to(self.device) for x in b))
         return b
+
+    def _wrap_update(self, update: Callable) -> Callable:
+        """torchmetrics' bookkeeping without ``nn.Module.__setattr__`` on the hot path;
+        returns what ``update`` returns (the train wrapper reports decay steps)."""
+
+        @functools.wraps(update)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            d = self.__dict__
+            d["_computed"] = None
+            d["_update_count"] = d["_update_count"] + 1
+            with torch.no_grad():
+                return update(*args, **kwargs)
+
+        return wrapped
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)

@@ -11,10 +11,8 @@ is still empty) and clears it. :class:`TrainMetricWrapper` calls that every
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +20,7 @@ from torch import Tensor
 
 from rankboard.service.metrics.auc import AUC
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.metrics.functional.auc import auc_from_histogram
+from rankboard.service.metrics.functional.auc import add_binned_counts, auc_from_histogram
 
 __all__ = ["DecayAUC", "TrainMetricWrapper"]
 
@@ -62,13 +60,7 @@ class DecayAUC(AUC):
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
-        bins = self.thresholds
-        idx = torch.clamp(b.preds * bins, 0, bins - 1).to(torch.int64)
-        idx += b.target.to(torch.int64) * bins
-        if b.weights is None:
-            self.buffer += torch.bincount(idx, minlength=2 * bins)
-        else:
-            self.buffer += torch.bincount(idx, weights=b.weights.double(), minlength=2 * bins)
+        add_binned_counts(self.buffer, b.preds, b.target, self.thresholds, b.weights)
 
     def decay(self, decay: float) -> None:
         """Fold the buffer into the state and clear it."""
@@ -125,16 +117,6 @@ class TrainMetricWrapper(RankMetric):
         self.add_state("value", nan, dist_reduce_fx=None, persistent=True)
         self.add_state("steps", torch.tensor(0), dist_reduce_fx=None, persistent=True)
         self.add_state("decays", torch.tensor(0), dist_reduce_fx=None, persistent=True)
-
-    def _wrap_update(self, update: Callable) -> Callable:
-        wrapped = super()._wrap_update(update)
-
-        @functools.wraps(update)
-        def report(*args: Any, **kwargs: Any) -> bool:
-            wrapped(*args, **kwargs)
-            return self._last_decayed
-
-        return report
 
     @property
     def num_updates(self) -> int:

@@ -1,14 +1,17 @@
 """Input validation shared by the functional metrics and the metric classes.
 
 Every check runs before any state changes and raises :class:`ValueError` with a message
-a caller can act on. The value checks (finite, label sets, ranges) are folded into one
-boolean reduction so that a batch costs a single host sync, also on CUDA.
+a caller can act on. The value checks (finite, label sets, ranges) come from min / max
+reductions (NaN and infinities show up in them): numpy on the CPU, where it is cheapest
+for small batches, and a single host sync per batch on CUDA.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -134,57 +137,95 @@ def validate_batch(
         raise ValueError(f"{who} does not take a grouping key")
 
     device = p.device
-    t = t.to(device)
-    if w is not None:
+    if t.device != device:
+        t = t.to(device)
+    if w is not None and w.device != device:
         w = w.to(device)
-    if k is not None:
+    if k is not None and k.device != device:
         k = k.to(device)
 
-    # Value checks: one stacked reduction, one host sync.
-    checks: list[tuple[Tensor, str]] = []
-    pf = p.float() if not p.is_floating_point() else p
     if n:
-        checks.append((torch.isfinite(pf).all(), "preds contain NaN or infinite values"))
-        if prob_preds:
-            checks.append(
-                (((pf >= 0) & (pf <= 1)).all(), "preds must be probabilities in [0, 1]")
-            )
-        if label_kind == "binary":
-            checks.append((((t == 0) | (t == 1)).all(), "binary target must be 0 or 1"))
-        elif label_kind == "real":
-            tf = t.float() if not t.is_floating_point() else t
-            checks.append((torch.isfinite(tf).all(), "target contains NaN or infinite values"))
-        elif multihot:
-            tf = t.float()
-            checks.append(
-                ((torch.isfinite(tf) & (tf >= 0)).all(), "relevance must be finite and >= 0")
-            )
-        else:
-            c = int(p.shape[1]) if multiclass_preds else None
-            ok = torch.ones((), dtype=torch.bool, device=device)
-            if t.is_floating_point():
-                ok = ok & (torch.isfinite(t) & (t == torch.floor(t))).all()
-            if c is not None:
-                ok = ok & ((t >= 0) & (t < c)).all()
-            checks.append((ok, f"target must be integer class ids in [0, {c})"))
-        if w is not None:
-            wf = w.float() if not w.is_floating_point() else w
-            checks.append(
-                ((torch.isfinite(wf) & (wf >= 0)).all(), "weights must be finite and >= 0")
-            )
-        if checks and not bool(torch.stack([c for c, _ in checks]).all()):
-            for c, msg in checks:
-                if not bool(c):
-                    raise ValueError(f"{who}: {msg}")
+        _check_values(
+            p, t, w, label_kind=label_kind, multihot=multihot, prob_preds=prob_preds,
+            num_classes=int(p.shape[1]) if multiclass_preds else None, who=who,
+        )
 
-    preds32 = p.to(torch.float32)
-    if label_kind == "multiclass" and not multihot:
-        target_out = t.to(torch.int64)
-    else:
-        target_out = t.to(torch.float32)
+    want = torch.int64 if label_kind == "multiclass" and not multihot else torch.float32
     return Batch(
-        preds32,
-        target_out,
-        None if w is None else w.to(torch.float32),
-        None if k is None else k.to(torch.int64),
+        _as(p, torch.float32),
+        _as(t, want),
+        None if w is None else _as(w, torch.float32),
+        None if k is None else _as(k, torch.int64),
     )
+
+
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def to_numpy(x: Tensor) -> np.ndarray:
+    """Zero-copy numpy view of a CPU tensor."""
+    return x.detach().numpy() if x.requires_grad else x.numpy()
+
+
+def _ranges(xs: list[Tensor]) -> list[tuple[float, float]]:
+    """``(min, max)`` of each tensor (NaN propagates); numpy on the CPU, one sync elsewhere."""
+    if all(x.device.type == "cpu" for x in xs):
+        out = []
+        for x in xs:
+            a = to_numpy(x)
+            out.append((float(a.min()), float(a.max())))
+        return out
+    mm = torch.stack(
+        [torch.stack(torch.aminmax(x.detach())).to(torch.float64) for x in xs]
+    ).tolist()
+    return [(lo, hi) for lo, hi in mm]
+
+
+def _all_in_01(t: Tensor) -> bool:
+    """Whether a float tensor already known to lie in [0, 1] holds only 0 and 1."""
+    if t.device.type == "cpu":
+        a = to_numpy(t)
+        return not np.count_nonzero((a != 0) & (a != 1))
+    return bool(((t == 0) | (t == 1)).all())
+
+
+def _check_values(
+    p: Tensor,
+    t: Tensor,
+    w: Tensor | None,
+    *,
+    label_kind: str,
+    multihot: bool,
+    prob_preds: bool,
+    num_classes: int | None,
+    who: str,
+) -> None:
+    """Value checks from min / max reductions: NaN and infinities show up in them."""
+    xs = [p, t] if w is None else [p, t, w]
+    xs = [x.to(torch.uint8) if x.dtype == torch.bool else x for x in xs]
+    ranges = _ranges(xs)
+    (plo, phi), (tlo, thi) = ranges[0], ranges[1]
+    if not (math.isfinite(plo) and math.isfinite(phi)):
+        raise ValueError(f"{who}: preds contain NaN or infinite values")
+    if prob_preds and not (plo >= 0 and phi <= 1):
+        raise ValueError(f"{who}: preds must be probabilities in [0, 1], got [{plo}, {phi}]")
+    if label_kind == "binary":
+        if not (tlo >= 0 and thi <= 1) or (t.is_floating_point() and not _all_in_01(t)):
+            raise ValueError(f"{who}: binary target must be 0 or 1")
+    elif label_kind == "real":
+        if not (math.isfinite(tlo) and math.isfinite(thi)):
+            raise ValueError(f"{who}: target contains NaN or infinite values")
+    elif multihot:
+        if not (tlo >= 0 and math.isfinite(thi)):
+            raise ValueError(f"{who}: relevance must be finite and >= 0")
+    else:
+        ok = tlo >= 0 and (num_classes is None or thi < num_classes)
+        if ok and t.is_floating_point():
+            ok = bool((t == torch.floor(t)).all())
+        if not ok:
+            raise ValueError(f"{who}: target must be integer class ids in [0, {num_classes})")
+    if w is not None:
+        wlo, whi = ranges[2]
+        if not (wlo >= 0 and math.isfinite(whi)):
+            raise ValueError(f"{who}: weights must be finite and >= 0")

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
-from rankboard.service.metrics.functional._validation import validate_batch
+from rankboard.service.metrics.functional._numpy_kernels import grouped_auc_np
+from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
+
+# CPU tensors go through the numpy kernels (faster there); tests flip this to check that
+# the torch path used on other devices agrees.
+_use_numpy = True
 
 __all__ = ["GroupAUCStats", "grouped_auc", "grouped_auc_stats"]
 
@@ -51,6 +56,16 @@ def grouped_auc_stats(
     if n == 0:
         z = torch.zeros(0, dtype=torch.float64, device=dev)
         return GroupAUCStats(z, z, z)
+    if dev.type == "cpu" and weights is None and _use_numpy:
+        try:
+            u2, p, q = grouped_auc_np(
+                to_numpy(preds), to_numpy(target), None if groups is None else to_numpy(groups)
+            )
+        except OverflowError:
+            pass
+        else:
+            f = torch.from_numpy
+            return GroupAUCStats(f(u2).double() / 2, f(p).double(), f(q).double())
     key = float_sort_key(preds)
     if groups is not None:
         gid, _ = dense_ids(groups.to(torch.int64))

@@ -28,7 +28,11 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
-from rankboard.service.metrics.functional._validation import validate_batch
+from rankboard.service.metrics.functional._numpy_kernels import grouped_xauc_np
+from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
+
+# CPU tensors use the numpy kernels; tests flip this to check the torch path agrees.
+_use_numpy = True
 
 __all__ = [
     "GroupXAUCStats",
@@ -111,6 +115,15 @@ def grouped_xauc_stats(
     if n == 0:
         z = torch.zeros(0 if groups is not None else 1, dtype=torch.int64, device=dev)
         return GroupXAUCStats(z, z.clone())
+    if dev.type == "cpu" and _use_numpy:
+        try:
+            c, s = grouped_xauc_np(
+                to_numpy(preds), to_numpy(target), None if groups is None else to_numpy(groups)
+            )
+        except OverflowError:
+            pass
+        else:
+            return GroupXAUCStats(torch.from_numpy(c), torch.from_numpy(s))
     # dense rank of the predictions, via a descending stable sort
     pk = float_sort_key(preds)
     pk_sorted, order1 = torch.sort(pk, descending=True, stable=True)
