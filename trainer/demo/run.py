@@ -1,0 +1,262 @@
+"""``make demo``: start the service, train both arms, print the service's A/B comparison.
+
+Steps: (1) ``rankboard serve`` as a subprocess on free loopback ports with a
+fresh state folder (default ``.demo/state``, its log in ``.demo/service.log``);
+(2) the ``control`` and ``treatment`` arms train one after the other in this
+process (:func:`rankboard.trainer.demo.train.train_arm`), streaming to it;
+(3) the comparison of the two arms is fetched over REST and printed as a
+table, with the URLs to query; (4) the service is stopped with SIGTERM (it
+drains and exits), so nothing keeps running. Its state stays in the folder:
+``rankboard serve --data-dir .demo/state`` serves the same numbers again.
+
+Example of the table (numbers from a real run)::
+
+    >>> print(format_comparison({"ctr": {"baseline": "control", "arms": {
+    ...     "control": {"step": 900, "samples": 80000, "metrics": {"auc": 0.6626}},
+    ...     "treatment": {"step": 900, "samples": 80000, "metrics": {"auc": 0.6638},
+    ...                   "delta": {"auc": 0.0012}}}}}, ["control", "treatment"]))
+    task  metric   control  treatment  delta (treatment - control)
+    ----  ------  --------  ---------  ---------------------------
+    ctr   auc     0.662600   0.663800                    +0.001200
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["ServiceProcess", "fetch_comparison", "format_comparison", "main", "serve_subprocess"]
+
+logger = logging.getLogger(__name__)
+
+READY = re.compile(r"rankboard: gRPC on (\S+), REST on (\S+)")
+ARMS = ("control", "treatment")
+TASKS = ("ctr", "watch_time")
+
+
+@dataclass
+class ServiceProcess:
+    """A running ``rankboard serve`` subprocess and its addresses."""
+
+    process: subprocess.Popen
+    grpc_target: str
+    http_url: str
+
+
+def serve_command(*args: str) -> list[str]:
+    """The ``rankboard serve`` command line run with this interpreter.
+
+    >>> serve_command("--grpc-port", "0")[-3:]
+    ['serve', '--grpc-port', '0']
+    """
+    launcher = "import sys; from rankboard.service.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", launcher, "serve", *args]
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    data_dir: Path,
+    *,
+    log_path: Path | None = None,
+    extra_args: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    grpc_port: int = 0,
+    http_port: int = 0,
+    ready_timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[ServiceProcess]:
+    """Run ``rankboard serve`` until the block exits, then SIGTERM it and wait.
+
+    Readiness is the line the CLI prints once both servers listen; its
+    stderr (the service's log) goes to ``log_path`` (or is discarded).
+    """
+    cmd = serve_command(
+        "--host",
+        host,
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--data-dir",
+        str(data_dir),
+        *extra_args,
+    )
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        match = None
+        assert proc.stdout is not None
+        while match is None:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(
+                    f"rankboard serve exited with {proc.wait()} before it was ready"
+                    + (f"; see {log_path}" if log_path else "")
+                )
+            match = READY.search(line)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rankboard serve not ready after {ready_timeout} s")
+        yield ServiceProcess(proc, match.group(1), match.group(2))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]
+
+
+def fetch_comparison(
+    http_url: str,
+    experiment: str,
+    baseline: str,
+    tasks: Sequence[str] = TASKS,
+    phase: str = "eval",
+) -> dict[str, Any]:
+    """``GET /v1/experiments/{e}/compare`` for each task, recomputed (``fresh=true``)."""
+    out = {}
+    with httpx.Client(base_url=http_url, timeout=120) as client:
+        for task in tasks:
+            r = client.get(
+                f"/v1/experiments/{experiment}/compare",
+                params={"task": task, "phase": phase, "baseline": baseline, "fresh": "true"},
+            )
+            r.raise_for_status()
+            out[task] = r.json()
+    return out
+
+
+def _fmt(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.6f}" if signed else f"{value:.6f}"
+
+
+def format_comparison(comparisons: dict[str, Any], arms: Sequence[str]) -> str:
+    """A text table: one row per (task, metric), one column per arm, then the deltas."""
+    baseline = arms[0]
+    headers = ["task", "metric", *arms, *(f"delta ({a} - {baseline})" for a in arms[1:])]
+    rows = []
+    for task, cmp in comparisons.items():
+        per_arm = cmp["arms"]
+        for metric in per_arm[baseline]["metrics"]:
+            row = [task, metric]
+            row += [_fmt(per_arm.get(a, {}).get("metrics", {}).get(metric)) for a in arms]
+            row += [_fmt(per_arm.get(a, {}).get("delta", {}).get(metric), True) for a in arms[1:]]
+            rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    lines = []
+    for i, row in enumerate([headers, ["-" * w for w in widths], *rows]):
+        cells = [
+            c.ljust(w) if j < 2 else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        del i
+    return "\n".join(lines)
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("torch.fx._symbolic_trace", "torchrec", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m rankboard.trainer.demo``."""
+    p = argparse.ArgumentParser(
+        prog="python -m rankboard.trainer.demo",
+        description="rankboard demo: two A/B arms measured by the service",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".demo/state"),
+        help="service state folder, emptied first (default .demo/state)",
+    )
+    p.add_argument("--tiny", action="store_true", help="a few-second run (tests)")
+    p.add_argument("--steps", type=int, default=None, help="override the configs' num_steps")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="the service's device (default: the GPU if there is one)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    from rankboard.trainer.demo.train import CONFIG_DIR, EXPERIMENT, DemoSettings, train_arm
+
+    settings = DemoSettings.tiny() if args.tiny else DemoSettings()
+    if args.steps:
+        settings.steps = args.steps
+    data_dir: Path = args.data_dir
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    log_path = data_dir.parent / "service.log"
+    start = time.monotonic()
+    print(f"rankboard demo: starting the service (state in {data_dir}, log in {log_path})")
+    with serve_subprocess(data_dir, log_path=log_path, extra_args=["--device", args.device]) as svc:
+        print(f"rankboard demo: service up: gRPC {svc.grpc_target}, REST {svc.http_url}")
+        for arm in ARMS:
+            train_arm(
+                svc.grpc_target,
+                arm,
+                CONFIG_DIR / f"{arm}.config",
+                settings=settings,
+                run_id=f"demo-{os.getpid()}-{arm}",
+                progress=not args.no_progress,
+            )
+        comparisons = fetch_comparison(svc.http_url, EXPERIMENT, ARMS[0])
+        step = comparisons[TASKS[0]]["arms"][ARMS[0]]["step"]
+        samples = comparisons[TASKS[0]]["arms"][ARMS[0]]["samples"]
+        print()
+        print(
+            f"Experiment {EXPERIMENT!r}: eval at step {step} ({samples:,} held-out samples "
+            f"per arm), baseline {ARMS[0]!r}, computed by the service:"
+        )
+        print(format_comparison(comparisons, ARMS))
+        url = svc.http_url
+    print()
+    print(
+        "Query it (after `rankboard serve --data-dir "
+        f"{data_dir} --http-port {url.rsplit(':', 1)[1]}`; the demo's service has stopped):"
+    )
+    print(f"  {url}/v1/experiments/{EXPERIMENT}")
+    print(f"  {url}/v1/experiments/{EXPERIMENT}/compare?task=ctr&phase=eval&baseline=control")
+    print(f"  {url}/v1/experiments/{EXPERIMENT}/arms/treatment/metrics?task=watch_time&phase=eval")
+    print(
+        f"  {url}/v1/experiments/{EXPERIMENT}/arms/control/history?task=ctr&phase=train&metric=auc"
+    )
+    print(f"rankboard demo: done in {time.monotonic() - start:.0f} s")
+    from torch import distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
