@@ -81,20 +81,25 @@ def test_unknown_field_is_rejected_with_its_line() -> None:
 
 def test_missing_required_field_is_named() -> None:
     with pytest.raises(ConfigError, match=r"part_optimizers\[0\]\.regex_pattern"):
-        parse_text("sgd_optimizer { lr: 1 } part_optimizers { sgd_optimizer { lr: 1 } }",
-                   optimizer_pb2.DenseOptimizer())
+        parse_text(
+            "sgd_optimizer { lr: 1 } part_optimizers { sgd_optimizer { lr: 1 } }",
+            optimizer_pb2.DenseOptimizer(),
+        )
 
 
 def test_bad_enum_value_is_rejected() -> None:
     with pytest.raises(ConfigError, match="line 1"):
-        parse_text("rowwise_adagrad_optimizer { lr: 1 weight_decay_mode: SOMETIMES }",
-                   optimizer_pb2.SparseOptimizer())
+        parse_text(
+            "rowwise_adagrad_optimizer { lr: 1 weight_decay_mode: SOMETIMES }",
+            optimizer_pb2.SparseOptimizer(),
+        )
 
 
 def test_two_oneof_members_are_rejected() -> None:
     with pytest.raises(ConfigError, match="line 2"):
-        parse_text("sgd_optimizer { lr: 1 }\nadam_optimizer { lr: 1 }",
-                   optimizer_pb2.DenseOptimizer())
+        parse_text(
+            "sgd_optimizer { lr: 1 }\nadam_optimizer { lr: 1 }", optimizer_pb2.DenseOptimizer()
+        )
 
 
 def test_tzrec_loss_blocks_parse_and_build() -> None:

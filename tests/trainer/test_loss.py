@@ -84,9 +84,7 @@ def jrc_brute_force(logits, labels, sessions, alpha) -> float:
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.lists(
-        st.tuples(
-            st.floats(-4, 4), st.floats(-4, 4), st.integers(0, 1), st.integers(0, 3)
-        ),
+        st.tuples(st.floats(-4, 4), st.floats(-4, 4), st.integers(0, 1), st.integers(0, 3)),
         min_size=1,
         max_size=12,
     ),
@@ -99,8 +97,9 @@ def test_jrc_matches_brute_force(rows, alpha: float) -> None:
     got = JRCLoss(alpha)(
         torch.tensor(logits, dtype=torch.float64), torch.tensor(labels), torch.tensor(sessions)
     )
-    assert got.item() == pytest.approx(jrc_brute_force(logits, labels, sessions, alpha), rel=1e-9,
-                                       abs=1e-12)
+    assert got.item() == pytest.approx(
+        jrc_brute_force(logits, labels, sessions, alpha), rel=1e-9, abs=1e-12
+    )
 
 
 def test_jrc_is_differentiable() -> None:
@@ -148,11 +147,13 @@ def test_builder_passes_config_values_and_names() -> None:
     loss = create_loss(cfg)
     assert (loss.gamma, loss.alpha) == (1.5, 0.25)
     assert loss_name(cfg) == "binary_focal_loss"
-    jrc = create_loss(parse_text('jrc_loss { session_name: "rid" alpha: 0.7 }',
-                                 loss_pb2.LossConfig()))
+    jrc = create_loss(
+        parse_text('jrc_loss { session_name: "rid" alpha: 0.7 }', loss_pb2.LossConfig())
+    )
     assert (jrc.alpha, jrc.session_name) == (0.7, "rid")
-    bce = create_loss(parse_text("binary_cross_entropy { label_smoothing: 0.1 }",
-                                 loss_pb2.LossConfig()))
+    bce = create_loss(
+        parse_text("binary_cross_entropy { label_smoothing: 0.1 }", loss_pb2.LossConfig())
+    )
     assert bce.label_smoothing == 0.1
     with pytest.raises(ValueError, match="no loss set"):
         create_loss(loss_pb2.LossConfig())

@@ -35,29 +35,86 @@ from rankboard.trainer.optim import (
 TBE_ARGS = set(inspect.signature(SplitTableBatchedEmbeddingBagsCodegen.__init__).parameters)
 
 SPARSE = [
-    ("sgd_optimizer { lr: 0.1 gradient_clipping: true max_gradient: 2 }", trec_optim.SGD,
-     {"lr": 0.1, "gradient_clipping": True, "max_gradient": 2.0}),
-    ("adagrad_optimizer { lr: 0.1 initial_accumulator_value: 0.3 }", trec_optim.Adagrad,
-     {"lr": 0.1, "gradient_clipping": False, "max_gradient": 1.0}),
-    ("adam_optimizer { lr: 0.1 beta1: 0.8 beta2: 0.99 weight_decay: 0.01 }", trec_optim.Adam,
-     {"lr": 0.1, "beta1": 0.8, "beta2": 0.99, "weight_decay": 0.01,
-      "gradient_clipping": False, "max_gradient": 1.0}),
-    ("lars_sgd_optimizer { lr: 0.1 momentum: 0.5 }", trec_optim.LarsSGD,
-     {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.0,
-      "gradient_clipping": False, "max_gradient": 1.0}),
-    ("lamb_optimizer { lr: 0.1 beta1: 0.7 }", trec_optim.LAMB,
-     {"lr": 0.1, "beta1": 0.7, "beta2": 0.999, "weight_decay": 0.0,
-      "gradient_clipping": False, "max_gradient": 1.0}),
-    ("partial_rowwise_lamb_optimizer { lr: 0.1 }", trec_optim.PartialRowWiseLAMB,
-     {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0,
-      "gradient_clipping": False, "max_gradient": 1.0}),
-    ("partial_rowwise_adam_optimizer { lr: 0.1 beta2: 0.9 }", trec_optim.PartialRowWiseAdam,
-     {"lr": 0.1, "beta1": 0.9, "beta2": 0.9, "weight_decay": 0.0,
-      "gradient_clipping": False, "max_gradient": 1.0}),
-    ("rowwise_adagrad_optimizer { lr: 0.1 weight_decay: 0.1 weight_decay_mode: DECOUPLE }",
-     RowWiseAdagrad,
-     {"lr": 0.1, "weight_decay": 0.1, "weight_decay_mode": WeightDecayMode.DECOUPLE,
-      "gradient_clipping": False, "max_gradient": 1.0}),
+    (
+        "sgd_optimizer { lr: 0.1 gradient_clipping: true max_gradient: 2 }",
+        trec_optim.SGD,
+        {"lr": 0.1, "gradient_clipping": True, "max_gradient": 2.0},
+    ),
+    (
+        "adagrad_optimizer { lr: 0.1 initial_accumulator_value: 0.3 }",
+        trec_optim.Adagrad,
+        {"lr": 0.1, "gradient_clipping": False, "max_gradient": 1.0},
+    ),
+    (
+        "adam_optimizer { lr: 0.1 beta1: 0.8 beta2: 0.99 weight_decay: 0.01 }",
+        trec_optim.Adam,
+        {
+            "lr": 0.1,
+            "beta1": 0.8,
+            "beta2": 0.99,
+            "weight_decay": 0.01,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
+    (
+        "lars_sgd_optimizer { lr: 0.1 momentum: 0.5 }",
+        trec_optim.LarsSGD,
+        {
+            "lr": 0.1,
+            "momentum": 0.5,
+            "weight_decay": 0.0,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
+    (
+        "lamb_optimizer { lr: 0.1 beta1: 0.7 }",
+        trec_optim.LAMB,
+        {
+            "lr": 0.1,
+            "beta1": 0.7,
+            "beta2": 0.999,
+            "weight_decay": 0.0,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
+    (
+        "partial_rowwise_lamb_optimizer { lr: 0.1 }",
+        trec_optim.PartialRowWiseLAMB,
+        {
+            "lr": 0.1,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "weight_decay": 0.0,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
+    (
+        "partial_rowwise_adam_optimizer { lr: 0.1 beta2: 0.9 }",
+        trec_optim.PartialRowWiseAdam,
+        {
+            "lr": 0.1,
+            "beta1": 0.9,
+            "beta2": 0.9,
+            "weight_decay": 0.0,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
+    (
+        "rowwise_adagrad_optimizer { lr: 0.1 weight_decay: 0.1 weight_decay_mode: DECOUPLE }",
+        RowWiseAdagrad,
+        {
+            "lr": 0.1,
+            "weight_decay": 0.1,
+            "weight_decay_mode": WeightDecayMode.DECOUPLE,
+            "gradient_clipping": False,
+            "max_gradient": 1.0,
+        },
+    ),
 ]
 
 
@@ -113,8 +170,12 @@ def test_empty_oneof_is_an_error() -> None:
 
 
 def test_initial_accumulator_value_only_for_adagrad() -> None:
-    assert sparse_initial_accumulator_value(
-        sparse("adagrad_optimizer { lr: 1 initial_accumulator_value: 0.1 }")) == 0.1
+    assert (
+        sparse_initial_accumulator_value(
+            sparse("adagrad_optimizer { lr: 1 initial_accumulator_value: 0.1 }")
+        )
+        == 0.1
+    )
     assert sparse_initial_accumulator_value(sparse("sgd_optimizer { lr: 1 }")) is None
 
 
@@ -131,25 +192,67 @@ def test_device_check_cpu_versus_cuda() -> None:
 
 
 DENSE = [
-    ("sgd_optimizer { lr: 0.1 }", torch.optim.SGD,
-     {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "dampening": 0.0}),
-    ("sgd_optimizer { lr: 0.1 momentum: 0 }", torch.optim.SGD,
-     {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}),
-    ("sgd_optimizer { lr: 0.1 nesterov: true fused: false }", torch.optim.SGD,
-     {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "dampening": 0.0, "nesterov": True,
-      "fused": False}),
-    ("adagrad_optimizer { lr: 0.1 initial_accumulator_value: 0.2 }", torch.optim.Adagrad,
-     {"lr": 0.1, "weight_decay": 0.0, "initial_accumulator_value": 0.2, "eps": 1e-10}),
-    ("adam_optimizer { lr: 0.1 beta1: 0.8 amsgrad: true }", torch.optim.Adam,
-     {"lr": 0.1, "betas": (0.8, 0.999), "weight_decay": 0.0, "eps": 1e-8, "amsgrad": True}),
-    ("adamw_optimizer { lr: 0.1 weight_decay: 0.01 fused: true }", torch.optim.AdamW,
-     {"lr": 0.1, "betas": (0.9, 0.999), "weight_decay": 0.01, "eps": 1e-8, "amsgrad": False,
-      "fused": True}),
-    ("adadelta_optimizer { lr: 1 }", torch.optim.Adadelta,
-     {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0}),
-    ("rmsprop_optimizer { lr: 0.01 centered: true }", torch.optim.RMSprop,
-     {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
-      "centered": True}),
+    (
+        "sgd_optimizer { lr: 0.1 }",
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "dampening": 0.0},
+    ),
+    (
+        "sgd_optimizer { lr: 0.1 momentum: 0 }",
+        torch.optim.SGD,
+        {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+    ),
+    (
+        "sgd_optimizer { lr: 0.1 nesterov: true fused: false }",
+        torch.optim.SGD,
+        {
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "dampening": 0.0,
+            "nesterov": True,
+            "fused": False,
+        },
+    ),
+    (
+        "adagrad_optimizer { lr: 0.1 initial_accumulator_value: 0.2 }",
+        torch.optim.Adagrad,
+        {"lr": 0.1, "weight_decay": 0.0, "initial_accumulator_value": 0.2, "eps": 1e-10},
+    ),
+    (
+        "adam_optimizer { lr: 0.1 beta1: 0.8 amsgrad: true }",
+        torch.optim.Adam,
+        {"lr": 0.1, "betas": (0.8, 0.999), "weight_decay": 0.0, "eps": 1e-8, "amsgrad": True},
+    ),
+    (
+        "adamw_optimizer { lr: 0.1 weight_decay: 0.01 fused: true }",
+        torch.optim.AdamW,
+        {
+            "lr": 0.1,
+            "betas": (0.9, 0.999),
+            "weight_decay": 0.01,
+            "eps": 1e-8,
+            "amsgrad": False,
+            "fused": True,
+        },
+    ),
+    (
+        "adadelta_optimizer { lr: 1 }",
+        torch.optim.Adadelta,
+        {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+    ),
+    (
+        "rmsprop_optimizer { lr: 0.01 centered: true }",
+        torch.optim.RMSprop,
+        {
+            "lr": 0.01,
+            "alpha": 0.99,
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "momentum": 0.0,
+            "centered": True,
+        },
+    ),
 ]
 
 
@@ -227,8 +330,9 @@ def test_part_optimizers_and_their_schedulers() -> None:
 
 
 def test_part_without_any_schedule_is_constant() -> None:
-    cfg = dense('sgd_optimizer { lr: 1 } part_optimizers { sgd_optimizer { lr: 1 } '
-                'regex_pattern: "w" }')
+    cfg = dense(
+        'sgd_optimizer { lr: 1 } part_optimizers { sgd_optimizer { lr: 1 } regex_pattern: "w" }'
+    )
     opts, idx = build_part_optimizers(
         *create_part_optimizer(cfg)[:2], [{"w": torch.nn.Parameter(torch.zeros(1))}]
     )

@@ -137,8 +137,11 @@ def test_set_initial_accumulator_rejects_negative(sharded_model) -> None:
     ],
 )
 def test_unsupported_cpu_optimizers_fail_at_build_time(name: str) -> None:
-    with pytest.raises(ValueError, match=r"no fbgemm CPU kernel.*sgd_optimizer, adagrad_optimizer, "
-                       r"rowwise_adagrad_optimizer"):
+    with pytest.raises(
+        ValueError,
+        match=r"no fbgemm CPU kernel.*sgd_optimizer, adagrad_optimizer, "
+        r"rowwise_adagrad_optimizer",
+    ):
         apply_sparse_optimizer(SmallRanker(), sparse(f"{name} {{ lr: 0.1 }}"), "cpu")
 
 
@@ -155,3 +158,34 @@ def test_sparse_optimizer_without_sharding_is_an_error() -> None:
 def test_model_without_embedding_bag_collection_is_an_error() -> None:
     with pytest.raises(ValueError, match="no EmbeddingBagCollection"):
         apply_sparse_optimizer(torch.nn.Linear(2, 1), sparse("sgd_optimizer { lr: 0.1 }"), "cpu")
+
+
+def test_scheduled_sparse_lr_reaches_the_kernel_and_frozen_dense_stays(sharded_model) -> None:
+    cfg = parse_text(
+        """
+        sparse_optimizer {
+            sgd_optimizer { lr: 1.0 }
+            exponential_decay_learning_rate { decay_size: 1 decay_factor: 0.5 }
+        }
+        dense_optimizer { sgd_optimizer { lr: 0.0 } }
+        """,
+        train_pb2.TrainConfig(),
+    )
+    model = sharded_model(cfg.sparse_optimizer)
+    opts = build_optimizers(model, cfg)
+    dense_before = [p.detach().clone() for p in dense_named_parameters(model).values()]
+    kjt = torchrec.KeyedJaggedTensor.from_lengths_sync(
+        keys=["user", "item"], values=torch.tensor([2, 6]), lengths=torch.ones(2, dtype=torch.int64)
+    )
+    table = model.fused_optimizer.params["ebc.embedding_bags.t_user.weight"]
+    items = model.fused_optimizer.params["ebc.embedding_bags.t_item.weight"]
+    for lr in (1.0, 0.5, 0.25):
+        user0, item0 = local(table)[2].clone(), local(items)[6].clone()
+        x = torch.cat([user0, item0]).requires_grad_()
+        model.module.over(x).sum().backward()
+        opts.zero_grad()
+        model(kjt).sum().backward()
+        assert torch.allclose(local(table)[2], user0 - lr * x.grad[:DIM], atol=1e-6), lr
+        assert opts.step()
+    after = list(dense_named_parameters(model).values())
+    assert all(torch.equal(a, b) for a, b in zip(after, dense_before, strict=True))

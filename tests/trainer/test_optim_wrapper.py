@@ -120,11 +120,13 @@ def test_autocast_uses_configured_dtype() -> None:
 def test_bad_settings_raise() -> None:
     opt = torch.optim.SGD(linear().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="mixed_precision must be one of FP16, BF16"):
-        TrainStepOptimizer.from_config(opt, parse_text('mixed_precision: "fp8"',
-                                                       train_pb2.TrainConfig()))
+        TrainStepOptimizer.from_config(
+            opt, parse_text('mixed_precision: "fp8"', train_pb2.TrainConfig())
+        )
     with pytest.raises(ValueError, match="gradient_accumulation_steps must be >= 1"):
-        TrainStepOptimizer.from_config(opt, parse_text("gradient_accumulation_steps: 0",
-                                                       train_pb2.TrainConfig()))
+        TrainStepOptimizer.from_config(
+            opt, parse_text("gradient_accumulation_steps: 0", train_pb2.TrainConfig())
+        )
 
 
 def test_schedules_step_per_optimizer_step_or_per_epoch() -> None:

@@ -128,8 +128,10 @@ def build_optimizers(
                 if in_backward
                 else "call apply_sparse_optimizer before sharding it"
             )
-            raise ValueError(f"train_config has a sparse_optimizer but the model has no "
-                             f"fused embedding tables: {hint}")
+            raise ValueError(
+                f"train_config has a sparse_optimizer but the model has no "
+                f"fused embedding tables: {hint}"
+            )
         assert fused is not None
         value = sparse_initial_accumulator_value(sparse_cfg)
         if init_sparse_state and value:
@@ -137,13 +139,17 @@ def build_optimizers(
         members.append(("sparse", fused))
         schedulers.append(create_scheduler(fused, sparse_cfg))
     elif has_fused:
-        raise ValueError("the model has fused embedding tables but train_config has no "
-                         "sparse_optimizer to schedule them")
+        raise ValueError(
+            "the model has fused embedding tables but train_config has no "
+            "sparse_optimizer to schedule them"
+        )
 
     if dense_params:
         if not train_config.HasField("dense_optimizer"):
-            raise ValueError(f"the model has {len(dense_params)} dense parameter(s) but "
-                             "train_config has no dense_optimizer")
+            raise ValueError(
+                f"the model has {len(dense_params)} dense parameter(s) but "
+                "train_config has no dense_optimizer"
+            )
         dense_cfg = train_config.dense_optimizer
         cls, kwargs = create_dense_optimizer(dense_cfg)
         part_classes, part_kwargs, patterns = create_part_optimizer(dense_cfg)
@@ -162,5 +168,10 @@ def build_optimizers(
     wrapper = TrainStepOptimizer.from_config(
         combined, train_config, device if device is not None else _infer_device(model)
     )
+    if wrapper.grad_scaler is not None and members[0][0] == "sparse":
+        logger.warning(
+            "grad_scaler is set: the fused sparse optimizer updates in backward from the "
+            "scaled gradient (no unscale); prefer a scale-invariant sparse optimizer (Adagrad)"
+        )
     logger.info("optimizers: %s", ", ".join(f"{k}={type(o).__name__}" for k, o in members))
     return TrainOptimizers(combined, schedulers, wrapper, members)
