@@ -65,7 +65,7 @@ def service_factory(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def service(service_factory) -> Service:  # noqa: ANN001
+def service(service_factory) -> Service:
     return service_factory()
 
 

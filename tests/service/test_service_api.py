@@ -43,14 +43,14 @@ def click_data(n: int, seed: int, users: int = 50) -> tuple[np.ndarray, ...]:
     return p, y, g
 
 
-def get_metrics(http, arm="control", **params):  # noqa: ANN001, ANN201
+def get_metrics(http, arm="control", **params):
     params = {"task": "ctr", "phase": "eval", "fresh": "true", **params}
     r = http.get(f"/v1/experiments/exp/arms/{arm}/metrics", params=params)
     assert r.status_code == 200, r.text
     return r.json()
 
 
-def test_eval_defaults_equal_independent_reference(stub, http) -> None:  # noqa: ANN001
+def test_eval_defaults_equal_independent_reference(stub, http) -> None:
     p, y, g = click_data(3000, seed=1)
     for i, sl in enumerate(np.array_split(np.arange(3000), 3)):
         ack = stub.Send(make_batch(preds=p[sl], labels=y[sl], keys={"user_id": g[sl]}, seq=i + 1))
@@ -66,7 +66,7 @@ def test_eval_defaults_equal_independent_reference(stub, http) -> None:  # noqa:
     assert body["stale"] is False
 
 
-def test_regression_defaults(stub, http) -> None:  # noqa: ANN001
+def test_regression_defaults(stub, http) -> None:
     rng = np.random.default_rng(3)
     t = rng.exponential(30, 500).round(0).astype(np.float32)
     p = (t + rng.normal(0, 20, 500)).round(0).astype(np.float32)
@@ -80,7 +80,7 @@ def test_regression_defaults(stub, http) -> None:  # noqa: ANN001
     assert body["metrics"]["mean_absolute_error"] == pytest.approx(mean_absolute_error(t, p))
 
 
-def test_declared_metrics_and_eval_steps(stub, http) -> None:  # noqa: ANN001
+def test_declared_metrics_and_eval_steps(stub, http) -> None:
     decl = [
         parse_text("auc { thresholds: 0 }", metric_pb2.MetricConfig()),
         parse_text("auc { thresholds: 50 }", metric_pb2.MetricConfig()),
@@ -105,8 +105,8 @@ def test_declared_metrics_and_eval_steps(stub, http) -> None:  # noqa: ANN001
     assert hist["points"][0]["value"] == pytest.approx(roc_auc_score(y1, p1), abs=1e-9)
 
 
-def test_compare_two_arms(stub, http) -> None:  # noqa: ANN001
-    p, y, g = click_data(1000, seed=7)
+def test_compare_two_arms(stub, http) -> None:
+    p, y, _ = click_data(1000, seed=7)
     noisy = np.clip(p + np.random.default_rng(8).normal(0, 0.3, 1000), 0, 1).astype(np.float32)
     assert stub.Send(make_batch(preds=p, labels=y, arm="control", seq=1)).error_code == 0
     assert stub.Send(make_batch(preds=noisy, labels=y, arm="treatment", seq=2)).error_code == 0
@@ -126,7 +126,7 @@ def test_compare_two_arms(stub, http) -> None:  # noqa: ANN001
     assert {r["arm"] for r in detail["runs"]} == {"control", "treatment"}
 
 
-def test_stream_acks_in_order_and_retries_are_not_double_counted(stub, http) -> None:  # noqa: ANN001
+def test_stream_acks_in_order_and_retries_are_not_double_counted(stub, http) -> None:
     p, y, _ = click_data(800, seed=9)
     parts = np.array_split(np.arange(800), 4)
     batches = [make_batch(preds=p[s], labels=y[s], seq=i + 1) for i, s in enumerate(parts)]
@@ -141,7 +141,7 @@ def test_stream_acks_in_order_and_retries_are_not_double_counted(stub, http) -> 
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
 
 
-def test_train_phase_decayed_auc_and_history(stub, http) -> None:  # noqa: ANN001
+def test_train_phase_decayed_auc_and_history(stub, http) -> None:
     decl = [parse_text("auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2",
                        metric_pb2.TrainMetricConfig())]
     p, y, _ = click_data(1200, seed=11)
@@ -163,7 +163,7 @@ def test_train_phase_decayed_auc_and_history(stub, http) -> None:  # noqa: ANN00
                                                        abs=0.01)
 
 
-def test_health_and_reflection(service) -> None:  # noqa: ANN001
+def test_health_and_reflection(service) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(service.grpc_target) as ch:
@@ -176,7 +176,7 @@ def test_health_and_reflection(service) -> None:  # noqa: ANN001
         assert SERVICE_NAME in names
 
 
-def test_restart_keeps_state_and_idempotency(service_factory, tmp_path) -> None:  # noqa: ANN001
+def test_restart_keeps_state_and_idempotency(service_factory, tmp_path) -> None:
     import httpx
 
     p, y, g = click_data(600, seed=13)
@@ -203,7 +203,7 @@ def test_restart_keeps_state_and_idempotency(service_factory, tmp_path) -> None:
     assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
 
 
-def test_delete_experiment(stub, http) -> None:  # noqa: ANN001
+def test_delete_experiment(stub, http) -> None:
     p, y, _ = click_data(100, seed=17)
     assert stub.Send(make_batch(preds=p, labels=y)).error_code == 0
     assert http.delete("/v1/experiments/exp").json() == {"experiment": "exp", "runs_deleted": 1}

@@ -25,7 +25,7 @@ def state(http: httpx.Client) -> dict:
 
 
 @pytest.fixture
-def seeded(stub, http) -> dict:  # noqa: ANN001
+def seeded(stub, http) -> dict:
     assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
                                 seq=1)).error_code == 0
     return state(http)
@@ -71,7 +71,7 @@ GOOD = dict(preds=P, labels=Y, keys={"uid": G}, seq=2)
     ids=["length", "nan", "inf", "label-2", "no-keys", "wrong-key-name", "empty", "key-length",
          "neg-weight", "bad-name", "no-phase", "declaration-change", "train-decl-in-eval"],
 )
-def test_bad_batch_rejected_state_unchanged(stub, http, seeded, batch, code, words) -> None:  # noqa: ANN001
+def test_bad_batch_rejected_state_unchanged(stub, http, seeded, batch, code, words) -> None:
     ack = stub.Send(batch)
     assert ack.error_code == code, ack.error_message
     assert words in ack.error_message
@@ -81,7 +81,7 @@ def test_bad_batch_rejected_state_unchanged(stub, http, seeded, batch, code, wor
     assert ok.error_code == 0 and not ok.duplicate
 
 
-def test_bad_buffers(stub, http, seeded) -> None:  # noqa: ANN001
+def test_bad_buffers(stub, http, seeded) -> None:
     good = make_batch(**GOOD)
     odd = _bad(good, labels=ingest_pb2.Array(dtype=ingest_pb2.DTYPE_FLOAT32, data=b"\0" * 7))
     no_dtype = _bad(good, predictions=ingest_pb2.Array(data=P.tobytes()))
@@ -94,7 +94,7 @@ def test_bad_buffers(stub, http, seeded) -> None:  # noqa: ANN001
     assert state(http) == seeded
 
 
-def test_stream_continues_after_a_bad_batch(stub, http, seeded) -> None:  # noqa: ANN001
+def test_stream_continues_after_a_bad_batch(stub, http, seeded) -> None:
     bad = make_batch(preds=P[:2], labels=Y, keys={"uid": G}, seq=2)
     good = make_batch(preds=P, labels=Y, keys={"uid": G}, seq=3)
     acks = list(stub.Stream(iter([bad, good])))
@@ -102,7 +102,7 @@ def test_stream_continues_after_a_bad_batch(stub, http, seeded) -> None:  # noqa
     assert state(http)["samples"] == seeded["samples"] + 4
 
 
-def test_oversized_message(service_factory) -> None:  # noqa: ANN001
+def test_oversized_message(service_factory) -> None:
     svc = service_factory(max_message_bytes=10_000)
     n = 5000
     with grpc.insecure_channel(svc.grpc_target) as ch:
@@ -113,7 +113,7 @@ def test_oversized_message(service_factory) -> None:  # noqa: ANN001
     assert httpx.get(f"{svc.http_url}/v1/experiments").json() == {"experiments": []}
 
 
-def test_capacity_cap(service_factory) -> None:  # noqa: ANN001
+def test_capacity_cap(service_factory) -> None:
     svc = service_factory(store={"max_samples_per_run": 6})
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
@@ -141,14 +141,14 @@ def test_capacity_cap(service_factory) -> None:  # noqa: ANN001
         ("/v1/experiments/exp/arms/control/history", {"task": "ctr", "metric": "nope"}, 404),
     ],
 )
-def test_bad_queries(http, seeded, path, params, status) -> None:  # noqa: ANN001
+def test_bad_queries(http, seeded, path, params, status) -> None:
     r = http.get(path, params=params)
     assert r.status_code == status, r.text
     assert r.json()["detail"]
     assert state(http) == seeded
 
 
-def test_tokens_enforced(service_factory) -> None:  # noqa: ANN001
+def test_tokens_enforced(service_factory) -> None:
     svc = service_factory(token="w-secret", read_token="r-secret")
     good_md = (("authorization", "Bearer w-secret"),)
     with grpc.insecure_channel(svc.grpc_target) as ch:
