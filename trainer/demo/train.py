@@ -273,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--arm", required=True, help="arm name, e.g. control or treatment")
     p.add_argument(
-        "--config", default=None, help="train_config text file (default: the packaged <arm>.config)"
+        "--config",
+        default=None,
+        help="train_config text file (default: packaged <arm>.config, else control.config)",
     )
     p.add_argument("--experiment", default=EXPERIMENT)
     p.add_argument("--steps", type=int, default=None, help="override the config's num_steps")
@@ -282,10 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a few-second run (tests, smoke checks)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from rankboard.trainer.demo.run import _quiet_libraries
+
+    _quiet_libraries()
     settings = DemoSettings.tiny() if args.tiny else DemoSettings()
     if args.steps:
         settings.steps = args.steps
     config = args.config or CONFIG_DIR / f"{args.arm}.config"
+    if args.config is None and not Path(config).exists():
+        config = CONFIG_DIR / "control.config"
     try:
         summary = train_arm(
             args.target,
