@@ -404,12 +404,21 @@ class MetricsStream:
         )
         self._counts: dict[str, int] = dict.fromkeys(
             [
-                "logged_records", "logged_samples", "dropped_records", "dropped_samples",
-                "sent_batches", "resent_batches", "acked_batches", "applied_samples",
-                "duplicate_batches", "rejected_batches", "rejected_samples", "reconnects",
+                "logged_records",
+                "logged_samples",
+                "dropped_records",
+                "dropped_samples",
+                "sent_batches",
+                "resent_batches",
+                "acked_batches",
+                "applied_samples",
+                "duplicate_batches",
+                "rejected_batches",
+                "rejected_samples",
+                "reconnects",
             ],
             0,
-        )  # fmt: skip
+        )
         self._last_error: str | None = None
         self._unreported: list[Rejection] = []
         self._unreported_more = 0
@@ -456,8 +465,9 @@ class MetricsStream:
             raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        record = self._make_record(predictions, labels, task, phase, int(step), grouping_keys,
-                                   weights)  # fmt: skip
+        record = self._make_record(
+            predictions, labels, task, phase, int(step), grouping_keys, weights
+        )
         if record.n == 0:
             return True
         with self._cond:
@@ -472,8 +482,10 @@ class MetricsStream:
                         logger.warning(
                             "rankboard stream %s: service slower than training, dropped %d "
                             "records (%d samples) so far",
-                            self.producer_id, dropped, self._counts["dropped_samples"],
-                        )  # fmt: skip
+                            self.producer_id,
+                            dropped,
+                            self._counts["dropped_samples"],
+                        )
                     return False
                 if waited_since is None:
                     waited_since = time.monotonic()
@@ -483,8 +495,10 @@ class MetricsStream:
                     logger.warning(
                         "rankboard stream %s: log() blocked for 10 s waiting for acks "
                         "(%d samples pending; last error: %s)",
-                        self.producer_id, self._pending, self._last_error,
-                    )  # fmt: skip
+                        self.producer_id,
+                        self._pending,
+                        self._last_error,
+                    )
                     waited_since = 0.0
             self._pending += record.n
             self._queue.append(record)
@@ -546,13 +560,16 @@ class MetricsStream:
                 logger.warning(
                     "rankboard stream %s closed: %d records (%d samples) were dropped "
                     "because the service was slower than training",
-                    self.producer_id, stats.dropped_records, stats.dropped_samples,
-                )  # fmt: skip
+                    self.producer_id,
+                    stats.dropped_records,
+                    stats.dropped_samples,
+                )
             if lost:
                 logger.error(
                     "rankboard stream %s closed with %d samples never acknowledged",
-                    self.producer_id, lost,
-                )  # fmt: skip
+                    self.producer_id,
+                    lost,
+                )
 
     def _flush_for_close(self, timeout: float | None) -> None:
         if self._fatal is not None and self._fatal_reported:
@@ -727,8 +744,11 @@ class MetricsStream:
         delay = self.backoff_initial if healthy else min(backoff * 2, self.backoff_max)
         logger.info(
             "rankboard stream %s: stream to %s broke (%s); reconnecting in ~%.2f s",
-            self.producer_id, self.target, conn.error, delay,
-        )  # fmt: skip
+            self.producer_id,
+            self.target,
+            conn.error,
+            delay,
+        )
         return delay
 
     def _sleep(self, backoff: float) -> bool:
@@ -757,14 +777,17 @@ class MetricsStream:
         if resend:
             logger.info(
                 "rankboard stream %s: re-sending %d unacknowledged batches",
-                self.producer_id, len(resend),
-            )  # fmt: skip
+                self.producer_id,
+                len(resend),
+            )
         for p in resend:
             conn.requests.put(p.batch)
         conn.reader = threading.Thread(
-            target=self._read_acks, args=(conn,), name=f"rankboard-acks-{self.producer_id}",
+            target=self._read_acks,
+            args=(conn,),
+            name=f"rankboard-acks-{self.producer_id}",
             daemon=True,
-        )  # fmt: skip
+        )
         conn.reader.start()
 
     def _close_conn(self, conn: _Connection) -> None:
@@ -813,9 +836,14 @@ class MetricsStream:
                 b = pending.batch
                 phase = "train" if b.phase == ingest_pb2.PHASE_TRAIN else "eval"
                 rejection = Rejection(
-                    b.sequence, b.task, phase, b.step, pending.samples,
-                    ack.error_code, ack.error_message,
-                )  # fmt: skip
+                    b.sequence,
+                    b.task,
+                    phase,
+                    b.step,
+                    pending.samples,
+                    ack.error_code,
+                    ack.error_message,
+                )
                 self._counts["rejected_batches"] += 1
                 self._counts["rejected_samples"] += pending.samples
                 self._last_error = str(rejection)

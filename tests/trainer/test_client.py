@@ -69,19 +69,23 @@ class StandIn(ingest_pb2_grpc.IngestServicer):
                 last = st.last_seq.get(batch.producer_id, -1)
                 n = len(batch.labels.data) // 4
                 if batch.sequence <= last:
-                    ack = ingest_pb2.Ack(producer_id=batch.producer_id,
-                                         sequence=batch.sequence, duplicate=True)  # fmt: skip
+                    ack = ingest_pb2.Ack(
+                        producer_id=batch.producer_id, sequence=batch.sequence, duplicate=True
+                    )
                 elif batch.task == "bad":
                     ack = ingest_pb2.Ack(
-                        producer_id=batch.producer_id, sequence=batch.sequence, error_code=3,
+                        producer_id=batch.producer_id,
+                        sequence=batch.sequence,
+                        error_code=3,
                         error_message="labels must be 0 or 1 for auc",
-                    )  # fmt: skip
+                    )
                 else:
                     st.last_seq[batch.producer_id] = batch.sequence
                     st.samples += n
                     st.batches.append(batch)
-                    ack = ingest_pb2.Ack(producer_id=batch.producer_id,
-                                         sequence=batch.sequence, samples=n)  # fmt: skip
+                    ack = ingest_pb2.Ack(
+                        producer_id=batch.producer_id, sequence=batch.sequence, samples=n
+                    )
             if st.drop_ack_at is not None and received == st.drop_ack_at:
                 st.applied_event.set()
                 context.abort(grpc.StatusCode.UNAVAILABLE, "crashed before the ack")
@@ -128,9 +132,15 @@ def decode(arr: ingest_pb2.Array) -> np.ndarray:
 def test_log_flush_round_trip_keeps_values_and_columns(server: Server, store: Store) -> None:
     preds = torch.tensor([[0.1], [0.7], [0.4]])  # (n, 1) is flattened
     with stream(server) as s:
-        assert s.log(preds, torch.tensor([0, 1, 1]), task="ctr", phase="eval", step=5,
-                     grouping_keys={"user": torch.tensor([3, 3, 9])},
-                     weights=np.array([1.0, 2.0, 1.0]))  # fmt: skip
+        assert s.log(
+            preds,
+            torch.tensor([0, 1, 1]),
+            task="ctr",
+            phase="eval",
+            step=5,
+            grouping_keys={"user": torch.tensor([3, 3, 9])},
+            weights=np.array([1.0, 2.0, 1.0]),
+        )
         preds.zero_()  # the stream copied the values
         s.flush()
         st = s.stats
@@ -151,8 +161,9 @@ def test_log_flush_round_trip_keeps_values_and_columns(server: Server, store: St
     np.testing.assert_array_equal(decode(b.grouping_keys[0].keys), [3, 3, 9])
 
 
-def test_batching_merges_same_step_only_and_splits_large_records(server: Server,
-                                                                 store: Store) -> None:  # fmt: skip
+def test_batching_merges_same_step_only_and_splits_large_records(
+    server: Server, store: Store
+) -> None:
     with stream(server, max_batch_samples=250) as s:
         s.log(torch.rand(1000), torch.randint(0, 2, (1000,)), task="ctr", phase="eval", step=1)
         s.flush()
@@ -201,8 +212,9 @@ def test_block_policy_waits_for_acks(server: Server, store: Store) -> None:
 def test_drop_policy_counts_dropped_records(server: Server, store: Store) -> None:
     store.gate.clear()
     s = stream(server, max_pending_samples=1000, when_full="drop")
-    kept = [s.log(torch.rand(400), torch.ones(400), task="ctr", phase="train", step=i)
-            for i in range(5)]  # fmt: skip
+    kept = [
+        s.log(torch.rand(400), torch.ones(400), task="ctr", phase="train", step=i) for i in range(5)
+    ]
     assert kept == [True, True, False, False, False]
     store.gate.set()
     s.close()
@@ -266,8 +278,9 @@ def test_rejections_are_reported_by_flush_and_callback(server: Server, store: St
     s.close()
 
 
-def test_auth_token_from_env_and_fatal_error(server: Server, store: Store,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_auth_token_from_env_and_fatal_error(
+    server: Server, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.token = "s3cret"
     monkeypatch.setenv("RANKBOARD_TOKEN", "s3cret")
     with stream(server) as s:
@@ -311,8 +324,14 @@ def test_input_checks_and_closed_stream(server: Server) -> None:
     with pytest.raises(ValueError, match="phase"):
         s.log(torch.rand(2), torch.ones(2), task="ctr", phase="test", step=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="integers"):
-        s.log(torch.rand(2), torch.ones(2), task="ctr", phase="eval", step=0,
-              grouping_keys={"user": torch.rand(2)})  # fmt: skip
+        s.log(
+            torch.rand(2),
+            torch.ones(2),
+            task="ctr",
+            phase="eval",
+            step=0,
+            grouping_keys={"user": torch.rand(2)},
+        )
     with pytest.raises(ValueError, match="train_metrics"):
         parse_metrics("train", "metrics { auc {} }")
     s.close()
