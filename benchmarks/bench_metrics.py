@@ -1,0 +1,166 @@
+"""Benchmark of the metrics engine against straightforward references, in the same run.
+
+    .venv/bin/python benchmarks/bench_metrics.py            # the figures of the README
+    .venv/bin/python benchmarks/bench_metrics.py --quick    # small sizes, seconds
+
+Prints times and ratios: GroupedAUC compute against a per-group sklearn loop (timed on a
+fraction of the groups and scaled linearly, ``--ref-fraction 1`` for all of them, with
+the values compared on the same groups), the 10M / 1M-group GroupedAUC compute, binned
+DecayAUC update throughput against a samples x thresholds comparison, and exact XAUC
+(time at 1M, equality with brute force at 5k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from rankboard.service.metrics import XAUC, DecayAUC, GroupedAUC
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def grouped_data(n: int, groups: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.random(n), 3).astype(np.float32)  # ties
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    g = rng.integers(0, groups, n)
+    return p, y, g
+
+
+def ref_grouped_auc(p, y, g, keep_groups=None):
+    """Per-group loop with sklearn; returns (mean over valid groups, count)."""
+    order = np.argsort(g, kind="stable")
+    gs = g[order]
+    bounds = np.flatnonzero(np.diff(gs)) + 1
+    parts = np.split(order, bounds)
+    if keep_groups is not None:
+        parts = parts[:keep_groups]
+    vals = []
+    for idx in tqdm(parts, desc="reference per-group loop", leave=False, mininterval=1):
+        yy = y[idx]
+        if 0 < yy.sum() < len(yy):
+            vals.append(roc_auc_score(yy, p[idx]))
+    return float(np.mean(vals)), len(vals), len(parts)
+
+
+def bench_grouped_auc(n: int, groups: int, ref_fraction: float) -> None:
+    p, y, g = grouped_data(n, groups)
+    m = GroupedAUC(grouping_key="g")
+    m.update(torch.from_numpy(p), torch.from_numpy(y), grouping_key=torch.from_numpy(g))
+    (value, count), ours = _timed(m.compute_with_count)
+    total_groups = len(np.unique(g))
+    keep = max(1, int(total_groups * ref_fraction))
+    (ref_val, ref_count, used), ref_t = _timed(ref_grouped_auc, p, y, g, keep)
+    ref_full = ref_t * total_groups / used
+    # the value check on exactly the groups the reference saw
+    sel = np.isin(g, np.unique(g)[:used])
+    sub = GroupedAUC(grouping_key="g")
+    sub.update(torch.from_numpy(p[sel]), torch.from_numpy(y[sel]),
+               grouping_key=torch.from_numpy(g[sel]))
+    sub_val, sub_count = sub.compute_with_count()
+    diff = abs(sub_val.item() - ref_val)
+    scaled = "" if used == total_groups else f" (scaled from {used} of {total_groups} groups)"
+    print(f"GroupedAUC compute {n:,} samples / {total_groups:,} groups: {ours:.3f} s; "
+          f"per-group sklearn loop {ref_full:.1f} s{scaled}; speed-up x{ref_full / ours:.0f}; "
+          f"|diff| on compared groups {diff:.1e} ({sub_count.item()} == {ref_count} groups); "
+          f"value {value.item():.6f} over {count.item():,} groups")
+
+
+def bench_grouped_auc_big(n: int, groups: int) -> None:
+    p, y, g = grouped_data(n, groups, seed=1)
+    m = GroupedAUC(grouping_key="g")
+    m.update(torch.from_numpy(p), torch.from_numpy(y), grouping_key=torch.from_numpy(g))
+    (value, count), t = _timed(m.compute_with_count)
+    print(f"GroupedAUC compute {n:,} samples / {groups:,} groups: {t:.2f} s "
+          f"(value {value.item():.6f}, {count.item():,} groups)")
+
+
+class RefBinnedAUC:
+    """The comparison reference: a samples x thresholds comparison per update."""
+
+    def __init__(self, thresholds: int) -> None:
+        self.thr = torch.linspace(0, 1, thresholds)
+        self.tp = torch.zeros(thresholds)
+        self.fp = torch.zeros(thresholds)
+
+    def update(self, preds, target):
+        ge = (preds.unsqueeze(1) >= self.thr.unsqueeze(0)).float()
+        self.tp += (ge * target.unsqueeze(1)).sum(0)
+        self.fp += (ge * (1 - target.unsqueeze(1))).sum(0)
+
+
+def bench_decay_update(batches: int, batch_size: int, ref_batches: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.rand(batch_size, generator=gen),
+             (torch.rand(batch_size, generator=gen) < 0.3).float()) for _ in range(batches)]
+    m = DecayAUC(thresholds=200)
+    for p, y in data[:20]:
+        m.update(p, y)  # warm-up
+    t0 = time.perf_counter()
+    for p, y in tqdm(data, desc="DecayAUC.update", leave=False, mininterval=1):
+        m.update(p, y)
+    ours = batches * batch_size / (time.perf_counter() - t0)
+    ref = RefBinnedAUC(200)
+    t0 = time.perf_counter()
+    for p, y in data[:ref_batches]:
+        ref.update(p, y)
+    theirs = ref_batches * batch_size / (time.perf_counter() - t0)
+    print(f"DecayAUC update (batches of {batch_size}, 200 bins): {ours / 1e6:.1f}M samples/s; "
+          f"samples x thresholds reference {theirs / 1e6:.2f}M samples/s; x{ours / theirs:.0f}")
+
+
+def brute_xauc(p, t):
+    d = (t[:, None] - t[None, :]).astype(np.float64) * (p[:, None] - p[None, :])
+    n = len(p)
+    return float((np.triu(d, 1) > 0).sum()) / (n * (n - 1) / 2)
+
+
+def bench_xauc(n: int, check_n: int) -> None:
+    rng = np.random.default_rng(0)
+    p = np.round(rng.random(n), 4).astype(np.float32)
+    t = np.round(rng.exponential(size=n), 2).astype(np.float32)
+    m = XAUC()
+    m.update(torch.from_numpy(p), torch.from_numpy(t))
+    v, secs = _timed(m.compute)
+    small = XAUC()
+    small.update(torch.from_numpy(p[:check_n]), torch.from_numpy(t[:check_n]))
+    diff = abs(small.compute().item() - brute_xauc(p[:check_n], t[:check_n]))
+    print(f"exact XAUC compute {n:,} samples: {secs:.2f} s (value {v.item():.6f}); "
+          f"|exact - brute force| at {check_n:,}: {diff:.1e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--groups", type=int, default=100_000)
+    ap.add_argument("--big-samples", type=int, default=10_000_000)
+    ap.add_argument("--big-groups", type=int, default=1_000_000)
+    ap.add_argument("--ref-fraction", type=float, default=0.1,
+                    help="fraction of groups the per-group reference loop is timed on")
+    ap.add_argument("--batches", type=int, default=2000)
+    ap.add_argument("--xauc-samples", type=int, default=1_000_000)
+    args = ap.parse_args()
+    if args.quick:
+        args.samples, args.groups = 100_000, 10_000
+        args.big_samples, args.big_groups = 1_000_000, 100_000
+        args.batches, args.xauc_samples = 300, 100_000
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    bench_grouped_auc(args.samples, args.groups, args.ref_fraction)
+    bench_grouped_auc_big(args.big_samples, args.big_groups)
+    bench_decay_update(args.batches, 4096, max(5, args.batches // 50))
+    bench_xauc(args.xauc_samples, 2000 if args.quick else 5000)
+
+
+if __name__ == "__main__":
+    main()
