@@ -1,0 +1,48 @@
+"""``python -m rankboard.trainer.demo`` end to end, tiny: the comparison has real numbers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_prints_the_services_comparison_and_stops_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "state"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rankboard.trainer.demo",
+            "--tiny",
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "baseline 'control'" in out
+    for task, metric in [
+        ("ctr", "auc"),
+        ("ctr", "grouped_auc"),
+        ("ctr", "normalized_entropy"),
+        ("watch_time", "xauc"),
+    ]:
+        row = re.search(rf"^{task}\s+{metric}\s+(\S+)\s+(\S+)\s+([+-]\S+)$", out, re.M)
+        assert row, out
+        control, treatment, delta = map(float, row.groups())
+        assert abs((treatment - control) - delta) < 2e-6
+    assert "/v1/experiments/demo/compare?task=ctr&phase=eval&baseline=control" in out
+    # the service's state stays, and its process is gone (SIGTERM, drained)
+    assert (data_dir).is_dir() and any(data_dir.iterdir())
+    assert (tmp_path / "service.log").exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(data_dir) not in ps
