@@ -45,6 +45,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest gRPC message accepted (default 64 MiB)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
                    help="seconds open streams get to finish on SIGTERM (default 10)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: concurrency comes from streams;"
+                   " OpenMP threads only contend with them)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=serve)
 
@@ -59,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         token=env_token("RANKBOARD_TOKEN", args.token),
         read_token=env_token("RANKBOARD_READ_TOKEN", args.read_token),
         fsync=args.fsync, max_message_bytes=args.max_message_bytes,
-        drain_timeout_s=args.drain_timeout,
+        drain_timeout_s=args.drain_timeout, torch_threads=args.torch_threads,
         store={"checkpoint_interval_s": args.checkpoint_interval,
                "max_samples_per_run": args.max_samples_per_run,
                "max_samples_total": args.max_samples_total},

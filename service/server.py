@@ -61,6 +61,7 @@ class ServiceConfig:
     max_message_bytes: int = 64 << 20
     max_concurrent_rpcs: int = 256
     drain_timeout_s: float = 10.0
+    torch_threads: int | None = None
     store: dict = field(default_factory=dict)
 
 
@@ -69,6 +70,9 @@ class Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
+        if config.torch_threads:
+            # many small updates from concurrent streams: intra-op threads only contend
+            torch.set_num_threads(config.torch_threads)
         device = resolve_device(config.device)
         self.store = MetricStore(
             StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync,
