@@ -1,0 +1,73 @@
+"""`rankboard send`: a CSV or Parquet file through the trainers' client into a real service."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tests.service.test_service_api import ref_gauc
+
+
+def rankboard(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def table() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(21)
+    n = 5000
+    y = (rng.random(n) < 0.4).astype(np.float32)
+    return {"score": np.round(0.3 * y + 0.7 * rng.random(n), 3).astype(np.float32),
+            "click": y, "user_id": rng.integers(0, 300, n)}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
+    path = tmp_path / f"preds.{fmt}"
+    if fmt == "csv":
+        lines = ["score,click,user_id"] + [
+            f"{s},{int(c)},{u}" for s, c, u in zip(*table.values(), strict=True)]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        pq.write_table(pa.table(table), path)
+    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "off",
+                    "--arm", "a", "--task", "ctr", "--phase", "eval", "--step", "7",
+                    "--pred-col", "score", "--label-col", "click", "--group-col", "user_id",
+                    "--batch-size", "1000",
+                    "--metrics", 'auc { thresholds: 0 } grouped_auc { grouping_key: "user_id" }')
+    assert out.returncode == 0, out.stderr
+    body = httpx.get(f"{service.http_url}/v1/experiments/off/arms/a/metrics",
+                     params={"task": "ctr", "fresh": "true"}).json()
+    p, y, g = table["score"], table["click"], table["user_id"]
+    assert body["step"] == 7 and body["samples"] == 5000
+    assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+
+
+def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("prediction,label\n0.5,1\n0.2,3\n")
+    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "e",
+                    "--arm", "a", "--task", "t", "--phase", "eval", "--metrics", "auc {}")
+    assert out.returncode == 1
+    assert "rejected by the service" in out.stderr
+    assert "target must be 0 or 1" in out.stderr
+    assert httpx.get(f"{service.http_url}/v1/experiments").json() == {"experiments": []}
+
+
+def test_send_missing_column(service, tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("p,label\n0.5,1\n")
+    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "e",
+                    "--arm", "a", "--task", "t", "--phase", "eval")
+    assert out.returncode != 0
+    assert "no column" in out.stderr and "prediction" in out.stderr
