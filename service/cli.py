@@ -41,6 +41,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="cap on eval samples retained per run (default 50M)")
     p.add_argument("--max-samples-total", type=int, default=200_000_000,
                    help="cap on eval samples retained by the service (default 200M)")
+    p.add_argument("--ttl-hours", type=float, default=None,
+                   help="delete experiments that got no batch for this long (default: keep)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20,
                    help="largest gRPC message accepted (default 64 MiB)")
     p.add_argument("--drain-timeout", type=float, default=10.0,
@@ -65,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout, torch_threads=args.torch_threads,
         store={"checkpoint_interval_s": args.checkpoint_interval,
                "max_samples_per_run": args.max_samples_per_run,
-               "max_samples_total": args.max_samples_total},
+               "max_samples_total": args.max_samples_total,
+               "ttl_s": args.ttl_hours * 3600 if args.ttl_hours else None},
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ defaults of :func:`default_declaration` apply.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,7 @@ class Run:
     version: int = 0
     last_step: int = 0
     history_points: int = 0
+    updated_at: float = field(default_factory=time.time)
     _prototype: dict[str, Metric] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -203,6 +205,7 @@ class Run:
         self.samples += batch.num_samples
         self.last_step = max(self.last_step, batch.step)
         self.version += 1
+        self.updated_at = time.time()
         return points
 
     def latest_step(self) -> int:
@@ -237,6 +240,7 @@ class Run:
             "version": self.version,
             "last_step": self.last_step,
             "history_points": self.history_points,
+            "updated_at": self.updated_at,
             "windows": {
                 step: {
                     "samples": w.samples,
@@ -258,6 +262,7 @@ class Run:
         run.version = state["version"]
         run.last_step = state["last_step"]
         run.history_points = state["history_points"]
+        run.updated_at = state.get("updated_at", time.time())
         for step, w in state["windows"].items():
             metrics = _build(key.phase, configs)
             for k, m in metrics.items():

@@ -61,6 +61,7 @@ class StoreConfig:
     max_samples_total: int = 200_000_000
     max_samples_per_batch: int = MAX_SAMPLES_PER_BATCH
     snapshot_min_interval_s: float = 0.2
+    ttl_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,21 @@ class MetricStore:
             self._delete(experiment)
         self.snapshots.invalidate(experiment)
         return len(keys)
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Delete the experiments that received no batch for ``ttl_s`` seconds."""
+        if not self.config.ttl_s:
+            return []
+        cutoff = (time.time() if now is None else now) - self.config.ttl_s
+        with self._lock:
+            last: dict[str, float] = {}
+            for run in self._runs.values():
+                last[run.key.experiment] = max(last.get(run.key.experiment, 0.0), run.updated_at)
+        expired = [e for e, t in last.items() if t < cutoff]
+        for experiment in expired:
+            log.info("experiment %s expired (no batch for %.0f s)", experiment, self.config.ttl_s)
+            self.delete_experiment(experiment)
+        return expired
 
     def _delete(self, experiment: str) -> None:
         for key in [k for k in self._runs if k.experiment == experiment]:
@@ -296,6 +312,8 @@ class MetricStore:
             self._ckpt_wake.clear()
             if self._closed:
                 return
+            if self.config.ttl_s:
+                self.expire()
             due = time.monotonic() - self._last_ckpt_time >= self.config.checkpoint_interval_s
             if self._wal_due() or (due and self._wal.current_bytes > 0):
                 try:

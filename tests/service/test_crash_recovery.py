@@ -78,7 +78,7 @@ class ServiceProcess:
         return self.proc.wait(timeout=60)
 
 
-def paced(batches: list[ingest_pb2.Batch]):  # noqa: ANN201
+def paced(batches: list[ingest_pb2.Batch]):
     """Yield batches 40 ms apart, so that the kills land in the middle of the streams."""
     for msg in batches:
         yield msg

@@ -95,3 +95,17 @@ def test_checkpoint_bounds_the_log(tmp_path: Path) -> None:
     oldest_kept = int(checkpoints[0].stem.removeprefix("ckpt-"))
     assert all(int(s.stem) >= oldest_kept for s in segments)
     store.close()
+
+
+def test_time_to_live_deletes_idle_experiments(tmp_path: Path) -> None:
+    store = MetricStore(StoreConfig(data_dir=tmp_path, ttl_s=60))
+    p, y = data(30)
+    store.ingest(make_batch(preds=p, labels=y, experiment="old", seq=1))
+    store.ingest(make_batch(preds=p, labels=y, experiment="new", seq=2))
+    store.run(RunKey("old", "control", "ctr", "eval")).updated_at -= 120
+    assert store.expire() == ["old"]
+    assert [r.key.experiment for r in store.runs()] == ["new"]
+    store.close()
+    store = open_store(tmp_path)  # the deletion is durable
+    assert [r.key.experiment for r in store.runs()] == ["new"]
+    store.close()
