@@ -230,6 +230,7 @@ class _Connection:
     reader: threading.Thread | None = None
     started: float = field(default_factory=time.monotonic)
     acks: int = 0
+    last_ack: float = field(default_factory=time.monotonic)
     broken: bool = False
     closing: bool = False
     error: str | None = None
@@ -324,6 +325,9 @@ class MetricsStream:
         when_full: ``"block"`` or ``"drop"`` (see the module docs).
         max_batch_samples: largest batch sent (larger records are split).
         backoff_initial, backoff_max: reconnect backoff bounds in seconds.
+        ack_timeout: a stream with unacknowledged batches and no ack for this
+            many seconds is taken as broken: it is cancelled and reopened, and
+            the batches are re-sent (a hung connection cannot stall flush()).
         on_rejected: called (from a background thread) with each
             :class:`Rejection`.
         raise_on_rejected: make :meth:`flush` raise :class:`RejectedBatchesError`.
@@ -356,6 +360,7 @@ class MetricsStream:
         max_batch_samples: int = 65_536,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
+        ack_timeout: float = 60.0,
         on_rejected: Callable[[Rejection], None] | None = None,
         raise_on_rejected: bool = True,
         first_sequence: int | None = None,
@@ -379,6 +384,7 @@ class MetricsStream:
         self.max_batch_samples = int(max_batch_samples)
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
+        self.ack_timeout = float(ack_timeout)
         self.on_rejected = on_rejected
         self.raise_on_rejected = raise_on_rejected
         self._declared: dict[tuple[str, str], list[Any]] = {}
@@ -428,6 +434,7 @@ class MetricsStream:
         self._stop = False  # worker must exit now
         self._closed = False
         self._conn: _Connection | None = None
+        self._streams_opened = 0
         self._copy_streams: dict[Any, Any] = {}
         self._worker = threading.Thread(
             target=self._run, name=f"rankboard-stream-{producer_id}", daemon=True
@@ -708,7 +715,9 @@ class MetricsStream:
                         and not self._queue
                         and not (self._conn is not None and self._conn.broken and self._unacked)
                     ):
+                        self._check_ack_timeout()
                         self._cond.wait(0.5)
+                    self._check_ack_timeout()
                     if self._stop:
                         break
                     conn = self._conn
@@ -735,6 +744,20 @@ class MetricsStream:
                 conn, self._conn = self._conn, None
             if conn is not None:
                 self._close_conn(conn)
+
+    def _check_ack_timeout(self) -> None:
+        """Mark the stream broken when acks stopped coming (called with the lock held)."""
+        conn = self._conn
+        if (
+            conn is not None
+            and not conn.broken
+            and self._unacked
+            and time.monotonic() - conn.last_ack > self.ack_timeout
+        ):
+            conn.broken = True
+            conn.error = f"no ack for {self.ack_timeout:g} s with {len(self._unacked)} batches out"
+            self._last_error = conn.error
+            logger.warning("rankboard stream %s: %s", self.producer_id, conn.error)
 
     def _after_break(self, conn: _Connection, backoff: float) -> float:
         self._close_conn(conn)
@@ -767,8 +790,9 @@ class MetricsStream:
         conn = _Connection()
         conn.call = self._stub.Stream(conn.request_iter(), metadata=self._metadata)
         with self._cond:
-            if self._conn is None and self._counts["sent_batches"]:
+            if self._streams_opened:
                 self._counts["reconnects"] += 1
+            self._streams_opened += 1
             self._conn = conn
             resend = list(self._unacked.values())
             for p in resend:
@@ -812,8 +836,9 @@ class MetricsStream:
                     f"rankboard service at {self.target} refused the stream: {error}"
                 )
         with self._cond:
+            already = conn.broken
             conn.broken = True
-            if not conn.closing:
+            if not conn.closing and not already:
                 conn.error = error
                 self._last_error = error
                 if fatal is not None and self._fatal is None:
@@ -825,6 +850,7 @@ class MetricsStream:
         rejection = None
         with self._cond:
             conn.acks += 1
+            conn.last_ack = time.monotonic()
             pending = self._unacked.pop(ack.sequence, None)
             if pending is None:
                 return  # an ack of a batch re-sent meanwhile, already counted

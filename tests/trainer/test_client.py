@@ -346,3 +346,18 @@ def test_multiclass_predictions_are_row_major(server: Server, store: Store) -> N
     (b,) = store.batches
     assert b.num_classes == 2
     np.testing.assert_allclose(decode(b.predictions), [0.1, 0.9, 0.6, 0.4], rtol=1e-6)
+
+
+def test_stream_without_acks_is_reopened_after_ack_timeout(server: Server, store: Store) -> None:
+    store.gate.clear()  # the connection stays open but nothing is acknowledged
+    s = stream(server, ack_timeout=0.3)
+    s.log(torch.rand(10), torch.ones(10), task="ctr", phase="train", step=0)
+    deadline = time.monotonic() + 20
+    while s.stats.reconnects < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = s.stats
+    assert st.reconnects >= 1 and "no ack for 0.3 s" in st.last_error
+    store.gate.set()
+    s.flush(timeout=20)
+    s.close()
+    assert store.samples == 10  # re-sent, applied once

@@ -116,6 +116,7 @@ def test_service_restart_under_the_stream(tmp_path: Path) -> None:
             metrics={("ctr", "eval"): EVAL_METRICS},
             backoff_initial=0.05,
             backoff_max=0.5,
+            ack_timeout=5.0,
         )
         for _ in range(10):
             p, y = rng.random(500).astype(np.float32), rng.integers(0, 2, 500).astype(np.float32)
