@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import queue
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -22,6 +23,7 @@ from rankboard.service.errors import ServiceError, ShuttingDown
 from rankboard.service.state.store import MetricStore
 
 log = logging.getLogger(__name__)
+_END = object()
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 
 
@@ -62,7 +64,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         """One ack per batch, in order."""
         if self._draining.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
-        for batch in request_iterator:
+        # A reader thread hands batches over through a small queue, so that an idle
+        # stream ends as soon as the service drains instead of holding shutdown up;
+        # the bounded queue keeps gRPC's flow control pushing back on fast producers.
+        inbox: queue.Queue = queue.Queue(maxsize=4)
+
+        def read() -> None:
+            try:
+                for batch in request_iterator:
+                    inbox.put(batch)
+            except Exception:  # noqa: BLE001 - a cancelled or broken call ends the stream
+                pass
+            inbox.put(_END)
+
+        threading.Thread(target=read, name="grpc-stream-reader", daemon=True).start()
+        while True:
+            try:
+                batch = inbox.get(timeout=0.1)
+            except queue.Empty:
+                if self._draining.is_set():
+                    return  # idle while draining: the producer reconnects elsewhere / later
+                continue
+            if batch is _END:
+                return
             try:
                 yield self._ack(batch)
             except ShuttingDown as err:

@@ -49,3 +49,27 @@ def test_resource_exhausted_then_client_retries(service_factory) -> None:
     body = httpx.get(f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
                      params={"task": "ctr", "fresh": "true"}).json()
     assert body["samples"] == 8
+
+
+def test_drain_ends_idle_streams_and_refuses_new_ones(service_factory) -> None:
+    import time
+
+    svc = service_factory(drain_timeout_s=30)
+    hold: queue.Queue = queue.Queue()
+    p = np.array([0.2, 0.7], np.float32)
+    y = np.array([0, 1], np.float32)
+    hold.put(make_batch(preds=p, labels=y, producer="idle", seq=1))
+
+    def requests():
+        while (item := hold.get()) is not None:
+            yield item
+
+    with grpc.insecure_channel(svc.grpc_target) as ch:
+        call = ingest_pb2_grpc.IngestStub(ch).Stream(requests())
+        assert next(call).error_code == 0  # acked, then the producer goes idle
+        start = time.monotonic()
+        svc.stop()
+        # the idle stream was ended by the drain, well before the 30 s grace ran out
+        assert time.monotonic() - start < 15
+        assert list(call) == []
+        hold.put(None)
