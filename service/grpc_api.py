@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,29 @@ def status_of(err: ServiceError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL)
 
 
+class RawBatch(NamedTuple):
+    """A decoded Batch with the bytes it came from (the write-ahead log stores those)."""
+
+    msg: ingest_pb2.Batch
+    raw: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> RawBatch:
+        """The request deserializer of the Ingest methods."""
+        return cls(ingest_pb2.Batch.FromString(raw), raw)
+
+
+def _ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler:
+    """Ingest's method handlers, keeping each request's wire bytes (no re-serialization)."""
+    ack = ingest_pb2.Ack.SerializeToString
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream, request_deserializer=RawBatch.parse, response_serializer=ack),
+        "Send": grpc.unary_unary_rpc_method_handler(
+            servicer.Send, request_deserializer=RawBatch.parse, response_serializer=ack),
+    })
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     """Applies batches to the store and acknowledges each one."""
 
@@ -39,10 +63,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self._store = store
         self._draining = draining
 
-    def _ack(self, batch: ingest_pb2.Batch) -> ingest_pb2.Ack:
+    def _ack(self, request: ingest_pb2.Batch | RawBatch) -> ingest_pb2.Ack:
+        if isinstance(request, RawBatch):
+            batch, raw = request.msg, request.raw
+        else:
+            batch, raw = request, None
         ack = ingest_pb2.Ack(producer_id=batch.producer_id, sequence=batch.sequence)
         try:
-            result = self._store.ingest(batch)
+            result = self._store.ingest(batch, raw=raw)
         except ShuttingDown:
             raise
         except ServiceError as err:
@@ -148,7 +176,7 @@ def build_grpc_server(
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    ingest_pb2_grpc.add_IngestServicer_to_server(IngestServicer(store, draining), server)
+    server.add_generic_rpc_handlers((_ingest_handler(IngestServicer(store, draining)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (SERVICE_NAME, ""):

@@ -101,8 +101,11 @@ class MetricStore:
         self._ckpt_thread.start()
 
     # --- ingestion -----------------------------------------------------------------
-    def ingest(self, msg: ingest_pb2.Batch) -> IngestResult:
-        """Apply ``msg`` once; raise a :class:`ServiceError` (and change nothing) if refused."""
+    def ingest(self, msg: ingest_pb2.Batch, raw: bytes | None = None) -> IngestResult:
+        """Apply ``msg`` once; raise a :class:`ServiceError` (and change nothing) if refused.
+
+        ``raw`` is ``msg``'s wire form when the caller has it (logged as it is).
+        """
         batch = decode_batch(msg, self.config.max_samples_per_batch)
         with self._lock:
             if self._closed:
@@ -116,7 +119,7 @@ class MetricStore:
                 run = Run.create(batch, self.device)
             run.check(batch)
             self._check_caps(run, batch)
-            self._wal.append(RECORD_BATCH, msg.SerializeToString())
+            self._wal.append(RECORD_BATCH, raw if raw is not None else msg.SerializeToString())
             self._apply(run, batch, new)
         if self._wal_due():
             self._ckpt_wake.set()
