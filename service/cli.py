@@ -36,7 +36,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="when the write-ahead log is synced: every batch before its ack"
                    " (default), every 50 ms, or by the OS")
     p.add_argument("--checkpoint-interval", type=float, default=60.0,
-                   help="seconds between checkpoints of all metric state (default 60)")
+                   help="seconds between checkpoints of all metric state (default 60); a checkpoint"
+                   " is also due when the log outgrows max(256 MiB, the last checkpoint)")
     p.add_argument("--max-samples-per-run", type=int, default=50_000_000,
                    help="cap on eval samples retained per run (default 50M)")
     p.add_argument("--max-samples-total", type=int, default=200_000_000,

@@ -7,6 +7,7 @@ reported in its :class:`Ack` and the stream goes on; whole-call errors
 
 from __future__ import annotations
 
+import collections
 import hmac
 import logging
 import queue
@@ -31,6 +32,9 @@ SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
 def status_of(err: ServiceError) -> grpc.StatusCode:
     """The gRPC status code of a domain error."""
     return getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL)
+
+
+_MAX_PENDING_ACKS = 16  # batches applied per stream ahead of their log sync
 
 
 class RawBatch(NamedTuple):
@@ -63,28 +67,31 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self._store = store
         self._draining = draining
 
-    def _ack(self, request: ingest_pb2.Batch | RawBatch) -> ingest_pb2.Ack:
+    def _ack(
+        self, request: ingest_pb2.Batch | RawBatch, wait: bool = True
+    ) -> tuple[ingest_pb2.Ack, int]:
+        """Apply one batch; return its ack and the log position it waits for (0: none)."""
         if isinstance(request, RawBatch):
             batch, raw = request.msg, request.raw
         else:
             batch, raw = request, None
         ack = ingest_pb2.Ack(producer_id=batch.producer_id, sequence=batch.sequence)
         try:
-            result = self._store.ingest(batch, raw=raw)
+            result = self._store.ingest(batch, raw=raw, wait=wait)
         except ShuttingDown:
             raise
         except ServiceError as err:
             ack.error_code = status_of(err).value[0]
             ack.error_message = str(err)
-            return ack
+            return ack, 0
         except Exception as err:
             log.exception("batch %s/%d failed", batch.producer_id, batch.sequence)
             ack.error_code = grpc.StatusCode.INTERNAL.value[0]
             ack.error_message = f"internal error: {err}"
-            return ack
+            return ack, 0
         ack.duplicate = result.duplicate
         ack.samples = result.samples
-        return ack
+        return ack, result.lsn
 
     def Stream(
         self, request_iterator: Iterator[ingest_pb2.Batch], context: grpc.ServicerContext
@@ -106,24 +113,36 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             inbox.put(_END)
 
         threading.Thread(target=read, name="grpc-stream-reader", daemon=True).start()
-        while True:
-            try:
-                batch = inbox.get(timeout=0.1)
-            except queue.Empty:
-                if self._draining.is_set():
-                    return  # idle while draining: the producer reconnects elsewhere / later
-                continue
-            if batch is _END:
-                return
-            try:
-                yield self._ack(batch)
-            except ShuttingDown as err:
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        # Acks wait for the log sync of their batch; meanwhile the next batches are
+        # applied, so the disk and the metric updates work in parallel (acks stay in order).
+        pending: collections.deque[tuple[ingest_pb2.Ack, int]] = collections.deque()
+        try:
+            while True:
+                while pending and self._store.is_durable(pending[0][1]):
+                    yield pending.popleft()[0]
+                try:
+                    batch = inbox.get_nowait() if pending else inbox.get(timeout=0.1)
+                except queue.Empty:
+                    if pending:  # nothing else to do: wait for the disk
+                        self._store.wait_durable(pending[0][1])
+                    elif self._draining.is_set():
+                        return  # idle while draining: the producer reconnects later
+                    continue
+                if batch is _END:
+                    break
+                pending.append(self._ack(batch, wait=False))
+                if len(pending) > _MAX_PENDING_ACKS:
+                    self._store.wait_durable(pending[0][1])
+            for ack, lsn in pending:
+                self._store.wait_durable(lsn)
+                yield ack
+        except ShuttingDown as err:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
 
     def Send(self, request: ingest_pb2.Batch, context: grpc.ServicerContext) -> ingest_pb2.Ack:
         """A single batch."""
         try:
-            return self._ack(request)
+            return self._ack(request)[0]
         except ShuttingDown as err:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
             raise  # unreachable: abort raises

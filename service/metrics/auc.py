@@ -79,7 +79,8 @@ class AUC(RankMetric):
         else:
             self.preds.append(b.preds)
             self.target.append(b.target)
-            self.weights.append(b.weights if b.weights is not None else torch.ones_like(b.preds))
+            # an empty chunk stands for unit weights: unweighted streams keep no weights
+            self.weights.append(b.weights if b.weights is not None else b.preds.new_empty(0))
 
     def _add_histogram(self, b: Batch) -> None:
         add_binned_counts(self.hist, b.preds, b.target, self.thresholds, b.weights)
@@ -89,11 +90,23 @@ class AUC(RankMetric):
         if self.thresholds:
             return auc_from_histogram(self.hist)
         empty = torch.zeros(0, device=self.device)
-        return exact_auc(
-            self._cat(self.preds, empty),
-            self._cat(self.target, empty),
-            self._cat(self.weights, empty),
-        )
+        preds = self._cat(self.preds, empty)
+        return exact_auc(preds, self._cat(self.target, empty), self._weights(preds))
+
+    def _weights(self, preds: Tensor) -> Tensor | None:
+        """The weights of all samples, None when every chunk is unweighted."""
+        chunks = [self.weights] if isinstance(self.weights, Tensor) else self.weights
+        given = sum(int(w.numel()) for w in chunks)
+        if given == 0:
+            return None
+        if given == preds.numel():
+            return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        pred_chunks = [self.preds] if isinstance(self.preds, Tensor) else self.preds
+        sizes = [int(p.numel()) for p in pred_chunks]
+        return torch.cat([
+            w if w.numel() else torch.ones(n, dtype=torch.float32, device=preds.device)
+            for w, n in zip(chunks, sizes, strict=True)
+        ])
 
 
 class MulticlassAUC(RankMetric):

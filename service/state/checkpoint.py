@@ -35,6 +35,14 @@ def _path(folder: Path, wal_index: int) -> Path:
     return folder / f"ckpt-{wal_index:012d}.pt"
 
 
+def checkpoint_size(folder: Path, wal_index: int) -> int:
+    """Bytes of the checkpoint at ``wal_index`` (0 when there is none)."""
+    try:
+        return _path(folder, wal_index).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def list_checkpoints(folder: Path) -> list[int]:
     """WAL indices of the checkpoints in ``folder``, ascending."""
     out = []
@@ -45,16 +53,32 @@ def list_checkpoints(folder: Path) -> list[int]:
     return sorted(out)
 
 
+class _CrcWriter:
+    """A write-only file object that keeps the crc32 of what went through it."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        self._f = f
+        self.crc = 0
+
+    def write(self, data: bytes) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def save_checkpoint(folder: Path, wal_index: int, state: dict[str, Any]) -> Path:
     """Write ``state`` as the checkpoint from which replay starts at ``wal_index``."""
     folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    payload = buf.getvalue()
     final = _path(folder, wal_index)
     tmp = final.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        f.write(_MAGIC + struct.pack("<I", zlib.crc32(payload)) + payload)
+        f.write(_MAGIC + b"\0\0\0\0")
+        out = _CrcWriter(f)
+        torch.save(state, out)  # streamed: no second copy of the state in memory
+        f.seek(len(_MAGIC))
+        f.write(struct.pack("<I", out.crc))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)

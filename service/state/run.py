@@ -230,7 +230,11 @@ class Run:
 
     # --- persistence -------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild the run (tensors are copies)."""
+        """Everything needed to rebuild the run, cheap enough to take under the store's lock.
+
+        Retained samples are shared with the live metrics, not copied (see
+        :meth:`RankMetric.state_snapshot`); fixed-size tensor states are copies.
+        """
         return {
             "key": self.key,
             "configs": [c.SerializeToString() for c in self.configs],
@@ -244,7 +248,7 @@ class Run:
             "windows": {
                 step: {
                     "samples": w.samples,
-                    "metrics": {k: _cpu(m.state_dict()) for k, m in w.metrics.items()},
+                    "metrics": {k: _cpu(m.state_snapshot()) for k, m in w.metrics.items()},
                 }
                 for step, w in self.windows.items()
             },

@@ -71,6 +71,7 @@ class IngestResult:
     sequence: int
     duplicate: bool
     samples: int
+    lsn: int = 0  # the log position that must be durable before the ack
 
 
 class MetricStore:
@@ -91,6 +92,7 @@ class MetricStore:
         self._wal = WriteAheadLog(self.data_dir / "wal", config.fsync, config.fsync_interval_s)
         self._ckpt_index = self._recover()
         self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_bytes = checkpoint.checkpoint_size(self._ckpt_dir, self._ckpt_index)
         self.snapshots = SnapshotCache(
             self._snapshot_source, self._version_of, config.snapshot_min_interval_s
         )
@@ -101,10 +103,16 @@ class MetricStore:
         self._ckpt_thread.start()
 
     # --- ingestion -----------------------------------------------------------------
-    def ingest(self, msg: ingest_pb2.Batch, raw: bytes | None = None) -> IngestResult:
+    def ingest(
+        self, msg: ingest_pb2.Batch, raw: bytes | None = None, wait: bool = True
+    ) -> IngestResult:
         """Apply ``msg`` once; raise a :class:`ServiceError` (and change nothing) if refused.
 
-        ``raw`` is ``msg``'s wire form when the caller has it (logged as it is).
+        ``raw`` is ``msg``'s wire form when the caller has it (logged as it is). With
+        ``wait`` the batch is durable on return; without, the caller must
+        :meth:`wait_durable` for ``result.lsn`` before it acknowledges the batch (the
+        stream handler applies the next batch meanwhile: the log syncs in parallel).
+        State changes before the sync; a crash loses both, and the producer re-sends.
         """
         batch = decode_batch(msg, self.config.max_samples_per_batch)
         with self._lock:
@@ -112,18 +120,33 @@ class MetricStore:
                 raise ShuttingDown("the service is shutting down; retry on another instance")
             last = self._producers.get(batch.producer_id)
             if last is not None and batch.sequence <= last:
-                return IngestResult(batch.sequence, True, 0)
-            run = self._runs.get(batch.key)
-            new = run is None
-            if run is None:
-                run = Run.create(batch, self.device)
-            run.check(batch)
-            self._check_caps(run, batch)
-            self._wal.append(RECORD_BATCH, raw if raw is not None else msg.SerializeToString())
-            self._apply(run, batch, new)
-        if self._wal_due():
+                # the first copy may still be on its way to the disk
+                result = IngestResult(batch.sequence, True, 0, self._wal.lsn)
+            else:
+                run = self._runs.get(batch.key)
+                new = run is None
+                if run is None:
+                    run = Run.create(batch, self.device)
+                run.check(batch)
+                self._check_caps(run, batch)
+                lsn = self._wal.append(
+                    RECORD_BATCH, raw if raw is not None else msg.SerializeToString(), wait=False
+                )
+                self._apply(run, batch, new)
+                result = IngestResult(batch.sequence, False, batch.num_samples, lsn)
+        if not result.duplicate and self._wal_due():
             self._ckpt_wake.set()
-        return IngestResult(batch.sequence, False, batch.num_samples)
+        if wait:
+            self._wal.wait_durable(result.lsn)
+        return result
+
+    def is_durable(self, lsn: int) -> bool:
+        """Whether the log record at ``lsn`` is durable (see :meth:`ingest`)."""
+        return self._wal.is_durable(lsn)
+
+    def wait_durable(self, lsn: int) -> None:
+        """Block until the log record at ``lsn`` is durable."""
+        self._wal.wait_durable(lsn)
 
     def _check_caps(self, run: Run, batch: Batch) -> None:
         if run.key.phase != "eval":
@@ -160,8 +183,9 @@ class MetricStore:
             keys = [k for k in self._runs if k.experiment == experiment]
             if not keys:
                 raise NotFound(f"experiment {experiment!r} not found")
-            self._wal.append(RECORD_DELETE_EXPERIMENT, experiment.encode())
+            lsn = self._wal.append(RECORD_DELETE_EXPERIMENT, experiment.encode(), wait=False)
             self._delete(experiment)
+        self._wal.wait_durable(lsn)
         self.snapshots.invalidate(experiment)
         return len(keys)
 
@@ -289,7 +313,19 @@ class MetricStore:
         self._apply(run, batch, new)
 
     def _wal_due(self) -> bool:
-        return self._wal.current_bytes >= self.config.checkpoint_wal_bytes
+        """Whether the log has outgrown the last checkpoint: amortized, writing checkpoints
+        costs at most about as much I/O as the log itself, however large the state."""
+        return self._wal.current_bytes >= max(
+            self.config.checkpoint_wal_bytes, self._last_ckpt_bytes
+        )
+
+    def _interval_due(self) -> bool:
+        """The periodic checkpoint, skipped while the log is small next to the state."""
+        return (
+            time.monotonic() - self._last_ckpt_time >= self.config.checkpoint_interval_s
+            and self._wal.current_bytes > 0
+            and self._wal.current_bytes * 8 >= self._last_ckpt_bytes
+        )
 
     def checkpoint(self) -> Path:
         """Write a checkpoint of all state now and drop the log it makes unneeded."""
@@ -306,6 +342,7 @@ class MetricStore:
             self._wal.remove_before(kept[0])
         self._ckpt_index = index
         self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_bytes = path.stat().st_size
         log.info("checkpoint %s written", path.name)
         return path
 
@@ -317,8 +354,7 @@ class MetricStore:
                 return
             if self.config.ttl_s:
                 self.expire()
-            due = time.monotonic() - self._last_ckpt_time >= self.config.checkpoint_interval_s
-            if self._wal_due() or (due and self._wal.current_bytes > 0):
+            if self._wal_due() or self._interval_due():
                 try:
                     self.checkpoint()
                 except Exception:

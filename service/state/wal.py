@@ -14,7 +14,8 @@ Example::
     >>> import tempfile
     >>> d = tempfile.mkdtemp()
     >>> wal = WriteAheadLog(d)
-    >>> wal.append(RECORD_BATCH, b"hello")
+    >>> wal.append(RECORD_BATCH, b"hello")  # its lsn: 9 bytes of header + 5
+    14
     >>> wal.close()
     >>> [(k, p) for _, k, p in WriteAheadLog(d).replay(0)]
     [(1, b'hello')]
@@ -32,6 +33,8 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from rankboard.service.errors import ShuttingDown
+
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1
@@ -42,13 +45,27 @@ MAX_RECORD = 1 << 30
 _KIND_CRC = [zlib.crc32(bytes([k])) for k in range(256)]
 
 
-class WriteAheadLog:
-    """Append-only segmented log with an fsync policy.
+class LogFailed(ShuttingDown):
+    """The log could not be synced: nothing more is acknowledged (clients retry later).
 
-    ``fsync``: ``"batch"`` syncs every record before :meth:`append` returns;
-    ``"interval"`` syncs at most every ``interval_s`` (a process crash loses
-    nothing written; a power failure may lose the last interval);
-    ``"none"`` leaves syncing to the OS.
+    As PostgreSQL learned, a failed fsync cannot be retried safely: the service stops
+    taking batches and a restart replays what reached the disk.
+    """
+
+
+class WriteAheadLog:
+    """Append-only segmented log with an fsync policy and group commit.
+
+    ``fsync``: ``"batch"``: every record is synced before it counts as durable (a
+    background thread syncs whatever has been written, so records appended
+    while a sync runs share the next one: group commit); ``"interval"`` syncs at most
+    every ``interval_s`` (a process crash loses nothing written; a power failure may
+    lose the last interval); ``"none"`` leaves syncing to the OS.
+
+    :meth:`append` returns the record's log sequence number (the log's length in bytes
+    after it, counted from when the log was opened); :meth:`wait_durable` blocks until
+    a number is durable under the policy. ``append(..., wait=True)``, the default, does
+    both.
     """
 
     def __init__(self, folder: str | Path, fsync: str = "batch", interval_s: float = 0.05) -> None:
@@ -67,6 +84,15 @@ class WriteAheadLog:
         self._file = open(self._path(self.index), "ab")  # noqa: SIM115
         self.current_bytes = self._file.tell()
         self._sync_dir()
+        self.lsn = 0  # bytes appended since open
+        self._synced = 0  # every lsn up to this is durable
+        self._failed: OSError | None = None
+        self._closed = False
+        self._durable = threading.Condition()
+        self._syncer: threading.Thread | None = None
+        if fsync == "batch":
+            self._syncer = threading.Thread(target=self._sync_loop, name="wal-sync", daemon=True)
+            self._syncer.start()
 
     def _path(self, index: int) -> Path:
         return self.folder / f"{index:012d}.wal"
@@ -82,28 +108,85 @@ class WriteAheadLog:
         """Indices of the segments on disk, ascending."""
         return sorted(int(p.stem) for p in self.folder.glob("*.wal") if p.stem.isdigit())
 
-    def append(self, kind: int, payload: bytes) -> None:
-        """Append one record and make it as durable as the fsync policy says."""
+    def append(self, kind: int, payload: bytes, wait: bool = True) -> int:
+        """Append one record; return its lsn, durable on return when ``wait``."""
         header = _HEADER.pack(len(payload), zlib.crc32(payload, _KIND_CRC[kind]), kind)
         with self._lock:
+            if self._failed is not None:
+                raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
             # header and payload as two writes: a large payload bypasses the buffer uncopied
             self._file.write(header)
             self._file.write(payload)
             self._file.flush()
-            self.current_bytes += len(header) + len(payload)
-            if self.fsync == "batch":
-                os.fdatasync(self._file.fileno())
-            elif self.fsync == "interval":
+            size = len(header) + len(payload)
+            self.current_bytes += size
+            self.lsn += size
+            lsn = self.lsn
+            if self.fsync == "interval":
                 now = time.monotonic()
                 if now - self._last_sync >= self.interval_s:
                     os.fdatasync(self._file.fileno())
                     self._last_sync = now
+        if self.fsync == "batch":
+            with self._durable:
+                self._durable.notify_all()
+            if wait:
+                self.wait_durable(lsn)
+        return lsn
+
+    def is_durable(self, lsn: int) -> bool:
+        """Whether the record at ``lsn`` is as durable as the policy promises."""
+        return self.fsync != "batch" or self._synced >= lsn
+
+    def wait_durable(self, lsn: int) -> None:
+        """Block until ``lsn`` is durable; raise :class:`LogFailed` if it cannot be."""
+        if self.fsync != "batch":
+            return
+        with self._durable:
+            while self._synced < lsn:
+                if self._failed is not None:
+                    raise LogFailed(f"the write-ahead log could not be synced: {self._failed}")
+                self._durable.wait()
+
+    def _sync_loop(self) -> None:
+        """Sync whatever has been written, as often as the disk allows (group commit)."""
+        while True:
+            with self._durable:
+                while self._synced >= self.lsn and not self._closed:
+                    self._durable.wait()
+                if self._closed and self._synced >= self.lsn:
+                    return
+            with self._lock:
+                if self._file.closed:
+                    return
+                target = self.lsn
+                fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
+            try:
+                os.fdatasync(fd)
+            except OSError as err:
+                log.critical("write-ahead log sync failed: %s; no more acks", err)
+                with self._durable:
+                    self._failed = err
+                    self._durable.notify_all()
+                return
+            finally:
+                os.close(fd)
+            with self._durable:
+                self._synced = max(self._synced, target)
+                self._durable.notify_all()
+
+    def _mark_synced(self, lsn: int) -> None:
+        with self._durable:
+            self._synced = max(self._synced, lsn)
+            self._durable.notify_all()
 
     def sync(self) -> None:
         """Flush and fsync the current segment."""
         with self._lock:
             self._file.flush()
             os.fsync(self._file.fileno())
+            lsn = self.lsn
+        self._mark_synced(lsn)
 
     def rotate(self) -> int:
         """Start a new segment; return its index (replay of later state starts there)."""
@@ -114,7 +197,9 @@ class WriteAheadLog:
             self.index += 1
             self._file = open(self._path(self.index), "ab")  # noqa: SIM115
             self.current_bytes = 0
+            lsn = self.lsn
         self._sync_dir()
+        self._mark_synced(lsn)
         return self.index
 
     def remove_before(self, index: int) -> None:
@@ -128,12 +213,19 @@ class WriteAheadLog:
         return sum(self._path(s).stat().st_size for s in self.segments() if s >= index)
 
     def close(self) -> None:
-        """Sync and close the current segment."""
+        """Sync and close the current segment (every record appended is then durable)."""
         with self._lock:
             if not self._file.closed:
                 self._file.flush()
                 os.fsync(self._file.fileno())
                 self._file.close()
+            lsn = self.lsn
+        with self._durable:
+            self._closed = True
+            self._synced = max(self._synced, lsn)
+            self._durable.notify_all()
+        if self._syncer is not None and self._syncer is not threading.current_thread():
+            self._syncer.join(timeout=5)
 
     def replay(self, start: int) -> Iterator[tuple[int, int, bytes]]:
         """Yield ``(segment, kind, payload)`` of every good record from segment ``start``."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from rankboard.service.state import wal as wal_module
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore, StoreConfig
-from rankboard.service.state.wal import RECORD_BATCH, WriteAheadLog
+from rankboard.service.state.wal import RECORD_BATCH, LogFailed, WriteAheadLog
 from tests.service.conftest import make_batch
 
 KEY = RunKey("exp", "control", "ctr", "eval")
@@ -108,4 +111,69 @@ def test_time_to_live_deletes_idle_experiments(tmp_path: Path) -> None:
     store.close()
     store = open_store(tmp_path)  # the deletion is durable
     assert [r.key.experiment for r in store.runs()] == ["new"]
+    store.close()
+
+
+def test_group_commit_makes_every_concurrent_append_durable(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path, fsync="batch")
+    lsns: list[int] = []
+    lock = threading.Lock()
+
+    def writer(w: int) -> None:
+        for i in range(50):
+            lsn = wal.append(RECORD_BATCH, f"{w}:{i}".encode())  # wait=True: durable now
+            assert wal.is_durable(lsn)
+            with lock:
+                lsns.append(lsn)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    late = wal.append(RECORD_BATCH, b"late", wait=False)
+    wal.wait_durable(late)
+    assert wal.is_durable(late) and late == wal.lsn
+    wal.close()
+    assert len(set(lsns)) == 200 and max(lsns) < late
+    records = [p.decode() for _, _, p in WriteAheadLog(tmp_path).replay(0)]
+    assert sorted(records[:-1]) == sorted(f"{w}:{i}" for w in range(4) for i in range(50))
+    assert records[-1] == "late"
+
+
+def test_a_failed_sync_acknowledges_nothing_more(tmp_path: Path, monkeypatch) -> None:
+    wal = WriteAheadLog(tmp_path, fsync="batch")
+    wal.append(RECORD_BATCH, b"kept")
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "injected I/O error")
+
+    monkeypatch.setattr(wal_module.os, "fdatasync", broken)
+    with pytest.raises(LogFailed, match="injected I/O error"):
+        wal.append(RECORD_BATCH, b"not acknowledged")
+    with pytest.raises(LogFailed):  # and nothing is taken afterwards
+        wal.append(RECORD_BATCH, b"refused")
+    monkeypatch.undo()
+    wal.close()
+    assert [p for _, _, p in WriteAheadLog(tmp_path).replay(0)] == [b"kept", b"not acknowledged"]
+
+
+def test_checkpoints_are_amortized_against_the_state_size(tmp_path: Path) -> None:
+    # a 1-byte threshold: only the rule "the log must outgrow the last checkpoint" holds
+    store = MetricStore(StoreConfig(data_dir=tmp_path, checkpoint_interval_s=3600,
+                                    checkpoint_wal_bytes=1))
+    for i in range(3):
+        p, y = data(40 + i, n=2000)
+        store.ingest(make_batch(preds=p, labels=y, seq=i + 1))
+    path = store.checkpoint()
+    size = path.stat().st_size
+    p, y = data(50, n=500)
+    store.ingest(make_batch(preds=p, labels=y, seq=4))
+    assert 0 < store._wal.current_bytes < size and not store._wal_due()
+    seq = 5
+    while store._wal.current_bytes < size:
+        store.ingest(make_batch(preds=p, labels=y, seq=seq))
+        seq += 1
+    # due now, unless the background checkpointer already took the (larger) checkpoint
+    assert store._wal_due() or store._last_ckpt_bytes > size
     store.close()

@@ -9,7 +9,9 @@ for small batches, and a single host sync per batch on CUDA.
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+import threading
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -168,14 +170,50 @@ def to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().numpy() if x.requires_grad else x.numpy()
 
 
+_facts = threading.local()
+_MAX_FACTS = 32
+
+
+def _memo(kind: str, x: Tensor, fn: Callable[[Tensor], Any]) -> Any:
+    """``fn(x)``, remembered while ``x`` is the same unmodified tensor.
+
+    Several metrics validate the same batch (and the service checks a batch before it
+    applies it): the value reductions run once per tensor, not once per metric. The
+    entry holds ``x`` itself, so its id cannot be reused, and its version counter, which
+    any in-place change bumps.
+
+    >>> x = torch.tensor([0.5, 2.0])
+    >>> _memo("demo", x, lambda t: float(t.max())), _memo("demo", x, lambda t: -1.0)
+    (2.0, 2.0)
+    >>> x[1] = 3.0
+    >>> _memo("demo", x, lambda t: float(t.max()))
+    3.0
+    """
+    if x.is_inference():
+        return fn(x)
+    cache: dict | None = getattr(_facts, "cache", None)
+    if cache is None:
+        cache = _facts.cache = {}
+    key = (kind, id(x))
+    hit = cache.get(key)
+    if hit is not None and hit[0] is x and hit[1] == x._version:
+        return hit[2]
+    value = fn(x)
+    if len(cache) >= _MAX_FACTS:
+        cache.clear()
+    cache[key] = (x, x._version, value)
+    return value
+
+
+def _range_cpu(x: Tensor) -> tuple[float, float]:
+    a = to_numpy(x)
+    return float(a.min()), float(a.max())
+
+
 def _ranges(xs: list[Tensor]) -> list[tuple[float, float]]:
     """``(min, max)`` of each tensor (NaN propagates); numpy on the CPU, one sync elsewhere."""
     if all(x.device.type == "cpu" for x in xs):
-        out = []
-        for x in xs:
-            a = to_numpy(x)
-            out.append((float(a.min()), float(a.max())))
-        return out
+        return [_memo("range", x, _range_cpu) for x in xs]
     mm = torch.stack(
         [torch.stack(torch.aminmax(x.detach())).to(torch.float64) for x in xs]
     ).tolist()
@@ -184,6 +222,10 @@ def _ranges(xs: list[Tensor]) -> list[tuple[float, float]]:
 
 def _all_in_01(t: Tensor) -> bool:
     """Whether a float tensor already known to lie in [0, 1] holds only 0 and 1."""
+    return _memo("binary", t, _only_0_1)
+
+
+def _only_0_1(t: Tensor) -> bool:
     if t.device.type == "cpu":
         a = to_numpy(t)
         return not np.count_nonzero((a != 0) & (a != 1))

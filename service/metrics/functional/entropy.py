@@ -18,7 +18,10 @@ def ne_sums(
     """``(sum w * logloss, sum w * y, sum w)`` in float64; preds clamped to [eta, 1 - eta]."""
     p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
     y = target.to(torch.float64)
-    ce = -(y * torch.log(p) + (1.0 - y) * torch.log1p(-p))
+    # labels are 0/1, so the loss is -log(1 - |p - y|): one log per sample (torch's
+    # float64 log is 2.5x faster than log1p); 1 - |p - y| is p or 1 - p, exact in float64
+    # for float32 p except 1 - p below 2**-29, where the error is under 1e-16 absolute
+    ce = (p - y).abs_().neg_().add_(1.0).log_().neg_()
     if weights is None:
         n = torch.tensor(float(p.numel()), dtype=torch.float64, device=p.device)
         return ce.sum(), y.sum(), n

@@ -133,6 +133,59 @@ def test_train_wrapper_roundtrip(cfg, rng):
     assert _same(fresh.compute(), w.compute())
 
 
+def _equal_states(a: dict, b: dict) -> bool:
+    if sorted(a) != sorted(b):
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, list):
+            x, y = (torch.cat(x) if x else torch.empty(0)), (torch.cat(y) if y else torch.empty(0))
+        if not torch.equal(x, y) and not (x.isnan().all() and y.isnan().all()):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("cfg", ALL_CONFIGS, ids=lambda c: str(c).replace("\n", " "))
+def test_state_snapshot_is_state_dict_and_frozen(cfg, wrapped, rng):
+    if wrapped:
+        tcfg = pb.TrainMetricConfig(decay_step=2)
+        getattr(tcfg, metric_key(cfg)).CopyFrom(getattr(cfg, metric_key(cfg)))
+        if cfg.HasField("auc") and cfg.auc.thresholds == 0:
+            with pytest.raises(ValueError, match="DecayAUC needs binned thresholds"):
+                create_train_metric(tcfg)
+            return
+        m = create_train_metric(tcfg)
+    else:
+        m = create_metric(cfg)
+    for _ in range(3):
+        m.update(**_batch(m, rng))
+    snap = m.state_snapshot()
+    assert _equal_states(snap, m.state_dict())
+    frozen = _roundtrip(m.state_dict())
+    m.update(**_batch(m, rng))  # later updates leave an earlier snapshot as it was
+    assert _equal_states(snap, frozen)
+    fresh = create_train_metric(tcfg) if wrapped else create_metric(cfg)
+    fresh.load_state_dict(_roundtrip(m.state_snapshot()))
+    assert _same(fresh.compute(), m.compute())
+
+
+def test_exact_auc_mixes_weighted_and_unweighted_batches(rng):
+    m = AUC(thresholds=0)
+    p = rng.random(300).astype(np.float32)
+    y = (rng.random(300) < 0.4).astype(np.float32)
+    w = rng.random(300).astype(np.float32)
+    m.update(torch.from_numpy(p[:100]), torch.from_numpy(y[:100]))
+    m.update(torch.from_numpy(p[100:200]), torch.from_numpy(y[100:200]),
+             weights=torch.from_numpy(w[100:200]))
+    m.update(torch.from_numpy(p[200:]), torch.from_numpy(y[200:]))
+    sw = np.concatenate([np.ones(100), w[100:200], np.ones(100)])
+    assert m.compute().item() == pytest.approx(roc_auc_score(y, p, sample_weight=sw), abs=1e-9)
+    fresh = AUC(thresholds=0)
+    fresh.load_state_dict(_roundtrip(m.state_dict()))
+    assert fresh.compute().item() == pytest.approx(m.compute().item(), abs=1e-12)
+
+
 def test_train_wrapper_smoothing_semantics(rng):
     w = TrainMetricWrapper(MeanAbsoluteError(), decay_rate=0.75, decay_step=2)
     p = rng.random(8).astype(np.float32)
