@@ -6,10 +6,11 @@ Example::
     >>> cfg = parse_text("sgd_optimizer { lr: 0.1 }", optimizer_pb2.SparseOptimizer())
     >>> round(cfg.sgd_optimizer.lr, 3)
     0.1
-    >>> parse_text("sgd_optimizer { lrr: 0.1 }", optimizer_pb2.SparseOptimizer())
-    Traceback (most recent call last):
-    ...
-    rankboard.protos.text.ConfigError: config line 1, column 17: ...
+    >>> try:
+    ...     parse_text("sgd_optimizer { lrr: 0.1 }", optimizer_pb2.SparseOptimizer())
+    ... except ConfigError as err:
+    ...     print(str(err)[:30])
+    config line 1, column 17: 1:17
 """
 
 from __future__ import annotations
