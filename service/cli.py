@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 
 from rankboard.service.server import ServiceConfig, env_token, run_service
+from rankboard.service.state.store import StateLost
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,10 +75,14 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with run_service(config) as svc:
-        print(f"rankboard: gRPC on {svc.grpc_target}, REST on {svc.http_url}", flush=True)
-        stop.wait()
-        print("rankboard: draining", flush=True)
+    try:
+        with run_service(config) as svc:
+            print(f"rankboard: gRPC on {svc.grpc_target}, REST on {svc.http_url}", flush=True)
+            stop.wait()
+            print("rankboard: draining", flush=True)
+    except StateLost as err:
+        print(f"rankboard: cannot start: {err}", file=sys.stderr, flush=True)
+        return 2
     print("rankboard: stopped", flush=True)
     return 0
 

@@ -120,7 +120,8 @@ class RankMetric(Metric):
     def state_snapshot(self) -> dict[str, Any]:
         """``state_dict()``'s content without copying retained samples.
 
-        List (cat) states come back as new lists of the same chunk tensors: chunks are
+        List (cat) states come back as new lists of the same chunk tensor objects (a
+        checkpoint writes each chunk once, by identity): chunks are
         only ever appended, never changed in place, so later updates cannot alter the
         snapshot. Tensor states are cloned (they are updated in place). Cheap enough to
         take under a lock, while ``state_dict()`` deep-copies every sample.
@@ -131,7 +132,7 @@ class RankMetric(Metric):
         >>> snap = m.state_snapshot()
         >>> sorted(snap) == sorted(m.state_dict())
         True
-        >>> snap["preds"][0].data_ptr() == m.preds[0].data_ptr()  # shared, not copied
+        >>> snap["preds"][0] is m.preds[0]  # shared, not copied
         True
         """
         out: dict[str, Any] = {}
@@ -144,8 +145,7 @@ class RankMetric(Metric):
                     continue
                 value = getattr(module, key)
                 out[prefix + key] = (
-                    [c.detach() for c in value] if isinstance(value, list)
-                    else value.detach().clone()
+                    list(value) if isinstance(value, list) else value.detach().clone()
                 )
         return out
 

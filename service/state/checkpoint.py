@@ -1,17 +1,29 @@
-"""Checkpoints of the whole metric state: checksummed files, written atomically.
+"""Incremental checkpoints of the whole metric state: checksummed files, written atomically.
 
-A checkpoint file is ``RBCK`` + u32 crc32 + a ``torch.save`` payload, written
-to a temporary name, fsynced, then renamed, so a crash leaves either the old or
-the new file. :func:`load_latest` returns the newest checkpoint that reads back
-whole, falling back to older ones when the newest is corrupt.
+The exact metrics retain their samples as lists of chunk tensors that are only ever
+appended to (see :meth:`RankMetric.state_snapshot`), so a checkpoint writes each chunk
+once. Checkpoint ``i`` is two files:
+
+* ``chunks-i.pt``: the chunks that no earlier checkpoint holds (absent when none are new);
+* ``ckpt-i.pt``: the manifest, the state with every chunk replaced by a
+  :class:`ChunkRef` to the file and position that hold it, and the chunk files it needs.
+
+Both are ``RBCK`` + u32 crc32 + a ``torch.save`` payload, streamed to a temporary name,
+fsynced and renamed (chunks first), so a crash leaves either the old or the new
+checkpoint. :meth:`Checkpoints.load_latest` returns the newest checkpoint that reads
+back whole, falling back to older ones when a file is corrupt. Chunk files no kept
+checkpoint refers to are deleted.
 
 Example::
 
     >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> _ = save_checkpoint(d, 3, {"x": 1})
-    >>> load_latest(d)
-    (3, {'x': 1})
+    >>> ckpts = Checkpoints(Path(tempfile.mkdtemp()))
+    >>> chunk = torch.arange(3)
+    >>> _ = ckpts.save(3, {"x": 1, "chunks": [chunk]})
+    >>> _ = ckpts.save(4, {"x": 2, "chunks": [chunk, torch.arange(2)]})  # writes 1 chunk
+    >>> index, state = Checkpoints(ckpts.folder).load_latest()
+    >>> index, state["x"], [c.tolist() for c in state["chunks"]]
+    (4, 2, [[0, 1, 2], [0, 1]])
 """
 
 from __future__ import annotations
@@ -22,35 +34,43 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 log = logging.getLogger(__name__)
 _MAGIC = b"RBCK"
 KEEP = 2
 
 
-def _path(folder: Path, wal_index: int) -> Path:
-    return folder / f"ckpt-{wal_index:012d}.pt"
+class ChunkRef(NamedTuple):
+    """Where a retained chunk lives: chunk file ``file`` (a checkpoint index), ``pos``."""
+
+    file: int
+    pos: int
 
 
-def checkpoint_size(folder: Path, wal_index: int) -> int:
-    """Bytes of the checkpoint at ``wal_index`` (0 when there is none)."""
-    try:
-        return _path(folder, wal_index).stat().st_size
-    except FileNotFoundError:
-        return 0
+def _manifest_path(folder: Path, index: int) -> Path:
+    return folder / f"ckpt-{index:012d}.pt"
 
 
-def list_checkpoints(folder: Path) -> list[int]:
-    """WAL indices of the checkpoints in ``folder``, ascending."""
+def _chunks_path(folder: Path, index: int) -> Path:
+    return folder / f"chunks-{index:012d}.pt"
+
+
+def _indices(folder: Path, prefix: str) -> list[int]:
     out = []
-    for p in folder.glob("ckpt-*.pt"):
-        stem = p.stem.removeprefix("ckpt-")
+    for p in folder.glob(f"{prefix}-*.pt"):
+        stem = p.stem.removeprefix(f"{prefix}-")
         if stem.isdigit():
             out.append(int(stem))
     return sorted(out)
+
+
+def list_checkpoints(folder: Path) -> list[int]:
+    """WAL indices of the checkpoints (manifests) in ``folder``, ascending."""
+    return _indices(folder, "ckpt")
 
 
 class _CrcWriter:
@@ -68,47 +88,148 @@ class _CrcWriter:
         self._f.flush()
 
 
-def save_checkpoint(folder: Path, wal_index: int, state: dict[str, Any]) -> Path:
-    """Write ``state`` as the checkpoint from which replay starts at ``wal_index``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = _path(folder, wal_index)
-    tmp = final.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_MAGIC + b"\0\0\0\0")
-        out = _CrcWriter(f)
-        torch.save(state, out)  # streamed: no second copy of the state in memory
-        f.seek(len(_MAGIC))
-        f.write(struct.pack("<I", out.crc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    for old in list_checkpoints(folder)[:-KEEP]:
-        _path(folder, old).unlink(missing_ok=True)
-    return final
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Read one checkpoint; raise ValueError when it is torn or corrupt."""
+def write_file(final: Path, obj: Any) -> int:
+    """Stream ``obj`` to ``final`` atomically (magic, crc32, torch.save); return its size."""
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(_MAGIC + b"\0\0\0\0")
+        out = _CrcWriter(f)
+        torch.save(obj, out)  # streamed: no second copy of the state in memory
+        f.seek(len(_MAGIC))
+        f.write(struct.pack("<I", out.crc))
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.seek(0, os.SEEK_END)
+    os.replace(tmp, final)
+    return size
+
+
+def read_file(path: Path) -> Any:
+    """Read one file written by :func:`write_file`; ValueError when torn or corrupt."""
     data = path.read_bytes()
     if len(data) < 8 or data[:4] != _MAGIC:
-        raise ValueError(f"{path.name}: not a rankboard checkpoint")
+        raise ValueError(f"{path.name}: not a rankboard checkpoint file")
     (crc,) = struct.unpack_from("<I", data, 4)
-    payload = data[8:]
+    payload = memoryview(data)[8:]
     if zlib.crc32(payload) != crc:
         raise ValueError(f"{path.name}: checksum mismatch")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
 
 
-def load_latest(folder: Path) -> tuple[int, dict[str, Any]] | None:
-    """Return ``(wal_index, state)`` of the newest good checkpoint, or None."""
-    for index in reversed(list_checkpoints(folder)):
-        try:
-            return index, read_checkpoint(_path(folder, index))
-        except Exception as err:  # noqa: BLE001 - any unreadable file falls back
-            log.warning("checkpoint %s unreadable (%s); trying an older one", index, err)
-    return None
+def _is_chunk_list(obj: Any) -> bool:
+    return isinstance(obj, list) and bool(obj) and all(isinstance(x, torch.Tensor) for x in obj)
+
+
+class Checkpoints:
+    """The checkpoints of one data dir, remembering which chunks are already on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        # chunk tensor (by identity) -> where it was written; entries vanish with it
+        self._written = WeakIdKeyDictionary()
+
+    def save(self, index: int, state: dict[str, Any]) -> int:
+        """Write ``state`` as the checkpoint from which replay starts at ``index``.
+
+        Lists of tensors in ``state`` are retained chunks: each is written once, by the
+        first checkpoint that sees it. Returns the bytes written.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        new: list[torch.Tensor] = []
+        fresh: dict[int, tuple[torch.Tensor, ChunkRef]] = {}  # id -> chunk, where
+        files: set[int] = set()
+
+        def ref(chunk: torch.Tensor) -> ChunkRef:
+            where = self._written.get(chunk)
+            if where is None and id(chunk) in fresh:  # shared by several metrics
+                where = fresh[id(chunk)][1]
+            if where is None:
+                where = ChunkRef(index, len(new))
+                new.append(chunk.detach().cpu())
+                fresh[id(chunk)] = (chunk, where)
+            files.add(where.file)
+            return where
+
+        def externalize(obj: Any) -> Any:
+            if isinstance(obj, dict):
+                return {k: externalize(v) for k, v in obj.items()}
+            if _is_chunk_list(obj):
+                return [ref(c) for c in obj]
+            if isinstance(obj, list):
+                return [externalize(v) for v in obj]
+            if isinstance(obj, torch.Tensor):
+                return obj.detach().cpu()
+            return obj
+
+        manifest = {"state": externalize(state), "chunk_files": sorted(files)}
+        size = 0
+        if new:
+            size += write_file(_chunks_path(self.folder, index), new)
+        size += write_file(_manifest_path(self.folder, index), manifest)
+        _fsync_dir(self.folder)
+        for chunk, where in fresh.values():  # on disk now: later checkpoints refer to it
+            self._written[chunk] = where
+        self._collect_garbage()
+        return size
+
+    def _collect_garbage(self) -> None:
+        """Keep the newest :data:`KEEP` manifests and the chunk files they refer to."""
+        manifests = list_checkpoints(self.folder)
+        for old in manifests[:-KEEP]:
+            _manifest_path(self.folder, old).unlink(missing_ok=True)
+        needed: set[int] = set()
+        for index in manifests[-KEEP:]:
+            try:
+                needed.update(read_file(_manifest_path(self.folder, index))["chunk_files"])
+            except Exception:  # noqa: BLE001 - an unreadable manifest protects nothing
+                continue
+        oldest = manifests[-KEEP:][0] if manifests else 0
+        for index in _indices(self.folder, "chunks"):
+            # chunk files newer than the kept manifests belong to a checkpoint in progress
+            if index not in needed and index < oldest:
+                _chunks_path(self.folder, index).unlink(missing_ok=True)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        manifest = read_file(_manifest_path(self.folder, index))
+        chunks = {f: read_file(_chunks_path(self.folder, f)) for f in manifest["chunk_files"]}
+
+        def resolve(obj: Any) -> Any:
+            if isinstance(obj, ChunkRef):
+                return chunks[obj.file][obj.pos]
+            if isinstance(obj, dict):
+                return {k: resolve(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [resolve(v) for v in obj]
+            return obj
+
+        state = resolve(manifest["state"])
+
+        def remember(obj: Any) -> None:  # loaded chunks are on disk already
+            if isinstance(obj, ChunkRef):
+                self._written[chunks[obj.file][obj.pos]] = obj
+            elif isinstance(obj, dict):
+                for v in obj.values():
+                    remember(v)
+            elif isinstance(obj, list):
+                for v in obj:
+                    remember(v)
+
+        remember(manifest["state"])
+        return state
+
+    def load_latest(self) -> tuple[int, dict[str, Any]] | None:
+        """``(wal_index, state)`` of the newest checkpoint that reads back whole, or None."""
+        for index in reversed(list_checkpoints(self.folder)):
+            try:
+                return index, self._load(index)
+            except Exception as err:  # noqa: BLE001 - any unreadable file falls back
+                log.warning("checkpoint %s unreadable (%s); trying an older one", index, err)
+        return None

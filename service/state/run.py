@@ -233,7 +233,8 @@ class Run:
         """Everything needed to rebuild the run, cheap enough to take under the store's lock.
 
         Retained samples are shared with the live metrics, not copied (see
-        :meth:`RankMetric.state_snapshot`); fixed-size tensor states are copies.
+        :meth:`RankMetric.state_snapshot`); fixed-size tensor states are copies. Tensors
+        stay on the run's device (the checkpoint writer moves what it writes).
         """
         return {
             "key": self.key,
@@ -248,7 +249,7 @@ class Run:
             "windows": {
                 step: {
                     "samples": w.samples,
-                    "metrics": {k: _cpu(m.state_snapshot()) for k, m in w.metrics.items()},
+                    "metrics": {k: m.state_snapshot() for k, m in w.metrics.items()},
                 }
                 for step, w in self.windows.items()
             },
@@ -274,16 +275,6 @@ class Run:
                 m.to(device)
             run.windows[step] = Window(metrics, w["samples"])
         return run
-
-
-def _cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu")
-    if isinstance(obj, list):
-        return [_cpu(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    return obj
 
 
 def _state_copy(metric: Metric) -> Metric:

@@ -89,10 +89,17 @@ class MetricStore:
         self._closed = False
         self.registry = Registry(self.data_dir / "registry.sqlite")
         self._ckpt_dir = self.data_dir / "checkpoints"
+        self._checkpoints = checkpoint.Checkpoints(self._ckpt_dir)
+        self._ckpt_lock = threading.Lock()  # one checkpoint at a time
         self._wal = WriteAheadLog(self.data_dir / "wal", config.fsync, config.fsync_interval_s)
-        self._ckpt_index = self._recover()
+        try:
+            self._ckpt_index = self._recover()
+        except BaseException:
+            self._wal.close()
+            self.registry.close()
+            raise
         self._last_ckpt_time = time.monotonic()
-        self._last_ckpt_bytes = checkpoint.checkpoint_size(self._ckpt_dir, self._ckpt_index)
+        self._last_ckpt_bytes = 0  # bytes the last checkpoint wrote (they are incremental)
         self.snapshots = SnapshotCache(
             self._snapshot_source, self._version_of, config.snapshot_min_interval_s
         )
@@ -275,7 +282,7 @@ class MetricStore:
 
     # --- durability ----------------------------------------------------------------
     def _recover(self) -> int:
-        loaded = checkpoint.load_latest(self._ckpt_dir)
+        loaded = self._checkpoints.load_latest()
         start = 0
         if loaded is not None:
             start, state = loaded
@@ -286,6 +293,17 @@ class MetricStore:
                 if run.key.phase == "eval":
                     self._retained += run.samples
             log.info("loaded checkpoint %d: %d runs", start, len(self._runs))
+        else:
+            segments = self._wal.segments()
+            if segments and segments[0] > 0:
+                # the log before this segment was dropped because checkpoints held it:
+                # replaying the rest alone would serve wrong numbers without a word
+                raise StateLost(
+                    f"no checkpoint in {self._ckpt_dir} reads back whole, and the write-ahead"
+                    f" log before segment {segments[0]} was dropped after checkpointing;"
+                    " restore the checkpoints folder from a backup, or start on an empty"
+                    " --data-dir"
+                )
         replayed = 0
         for _, kind, payload in self._wal.replay(start):
             try:
@@ -313,10 +331,8 @@ class MetricStore:
         self._apply(run, batch, new)
 
     def _wal_due(self) -> bool:
-        """Whether the log has outgrown the last checkpoint: amortized, writing checkpoints
-        costs at most about as much I/O as the log itself, however large the state."""
-        return self._wal.current_bytes >= max(
-            self.config.checkpoint_wal_bytes, self._last_ckpt_bytes
+        return checkpoint_due(
+            self._wal.current_bytes, self._last_ckpt_bytes, self.config.checkpoint_wal_bytes
         )
 
     def _interval_due(self) -> bool:
@@ -327,24 +343,30 @@ class MetricStore:
             and self._wal.current_bytes * 8 >= self._last_ckpt_bytes
         )
 
-    def checkpoint(self) -> Path:
-        """Write a checkpoint of all state now and drop the log it makes unneeded."""
-        with self._lock:
-            state = {
-                "format": 1,
-                "producers": dict(self._producers),
-                "runs": [run.to_state() for run in self._runs.values()],
-            }
-            index = self._wal.rotate()
-        path = checkpoint.save_checkpoint(self._ckpt_dir, index, state)
-        kept = checkpoint.list_checkpoints(self._ckpt_dir)
-        if kept:
-            self._wal.remove_before(kept[0])
-        self._ckpt_index = index
-        self._last_ckpt_time = time.monotonic()
-        self._last_ckpt_bytes = path.stat().st_size
-        log.info("checkpoint %s written", path.name)
-        return path
+    def checkpoint(self) -> int:
+        """Write a checkpoint of all state now and drop the log it makes unneeded.
+
+        The ingestion lock is held only to take the state (retained chunks by
+        reference) and rotate the log; writing happens beside ingestion and writes
+        only the chunks no earlier checkpoint holds. Returns the checkpoint's index.
+        """
+        with self._ckpt_lock:
+            with self._lock:
+                state = {
+                    "format": 2,
+                    "producers": dict(self._producers),
+                    "runs": [run.to_state() for run in self._runs.values()],
+                }
+                index = self._wal.rotate()
+            written = self._checkpoints.save(index, state)
+            kept = checkpoint.list_checkpoints(self._ckpt_dir)
+            if kept:
+                self._wal.remove_before(kept[0])
+            self._ckpt_index = index
+            self._last_ckpt_time = time.monotonic()
+            self._last_ckpt_bytes = written
+        log.info("checkpoint %d written (%d bytes)", index, written)
+        return index
 
     def _checkpoint_loop(self) -> None:
         while not self._closed:
@@ -371,6 +393,22 @@ class MetricStore:
         self._ckpt_thread.join(timeout=10)
         self.snapshots.close()
         self.registry.close()
+
+
+class StateLost(RuntimeError):
+    """The data dir cannot be recovered exactly (the service refuses to start)."""
+
+
+def checkpoint_due(log_bytes: int, last_written: int, min_bytes: int) -> bool:
+    """Whether the log since the last checkpoint calls for a new one.
+
+    Due once the log reaches ``min_bytes`` and what the last checkpoint wrote: writing
+    checkpoints then costs at most about as much I/O as the log itself.
+
+    >>> checkpoint_due(300 << 20, 0, 256 << 20), checkpoint_due(300 << 20, 1 << 30, 256 << 20)
+    (True, False)
+    """
+    return log_bytes >= max(min_bytes, last_written)
 
 
 def _tuple(key: RunKey) -> tuple[str, str, str, str]:

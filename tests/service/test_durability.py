@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from rankboard.service.state import wal as wal_module
 from rankboard.service.state.batch import RunKey
-from rankboard.service.state.store import MetricStore, StoreConfig
+from rankboard.service.state.store import MetricStore, StateLost, StoreConfig
 from rankboard.service.state.wal import RECORD_BATCH, LogFailed, WriteAheadLog
 from tests.service.conftest import make_batch
 
@@ -158,22 +160,56 @@ def test_a_failed_sync_acknowledges_nothing_more(tmp_path: Path, monkeypatch) ->
     assert [p for _, _, p in WriteAheadLog(tmp_path).replay(0)] == [b"kept", b"not acknowledged"]
 
 
-def test_checkpoints_are_amortized_against_the_state_size(tmp_path: Path) -> None:
-    # a 1-byte threshold: only the rule "the log must outgrow the last checkpoint" holds
-    store = MetricStore(StoreConfig(data_dir=tmp_path, checkpoint_interval_s=3600,
-                                    checkpoint_wal_bytes=1))
+def test_checkpoints_write_each_retained_chunk_once(tmp_path: Path) -> None:
+    store = open_store(tmp_path)  # no background checkpoint in this test (huge thresholds)
+    ps, ys = [], []
     for i in range(3):
-        p, y = data(40 + i, n=2000)
+        p, y = data(40 + i, n=4000)
+        ps.append(p)
+        ys.append(y)
         store.ingest(make_batch(preds=p, labels=y, seq=i + 1))
-    path = store.checkpoint()
-    size = path.stat().st_size
+    first = store.checkpoint()
+    written_first = store._last_ckpt_bytes
     p, y = data(50, n=500)
+    ps.append(p)
+    ys.append(y)
     store.ingest(make_batch(preds=p, labels=y, seq=4))
-    assert 0 < store._wal.current_bytes < size and not store._wal_due()
-    seq = 5
-    while store._wal.current_bytes < size:
-        store.ingest(make_batch(preds=p, labels=y, seq=seq))
-        seq += 1
-    # due now, unless the background checkpointer already took the (larger) checkpoint
-    assert store._wal_due() or store._last_ckpt_bytes > size
+    second = store.checkpoint()
+    # 500 new samples against 12000 retained: only the new chunks and a manifest
+    assert store._last_ckpt_bytes < written_first / 4
+    folder = tmp_path / "checkpoints"
+    assert (folder / f"chunks-{first:012d}.pt").exists()
+    assert (folder / f"chunks-{second:012d}.pt").exists()
     store.close()
+
+    store = open_store(tmp_path)
+    samples, auc = auc_of(store)
+    assert samples == 12500
+    assert auc == pytest.approx(roc_auc_score(np.concatenate(ys), np.concatenate(ps)), abs=1e-12)
+    third = store.checkpoint()  # nothing new since the restart: a manifest alone
+    assert not (folder / f"chunks-{third:012d}.pt").exists()
+    store.close()
+    store = open_store(tmp_path)
+    assert auc_of(store) == (samples, auc)
+    store.close()
+
+
+def test_unrecoverable_checkpoints_refuse_to_start(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    for i in range(3):
+        p, y = data(60 + i)
+        store.ingest(make_batch(preds=p, labels=y, seq=i + 1))
+        store.checkpoint()  # the log before the kept checkpoints is dropped
+    store.close()
+    for f in (tmp_path / "checkpoints").glob("chunks-*.pt"):  # bit rot in every chunk file
+        raw = bytearray(f.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        f.write_bytes(bytes(raw))
+    with pytest.raises(StateLost, match="restore the checkpoints folder"):
+        open_store(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankboard.service.cli", "serve", "--grpc-port", "0",
+         "--http-port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "cannot start" in proc.stderr

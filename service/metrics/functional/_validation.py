@@ -49,6 +49,10 @@ def _as_tensor(x: object, name: str) -> Tensor:
         raise ValueError(f"{name} must be a tensor or array-like of numbers: {err}") from err
 
 
+def _nograd(x: Tensor) -> Tensor:
+    return x.detach() if x.requires_grad else x
+
+
 def validate_batch(
     preds: object,
     target: object,
@@ -84,8 +88,10 @@ def validate_batch(
     ...
     ValueError: metric: preds contain NaN or infinite values
     """
-    p = _as_tensor(preds, "preds")
-    t = _as_tensor(target, "target")
+    # metrics retain inputs: never an autograd graph with them (detach only when needed,
+    # so that the same tensor object reaches every metric and the value checks run once)
+    p = _nograd(_as_tensor(preds, "preds"))
+    t = _nograd(_as_tensor(target, "target"))
     who = metric_name
     if p.is_complex() or p.dtype == torch.bool:
         raise ValueError(f"{who}: preds must be real numbers, got dtype {p.dtype}")
@@ -120,7 +126,7 @@ def validate_batch(
     if weights is not None:
         if not supports_weights:
             raise ValueError(f"{who} does not support per-sample weights")
-        w = _as_tensor(weights, "weights")
+        w = _nograd(_as_tensor(weights, "weights"))
         if w.dim() != 1 or w.shape[0] != n:
             raise ValueError(f"{who}: weights must have shape ({n},), got {tuple(w.shape)}")
         if w.is_complex() or w.dtype == torch.bool:
