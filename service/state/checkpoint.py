@@ -4,11 +4,13 @@ The exact metrics retain their samples as lists of chunk tensors that are only e
 appended to (see :meth:`RankMetric.state_snapshot`), so a checkpoint writes each chunk
 once. Checkpoint ``i`` is two files:
 
-* ``chunks-i.pt``: the chunks that no earlier checkpoint holds (absent when none are new);
+* ``chunks-i.pt``: the chunks that no earlier checkpoint holds, as raw bytes behind an
+  index (absent when none are new);
 * ``ckpt-i.pt``: the manifest, the state with every chunk replaced by a
   :class:`ChunkRef` to the file and position that hold it, and the chunk files it needs.
 
-Both are ``RBCK`` + u32 crc32 + a ``torch.save`` payload, streamed to a temporary name,
+Both carry a crc32 of their content (the manifest is ``RBCK`` + crc + a ``torch.save``
+payload) and are streamed to a temporary name,
 fsynced and renamed (chunks first), so a crash leaves either the old or the new
 checkpoint. :meth:`Checkpoints.load_latest` returns the newest checkpoint that reads
 back whole, falling back to older ones when a file is corrupt. Chunk files no kept
@@ -31,11 +33,13 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -124,6 +128,58 @@ def read_file(path: Path) -> Any:
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
 
 
+_CHUNKS_MAGIC = b"RBCH"
+_CHUNKS_HEADER = struct.Struct("<4sIQ")  # magic, crc32 of the rest, length of the index
+
+
+def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
+    """Write CPU tensors as raw bytes behind a small index, atomically; return the size.
+
+    Faster than ``torch.save`` for thousands of chunks: one pass of ``write`` and crc32
+    over the tensors' own memory, no per-tensor archive entries.
+    """
+    arrays = [c.contiguous().numpy() for c in chunks]
+    index = pickle.dumps([(a.dtype.str, a.shape) for a in arrays])
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
+        crc = zlib.crc32(index)
+        f.write(index)
+        for a in arrays:
+            view = memoryview(a).cast("B")
+            crc = zlib.crc32(view, crc)
+            f.write(view)
+        f.seek(0)
+        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.seek(0, os.SEEK_END)
+    os.replace(tmp, final)
+    return size
+
+
+def read_chunks(path: Path) -> list[torch.Tensor]:
+    """Read a file of :func:`write_chunks`; ValueError when torn or corrupt."""
+    with open(path, "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        f.readinto(data)
+    if len(data) < _CHUNKS_HEADER.size:
+        raise ValueError(f"{path.name}: truncated")
+    magic, crc, index_len = _CHUNKS_HEADER.unpack_from(data)
+    body = memoryview(data)[_CHUNKS_HEADER.size:]
+    if magic != _CHUNKS_MAGIC or zlib.crc32(body) != crc:
+        raise ValueError(f"{path.name}: not a chunk file or checksum mismatch")
+    out = []
+    offset = _CHUNKS_HEADER.size + index_len
+    for dtype_str, shape in pickle.loads(body[:index_len]):
+        dtype = np.dtype(dtype_str)
+        count = int(np.prod(shape, dtype=np.int64))
+        a = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+        out.append(torch.from_numpy(a))  # shares the (writable) buffer
+        offset += count * dtype.itemsize
+    return out
+
+
 def _is_chunk_list(obj: Any) -> bool:
     return isinstance(obj, list) and bool(obj) and all(isinstance(x, torch.Tensor) for x in obj)
 
@@ -172,7 +228,7 @@ class Checkpoints:
         manifest = {"state": externalize(state), "chunk_files": sorted(files)}
         size = 0
         if new:
-            size += write_file(_chunks_path(self.folder, index), new)
+            size += write_chunks(_chunks_path(self.folder, index), new)
         size += write_file(_manifest_path(self.folder, index), manifest)
         _fsync_dir(self.folder)
         for chunk, where in fresh.values():  # on disk now: later checkpoints refer to it
@@ -199,7 +255,7 @@ class Checkpoints:
 
     def _load(self, index: int) -> dict[str, Any]:
         manifest = read_file(_manifest_path(self.folder, index))
-        chunks = {f: read_file(_chunks_path(self.folder, f)) for f in manifest["chunk_files"]}
+        chunks = {f: read_chunks(_chunks_path(self.folder, f)) for f in manifest["chunk_files"]}
 
         def resolve(obj: Any) -> Any:
             if isinstance(obj, ChunkRef):
