@@ -283,8 +283,10 @@ def _state_copy(metric: Metric) -> Metric:
         isinstance(v, torch.nn.Module) for v in metric.__dict__.get("_modules", {}).values()
     ):
         return copy.deepcopy(metric)
+    # copy.copy goes through Metric.__getstate__/__setstate__, which re-wrap ``update`` and
+    # ``compute`` around the copy: the live metric's wrapped methods would compute on the
+    # live state, outside the store's lock (the copy's __dict__ is already its own)
     new = copy.copy(metric)
-    new.__dict__ = dict(metric.__dict__)
     for name in metric._defaults:
         value = getattr(metric, name)
         new.__dict__[name] = list(value) if isinstance(value, list) else value.clone()
