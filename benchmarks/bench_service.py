@@ -12,7 +12,10 @@ Examples::
     # issue 4: one producer, default eval metrics, no pollers
     python benchmarks/bench_service.py --producers 1 --pollers 0 --duration 20
     # issue 6: load test, 4 producers and 20 pollers on a run of 10M samples
-    python benchmarks/bench_service.py --producers 4 --pollers 20 --duration 30 --preload 10000000
+    python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000
+    # the same with ingestion held to 250k samples/s per producer
+    python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000 \
+        --rate 250000
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ def make_messages(count: int, n: int, producer: str, seed: int, arm: str = "cont
 
 
 def producer(target: str, idx: int, duration: float, n: int, queue: mp.Queue,
-             arm: str = "control", max_batches: int | None = None) -> None:
-    """Stream batches for ``duration`` seconds; report samples and ack latencies."""
+             arm: str = "control", max_batches: int | None = None,
+             rate: float | None = None) -> None:
+    """Stream batches for ``duration`` seconds (at most ``rate`` samples/s when set);
+    report samples and ack latencies."""
     import grpc
 
     from rankboard.protos import ingest_pb2_grpc
@@ -78,7 +83,12 @@ def producer(target: str, idx: int, duration: float, n: int, queue: mp.Queue,
 
     def requests():
         nonlocal seq
+        begin = time.perf_counter()
         while time.perf_counter() < deadline and (max_batches is None or seq < max_batches):
+            if rate:
+                ahead = begin + seq * n / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
             msg = pool[seq % len(pool)]
             seq += 1
             msg.sequence = seq
@@ -148,6 +158,8 @@ def main() -> None:
     ap.add_argument("--preload", type=int, default=0,
                     help="samples streamed into the polled run before the timed part")
     ap.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"])
+    ap.add_argument("--rate", type=float, default=None,
+                    help="samples/s per producer (default: as fast as the service takes)")
     args = ap.parse_args()
 
     base = in_process_rate(args.batch)
@@ -177,7 +189,9 @@ def main() -> None:
                 p.start()
                 q.get()
                 p.join()
-            procs = [ctx.Process(target=producer, args=(target, i, args.duration, args.batch, q))
+            procs = [ctx.Process(target=producer,
+                                 args=(target, i, args.duration, args.batch, q, "control",
+                                       None, args.rate))
                      for i in range(args.producers)]
             url = (f"http://127.0.0.1:{hport}/v1/experiments/bench/arms/control/metrics"
                    "?task=ctr&phase=eval")
@@ -202,7 +216,7 @@ def main() -> None:
     snaps = [x for r in polls for x in r["latencies"]]
     report = {
         "producers": args.producers, "pollers": args.pollers, "batch": args.batch,
-        "fsync": args.fsync, "preload": args.preload,
+        "fsync": args.fsync, "preload": args.preload, "rate_per_producer": args.rate,
         "ingested_samples_per_s": samples / seconds,
         "in_process_samples_per_s": base,
         "ratio_service_to_in_process": samples / seconds / base,

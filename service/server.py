@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class Service:
         if config.torch_threads:
             # many small updates from concurrent streams: intra-op threads only contend
             torch.set_num_threads(config.torch_threads)
+        if os.environ.get("RB_SWITCH"):
+            sys.setswitchinterval(float(os.environ["RB_SWITCH"]))
         device = resolve_device(config.device)
         self.store = MetricStore(
             StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync,

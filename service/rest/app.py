@@ -9,10 +9,12 @@ Routes (OpenAPI at /docs): ``/healthz``; ``/v1/experiments``;
 from __future__ import annotations
 
 import hmac
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 
 from rankboard.service.errors import NotFound, ServiceError
 from rankboard.service.rest import models
@@ -24,10 +26,16 @@ Phase = Literal["train", "eval"]
 NameParam = Annotated[str, Query(min_length=1, max_length=128)]
 
 
+def _json(body: dict) -> Response:
+    """``body`` as JSON, as built (the hot polling routes build exactly their declared
+    model: skipping FastAPI's re-validation halves their cost; NaN is already None)."""
+    return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+
+
 def _bearer_dependency(token: str | None, what: str):
     expected = f"Bearer {token}" if token else None
 
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
         if expected is None:
             return
         if authorization is None or not hmac.compare_digest(authorization, expected):
@@ -51,7 +59,7 @@ def create_app(store: MetricStore, read_token: str | None = None,
     write = Depends(_bearer_dependency(write_token, "write"))
 
     @app.exception_handler(ServiceError)
-    def _service_error(request: Request, err: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, err: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=_STATUS.get(err.code, 500))
 
     @app.get("/healthz", response_model=models.Health, tags=["health"])
@@ -97,8 +105,12 @@ def create_app(store: MetricStore, read_token: str | None = None,
         ]
         return out
 
-    def snapshot_dict(key: RunKey, step: int | None, fresh: bool) -> dict:
-        snap, stale = store.snapshot(key, step, fresh=fresh)
+    def snapshot_dict(key: RunKey, step: int | None, fresh: bool, wait: bool = True
+                      ) -> dict | None:
+        got = store.snapshot(key, step, fresh=fresh, wait=wait)
+        if got is None:
+            return None
+        snap, stale = got
         run = store.run(key)
         return {
             "experiment": key.experiment, "arm": key.arm, "task": key.task,
@@ -109,7 +121,7 @@ def create_app(store: MetricStore, read_token: str | None = None,
         }
 
     @router.get("/{experiment}/arms/{arm}/metrics", response_model=models.MetricsSnapshot)
-    def get_metrics(
+    async def get_metrics(
         experiment: str, arm: str, task: NameParam, phase: Phase = "eval",
         step: Annotated[int | None, Query(ge=0)] = None, fresh: bool = False,
     ) -> dict:
@@ -118,10 +130,16 @@ def create_app(store: MetricStore, read_token: str | None = None,
         Values come from a cache refreshed when state changed; ``stale`` says a
         newer one is being computed; ``fresh=true`` waits for it.
         """
-        return snapshot_dict(RunKey(experiment, arm, task, phase), step, fresh)
+        key = RunKey(experiment, arm, task, phase)
+        # a cached snapshot is answered on the event loop (no thread hop, no lock);
+        # computing one goes to the thread pool
+        out = snapshot_dict(key, step, fresh, wait=False)
+        if out is None:
+            out = await run_in_threadpool(snapshot_dict, key, step, fresh)
+        return _json(out)
 
     @router.get("/{experiment}/compare", response_model=models.Comparison)
-    def compare(
+    async def compare(
         experiment: str, task: NameParam, baseline: NameParam, phase: Phase = "eval",
         step: Annotated[int | None, Query(ge=0)] = None, fresh: bool = False,
     ) -> dict:
@@ -130,7 +148,12 @@ def create_app(store: MetricStore, read_token: str | None = None,
                 == (task, phase)]
         if not runs:
             raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
-        arms = {r.key.arm: snapshot_dict(r.key, step, fresh) for r in runs}
+        arms = {}
+        for r in runs:
+            snap = snapshot_dict(r.key, step, fresh, wait=False)
+            if snap is None:
+                snap = await run_in_threadpool(snapshot_dict, r.key, step, fresh)
+            arms[r.key.arm] = snap
         if baseline not in arms:
             raise NotFound(
                 f"baseline arm {baseline!r} has no {phase} run of task {task!r}"
@@ -148,8 +171,8 @@ def create_app(store: MetricStore, read_token: str | None = None,
                 "step": snap["step"], "samples": snap["samples"], "metrics": snap["metrics"],
                 "delta": delta, "relative_delta": rel, "stale": snap["stale"],
             }
-        return {"experiment": experiment, "task": task, "phase": phase,
-                "baseline": baseline, "arms": out}
+        return _json({"experiment": experiment, "task": task, "phase": phase,
+                      "baseline": baseline, "arms": out})
 
     @router.get("/{experiment}/arms/{arm}/history", response_model=models.History)
     def history(

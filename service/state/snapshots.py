@@ -90,8 +90,14 @@ class SnapshotCache:
         self._worker = threading.Thread(target=self._refresh_loop, name="snapshots", daemon=True)
         self._worker.start()
 
-    def get(self, key: SnapshotKey, fresh: bool = False) -> tuple[Snapshot, bool]:
-        """The snapshot of ``key`` and whether it is stale."""
+    def get(
+        self, key: SnapshotKey, fresh: bool = False, wait: bool = True
+    ) -> tuple[Snapshot, bool] | None:
+        """The snapshot of ``key`` and whether it is stale.
+
+        Without ``wait``, None instead of computing in this thread (there is no cached
+        snapshot yet, or ``fresh`` asks for one): callers on an event loop use that.
+        """
         current = self._version_of(key)
         cached = self._cache.get(key)
         if cached is not None and cached.version == current:
@@ -101,6 +107,8 @@ class SnapshotCache:
                 self._wanted.add(key)
             self._wake.set()
             return cached, True
+        if not wait:
+            return None
         snap = self._compute(key, min_version=current)
         return snap, snap.version != self._version_of(key)
 

@@ -220,14 +220,17 @@ class MetricStore:
 
     # --- reading -------------------------------------------------------------------
     def runs(self) -> list[Run]:
-        """All runs, sorted by key."""
-        with self._lock:
-            return [self._runs[k] for k in sorted(self._runs)]
+        """All runs, sorted by key (lock-free: ``list(dict.items())`` is one C call)."""
+        return [run for _, run in sorted(list(self._runs.items()), key=lambda kv: kv[0])]
 
     def run(self, key: RunKey) -> Run:
-        """The run of ``key``; raise :class:`NotFound`."""
-        with self._lock:
-            run = self._runs.get(key)
+        """The run of ``key``; raise :class:`NotFound`.
+
+        Lock-free, like every read on the snapshot path: a dict lookup is atomic under
+        the GIL, and readers must not queue behind ingestion, which holds the lock
+        almost all the time under load.
+        """
+        run = self._runs.get(key)
         if run is None:
             raise NotFound(
                 f"no run for experiment {key.experiment!r}, arm {key.arm!r}, task {key.task!r},"
@@ -236,22 +239,25 @@ class MetricStore:
         return run
 
     def snapshot(
-        self, key: RunKey, step: int | None = None, fresh: bool = False
-    ) -> tuple[Snapshot, bool]:
-        """The metrics of ``key`` at ``step`` (eval: latest step by default) and staleness."""
-        with self._lock:
-            run = self.run(key)
-            if step is None:
-                step = run.latest_step()
-            elif key.phase == "eval" and step not in run.windows:
-                raise NotFound(
-                    f"run {key.experiment}/{key.arm}/{key.task}/eval has no eval step {step}"
-                    f" (steps: {sorted(run.windows)})"
-                )
-            if key.phase == "train":
-                step = 0
-        snap, stale = self.snapshots.get((key, step), fresh=fresh)
-        return snap, stale
+        self, key: RunKey, step: int | None = None, fresh: bool = False, wait: bool = True
+    ) -> tuple[Snapshot, bool] | None:
+        """The metrics of ``key`` at ``step`` (eval: latest step by default) and staleness.
+
+        A cached snapshot is served without the store's lock (see :meth:`run`); only a
+        recomputation copies state under it. Without ``wait``: None where this call would
+        have to compute (see :meth:`SnapshotCache.get`).
+        """
+        run = self.run(key)
+        if step is None:
+            step = run.latest_step()  # max() over int keys: one C call, atomic
+        elif key.phase == "eval" and step not in run.windows:
+            raise NotFound(
+                f"run {key.experiment}/{key.arm}/{key.task}/eval has no eval step {step}"
+                f" (steps: {sorted(run.windows)})"
+            )
+        if key.phase == "train":
+            step = 0
+        return self.snapshots.get((key, step), fresh=fresh, wait=wait)
 
     def _snapshot_source(self, skey: tuple[RunKey, int]) -> tuple[dict, int, int]:
         key, step = skey
@@ -261,8 +267,7 @@ class MetricStore:
             return metrics, samples, run.version
 
     def _version_of(self, skey: tuple[RunKey, int]) -> int:
-        with self._lock:
-            return self.run(skey[0]).version
+        return self.run(skey[0]).version  # an int attribute: read without the lock
 
     def history(self, key: RunKey, metric: str) -> list[tuple[int, float | None]]:
         """``(step, value)`` points of ``metric``: decay steps (train) or eval steps (eval)."""

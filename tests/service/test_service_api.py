@@ -15,6 +15,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_sco
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
 from rankboard.service.grpc_api import SERVICE_NAME
+from rankboard.service.rest import models
 from tests.service.conftest import make_batch
 
 
@@ -47,6 +48,8 @@ def get_metrics(http, arm="control", **params):
     params = {"task": "ctr", "phase": "eval", "fresh": "true", **params}
     r = http.get(f"/v1/experiments/exp/arms/{arm}/metrics", params=params)
     assert r.status_code == 200, r.text
+    # the route writes its JSON itself: it must still be exactly the declared model
+    assert models.MetricsSnapshot.model_validate_json(r.content).model_dump() == r.json()
     return r.json()
 
 
@@ -114,6 +117,7 @@ def test_compare_two_arms(stub, http) -> None:
                  params={"task": "ctr", "baseline": "control", "fresh": "true"})
     assert r.status_code == 200, r.text
     body = r.json()
+    assert models.Comparison.model_validate_json(r.content).model_dump() == body
     a_control, a_treat = roc_auc_score(y, p), roc_auc_score(y, noisy)
     assert body["arms"]["control"]["delta"]["auc"] == 0
     assert body["arms"]["treatment"]["metrics"]["auc"] == pytest.approx(a_treat, abs=1e-9)
