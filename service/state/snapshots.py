@@ -3,8 +3,10 @@
 A snapshot of (run, step) is computed from copies of the metric state taken
 under the store's lock, then outside it. Readers get the cached snapshot; when
 the run has changed since, they get the cached one marked ``stale`` and a
-background worker recomputes it (stale-while-revalidate), at most once per
-``min_interval_s`` per snapshot. A reader with no snapshot yet, or one asking
+background worker recomputes it (stale-while-revalidate), after a pause of
+``min_interval_s`` or the last computation's duration, whichever is longer (a
+snapshot of a large run is then at most about twice its compute time old, and
+refreshing it takes at most half a core). A reader with no snapshot yet, or one asking
 for a fresh one, computes in its own thread; concurrent readers of the same
 snapshot share that one computation.
 """
@@ -148,8 +150,13 @@ class SnapshotCache:
                 wanted, self._wanted = self._wanted, set()
             for key in wanted:
                 cached = self._cache.get(key)
-                if cached is not None and time.time() - cached.computed_at < self._min_interval:
-                    time.sleep(max(0.0, self._min_interval - (time.time() - cached.computed_at)))
+                if cached is not None:
+                    # rest at least as long as the last computation took: refreshing a big
+                    # run then uses at most half a core, the rest serves ingestion and reads
+                    pause = max(self._min_interval, cached.compute_seconds)
+                    wait = pause - (time.time() - cached.computed_at)
+                    if wait > 0:
+                        time.sleep(wait)
                 try:
                     self._compute(key, min_version=self._version_of(key))
                 except Exception:
