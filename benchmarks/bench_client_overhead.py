@@ -11,9 +11,13 @@ serve`` subprocess; the script prints:
   step time without logging: the overhead the training loop sees directly;
 * the median step time with logging over the median without: that also counts
   the client's background thread (batching, encoding, gRPC) competing for the
-  same cores. With ``--train-cores N`` training is pinned to the first N cores
-  (N torch threads) and the service to the others, as if it ran on another
-  machine; without it the service's own work competes with training too.
+  same cores. With ``--train-cores N`` every thread of the training process is
+  pinned to the first N cores (N torch threads) and every thread of the service
+  to the others, as if it ran on another machine; without it the service's own
+  work competes with training too;
+* CPU time per step (all threads, from the kernel's accounting) of the training
+  process without and with logging, and of the service: the client's own cost
+  whatever the cores are shared with.
 
 Run::
 
@@ -23,6 +27,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -31,6 +36,19 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Pin every thread of ``pid`` (not only its main thread) to ``cores``."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # a thread that ended
+            os.sched_setaffinity(int(tid), cores)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of all threads of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -48,7 +66,7 @@ def main() -> int:
     args = p.parse_args()
     if args.train_cores:
         torch.set_num_threads(args.train_cores)
-        os.sched_setaffinity(0, set(range(args.train_cores)))
+        pin_process(os.getpid(), set(range(args.train_cores)))
 
     from rankboard.protos import train_pb2
     from rankboard.protos.text import parse_file
@@ -93,7 +111,8 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     with tmp, serve_subprocess(Path(tmp.name) / "data", extra_args=["--device", "cpu"]) as svc:
         if args.train_cores:
-            os.sched_setaffinity(svc.process.pid, set(range(args.train_cores, os.cpu_count())))
+            pin_process(svc.process.pid, set(range(args.train_cores, os.cpu_count())))
+            pin_process(os.getpid(), set(range(args.train_cores)))  # threads started since
         stream = MetricsStream(svc.grpc_target, experiment="bench", arm="a", run_id="bench")
         for i in range(10):  # warm-up
             step(i, stream, [])
@@ -101,15 +120,19 @@ def main() -> int:
         plain: list[float] = []
         logged: list[float] = []
         log_times: list[float] = []
+        cpu = {"plain": [0.0, 0.0], "logged": [0.0, 0.0]}  # [trainer, service] seconds
         i = 0
         for _ in range(args.blocks):
             for kind in ("plain", "logged"):
+                c0, s0 = cpu_seconds(os.getpid()), cpu_seconds(svc.process.pid)
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
                     step(i, stream if kind == "logged" else None, log_times)
                     (plain if kind == "plain" else logged).append(time.perf_counter() - t0)
                     i += 1
                 stream.flush()  # each logged block's acks arrive before the next block
+                cpu[kind][0] += cpu_seconds(os.getpid()) - c0
+                cpu[kind][1] += cpu_seconds(svc.process.pid) - s0
         stats = stream.stats
         stream.close()
     base = statistics.median(plain)
@@ -127,6 +150,15 @@ def main() -> int:
         f"step time with logging / without: {with_log / base:.4f} "
         f"(+{100 * (with_log / base - 1):.2f}%, includes the sender thread)"
     )
+    per_step = args.blocks * args.steps
+    tr_plain, tr_logged = cpu["plain"][0] / per_step, cpu["logged"][0] / per_step
+    svc_logged = cpu["logged"][1] / per_step
+    print(
+        f"CPU per step, training process: {tr_plain * 1e3:.2f} ms without logging, "
+        f"{tr_logged * 1e3:.2f} ms with: the client costs {(tr_logged - tr_plain) * 1e3:.2f} ms "
+        f"= {100 * (tr_logged - tr_plain) / tr_plain:.2f}% of a step's CPU (target < 5%)"
+    )
+    print(f"CPU per logged step, service process: {svc_logged * 1e3:.2f} ms")
     print(
         f"sent {stats.acked_batches} batches, {stats.applied_samples} samples applied, "
         f"{stats.dropped_records} dropped, {stats.rejected_batches} rejected"

@@ -401,7 +401,12 @@ class MetricsStream:
         )
         self._stub = ingest_pb2_grpc.IngestStub(self._channel)
 
-        self._cond = threading.Condition()
+        # One lock, two conditions: the sender waits for work (records queued, a
+        # broken stream, stop), flush() and a blocked log() for acks; an ack then
+        # wakes no sender and a logged record no flusher.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._acked = threading.Condition(self._lock)
         self._queue: deque[_Record] = deque()
         self._unacked: OrderedDict[int, _Pending] = OrderedDict()
         self._pending = 0
@@ -477,7 +482,7 @@ class MetricsStream:
         )
         if record.n == 0:
             return True
-        with self._cond:
+        with self._lock:
             self._check_usable()
             waited_since: float | None = None
             while self._pending > 0 and self._pending + record.n > self.max_pending_samples:
@@ -496,7 +501,7 @@ class MetricsStream:
                     return False
                 if waited_since is None:
                     waited_since = time.monotonic()
-                self._cond.wait(1.0)
+                self._acked.wait(1.0)
                 self._check_usable()
                 if waited_since and time.monotonic() - waited_since > 10.0:
                     logger.warning(
@@ -511,7 +516,7 @@ class MetricsStream:
             self._queue.append(record)
             self._counts["logged_records"] += 1
             self._counts["logged_samples"] += record.n
-            self._cond.notify_all()
+            self._work.notify()
         return True
 
     def flush(self, timeout: float | None = None) -> None:
@@ -522,7 +527,7 @@ class MetricsStream:
         :class:`MetricsStreamError` after a fatal error (authentication).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        with self._lock:
             while self._pending > 0 and self._fatal is None and not self._stop:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -532,7 +537,7 @@ class MetricsStream:
                         f"unacknowledged batches) not acknowledged after {timeout} s; "
                         f"last error: {self._last_error}"
                     )
-                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+                self._acked.wait(0.5 if remaining is None else min(remaining, 0.5))
             if self._fatal is not None:
                 self._fatal_reported = True
                 raise self._fatal
@@ -549,17 +554,17 @@ class MetricsStream:
         """
         if self._closed:
             return
-        with self._cond:
+        with self._lock:
             self._closing = True
-            self._cond.notify_all()
+            self._notify_all()
         try:
             self._flush_for_close(timeout)
         finally:
-            with self._cond:
+            with self._lock:
                 self._stop = True
                 self._closed = True
                 lost = self._pending
-                self._cond.notify_all()
+                self._notify_all()
             self._worker.join(timeout=10)
             self._channel.close()
             stats = self.stats
@@ -586,7 +591,7 @@ class MetricsStream:
     @property
     def stats(self) -> StreamStats:
         """A consistent snapshot of the counters."""
-        with self._cond:
+        with self._lock:
             conn = self._conn
             return StreamStats(
                 producer_id=self.producer_id,
@@ -705,18 +710,23 @@ class MetricsStream:
         return out, event
 
     # ------------------------------------------------------------------ worker
+    def _notify_all(self) -> None:
+        """Wake every waiter of both conditions (called with the lock held)."""
+        self._work.notify_all()
+        self._acked.notify_all()
+
     def _run(self) -> None:
         backoff = self.backoff_initial
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     while (
                         not self._stop
                         and not self._queue
                         and not (self._conn is not None and self._conn.broken and self._unacked)
                     ):
                         self._check_ack_timeout()
-                        self._cond.wait(0.5)
+                        self._work.wait(0.5)
                     self._check_ack_timeout()
                     if self._stop:
                         break
@@ -730,17 +740,17 @@ class MetricsStream:
                     continue
                 records = self._take()
                 for batch, samples in self._encode(records):
-                    with self._cond:
+                    with self._lock:
                         self._unacked[batch.sequence] = _Pending(batch, samples, sends=1)
                         self._counts["sent_batches"] += 1
                     conn.requests.put(batch)
         except Exception:  # a bug here must not hang flush(): make it fatal
             logger.exception("rankboard stream %s: sender thread failed", self.producer_id)
-            with self._cond:
+            with self._lock:
                 self._fatal = MetricsStreamError("rankboard stream sender thread failed; see log")
-                self._cond.notify_all()
+                self._notify_all()
         finally:
-            with self._cond:
+            with self._lock:
                 conn, self._conn = self._conn, None
             if conn is not None:
                 self._close_conn(conn)
@@ -761,7 +771,7 @@ class MetricsStream:
 
     def _after_break(self, conn: _Connection, backoff: float) -> float:
         self._close_conn(conn)
-        with self._cond:
+        with self._lock:
             self._conn = None
         healthy = conn.acks > 0 or time.monotonic() - conn.started > 5.0
         delay = self.backoff_initial if healthy else min(backoff * 2, self.backoff_max)
@@ -778,18 +788,18 @@ class MetricsStream:
         """Sleep a jittered backoff; False when asked to stop meanwhile."""
         delay = random.uniform(backoff / 2, backoff)
         end = time.monotonic() + delay
-        with self._cond:
+        with self._lock:
             while not self._stop:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return True
-                self._cond.wait(remaining)
+                self._work.wait(remaining)
             return False
 
     def _open(self) -> None:
         conn = _Connection()
         conn.call = self._stub.Stream(conn.request_iter(), metadata=self._metadata)
-        with self._cond:
+        with self._lock:
             if self._streams_opened:
                 self._counts["reconnects"] += 1
             self._streams_opened += 1
@@ -835,7 +845,7 @@ class MetricsStream:
                 fatal = MetricsStreamError(
                     f"rankboard service at {self.target} refused the stream: {error}"
                 )
-        with self._cond:
+        with self._lock:
             already = conn.broken
             conn.broken = True
             if not conn.closing and not already:
@@ -844,11 +854,11 @@ class MetricsStream:
                 if fatal is not None and self._fatal is None:
                     logger.error("%s", fatal)
                     self._fatal = fatal
-            self._cond.notify_all()
+            self._notify_all()
 
     def _on_ack(self, conn: _Connection, ack: ingest_pb2.Ack) -> None:
         rejection = None
-        with self._cond:
+        with self._lock:
             conn.acks += 1
             conn.last_ack = time.monotonic()
             pending = self._unacked.pop(ack.sequence, None)
@@ -879,7 +889,7 @@ class MetricsStream:
                     self._unreported_more += 1
             else:
                 self._counts["applied_samples"] += ack.samples
-            self._cond.notify_all()
+            self._acked.notify_all()
         if rejection is not None:
             logger.warning("rankboard stream %s: %s", self.producer_id, rejection)
             if self.on_rejected is not None:
@@ -890,7 +900,7 @@ class MetricsStream:
 
     def _take(self) -> list[_Record]:
         """Records to send now: the first one and the ones that can share its batch."""
-        with self._cond:
+        with self._lock:
             first = self._queue.popleft()
             records = [first]
             total = first.n
