@@ -169,7 +169,7 @@ class MulticlassAUC(RankMetric):
         if b is None:
             return
         c = b.preds.shape[1]
-        self.num_classes = torch.tensor(c, device=self.device)
+        self.num_classes.fill_(c)  # in place: no host-to-device copy (a sync on CUDA)
         if self.thresholds:
             h = multiclass_histogram(b.preds, b.target, self.thresholds).reshape(-1)
             self.hist = h if self.hist.numel() == 0 else self.hist + h

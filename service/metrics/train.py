@@ -104,6 +104,7 @@ class TrainMetricWrapper(RankMetric):
         if not 0 <= decay_rate <= 1:
             raise ValueError(f"TrainMetricWrapper: decay_rate must be in [0, 1], got {decay_rate}")
         self._last_decayed = False
+        self._host_steps = 0  # mirrors ``steps``: no device sync to test for a decay step
         super().__init__(**kwargs)
         self.metric = metric
         self.decay_rate = float(decay_rate)
@@ -121,7 +122,7 @@ class TrainMetricWrapper(RankMetric):
     @property
     def num_updates(self) -> int:
         """Non-empty updates since construction or reset."""
-        return int(self.steps)
+        return self._host_steps
 
     def check_inputs(
         self,
@@ -144,14 +145,17 @@ class TrainMetricWrapper(RankMetric):
     ) -> bool:
         """Update the wrapped metric; True when this update refreshed the value."""
         self._last_decayed = False
-        b = self.metric._validate(preds, target, weights, grouping_key)
-        if b.size == 0:
+        # the wrapped metric validates (raising before any state changes) and follows
+        # the inputs' device; a batch it accepted has a first dimension
+        self.metric.update(preds, target, weights=weights, grouping_key=grouping_key)
+        if (preds.shape[0] if isinstance(preds, Tensor) else len(preds)) == 0:
             return False
-        if b.preds.device != self.device and self._update_count <= 1:
-            self.to(b.preds.device)
-        self.metric.update(b.preds, b.target, weights=b.weights, grouping_key=b.keys)
-        self.steps += 1
-        if int(self.steps) % self.decay_step:
+        if self.metric.device != self.device:
+            self.to(self.metric.device)
+        steps = self._host_steps + 1
+        self._host_steps = steps
+        self.steps.fill_(steps)
+        if steps % self.decay_step:
             return False
         if isinstance(self.metric, DecayAUC):
             self.metric.decay(self.decay_rate)
@@ -177,3 +181,8 @@ class TrainMetricWrapper(RankMetric):
         """Reset the value, the counters and the wrapped metric."""
         super().reset()
         self.metric.reset()
+        self._host_steps = 0
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._host_steps = int(self.steps)

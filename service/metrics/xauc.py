@@ -21,9 +21,10 @@ class XAUC(RankMetric):
 
     * default, exact: over all ``n (n - 1) / 2`` pairs, ties in either counting as
       disagreement; ``O(n log n)`` at compute; keeps float32 preds and targets.
-    * ``sample_ratio`` and/or ``max_pairs`` given: the reference's estimate from
-      ``min(n (n - 1) / 2 * sample_ratio, max_pairs)`` random pairs (``sample_ratio``
-      defaults to 1e-3 when only ``max_pairs`` is given), seeded for repeatable values.
+    * ``sample_ratio`` and/or ``max_pairs`` given: the reference's estimate from random
+      pairs, seeded for repeatable values: ``max_pairs`` of them when it is given
+      (``sample_ratio`` is then ignored, as in the reference; capped at the
+      ``n (n - 1) / 2`` pairs there are), else ``n (n - 1) / 2 * sample_ratio``.
     * ``in_batch=True``: the mean of the exact XAUC of every batch of >= 2 samples (state:
       two float64 / int64 sums).
 

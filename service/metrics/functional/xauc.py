@@ -210,18 +210,24 @@ def sampled_xauc(
 ) -> Tensor:
     """The reference's estimate: the concordant fraction of random distinct pairs.
 
-    ``max(1, floor(n (n - 1) / 2 * sample_ratio))`` pairs, at most ``max_pairs``; drawn
-    with a generator seeded by ``seed`` so that the value is reproducible.
+    As the reference counts them: ``max_pairs`` pairs when it is given (``sample_ratio``
+    is then ignored; at most the ``n (n - 1) / 2`` pairs there are), else
+    ``max(1, floor(n (n - 1) / 2 * sample_ratio))``. Pairs are drawn uniformly, with
+    replacement, by a generator seeded by ``seed`` so that the value is reproducible.
 
     >>> p = torch.arange(100.0); round(sampled_xauc(p, p, sample_ratio=0.1).item(), 3)
     1.0
+    >>> sampled_xauc(p, -p, max_pairs=7).item()
+    0.0
     """
     n = int(preds.numel())
     if n < 2:
         return torch.tensor(math.nan, dtype=torch.float64, device=preds.device)
-    k = max(1, int(n * (n - 1) // 2 * sample_ratio))
+    total = n * (n - 1) // 2
     if max_pairs is not None:
-        k = max(1, min(k, int(max_pairs)))
+        k = max(1, min(int(max_pairs), total))
+    else:
+        k = max(1, int(total * sample_ratio))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     i = torch.randint(0, n, (k,), generator=gen)
     j = (i + torch.randint(1, n, (k,), generator=gen)) % n

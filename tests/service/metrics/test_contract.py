@@ -324,3 +324,88 @@ def test_builders():
     assert ne.eta == pytest.approx(1e-6)
     with pytest.raises(ValueError, match="grouping_key"):
         create_metric(pb.MetricConfig(grouped_auc=pb.GroupedAUC(grouping_key="")))
+
+
+def test_train_wrapper_decay_auc_matches_weighted_reference(rng):
+    """State after windows W1, W2, W3 (decay 0.8): W1, then 0.8 W1 + 0.2 W2, then
+    0.64 W1 + 0.16 W2 + 0.2 W3: sklearn's weighted AUC of the bin indices."""
+    bins, decay = 20, 0.8
+    w = TrainMetricWrapper(DecayAUC(thresholds=bins), decay_rate=decay, decay_step=2)
+    windows = []
+    for k in range(3):
+        batches = []
+        for i in range(2):
+            p = rng.random(50).astype(np.float32)
+            y = (rng.random(50) < p).astype(np.float32)
+            batches.append((p, y))
+            refreshed = w.update(torch.from_numpy(p), torch.from_numpy(y))
+            assert refreshed == (i == 1)
+            if k == 0 and i == 0:
+                assert math.isnan(w.compute().item())  # nothing decayed yet
+        windows.append(tuple(np.concatenate(a) for a in zip(*batches, strict=True)))
+        scale = [decay ** (k - j) * (1 - decay if j else 1) for j in range(k + 1)]
+        p_all = np.concatenate([windows[j][0] for j in range(k + 1)])
+        y_all = np.concatenate([windows[j][1] for j in range(k + 1)])
+        sw = np.concatenate([np.full(100, scale[j]) for j in range(k + 1)])
+        binned = np.minimum(np.floor(p_all * np.float32(bins)), bins - 1)
+        expected = roc_auc_score(y_all, binned, sample_weight=sw)
+        assert w.compute().item() == pytest.approx(expected, abs=1e-9)
+    # between decay steps the value stays, though the buffer fills
+    before = w.compute().item()
+    w.update(torch.tensor([0.9, 0.1]), torch.tensor([0, 1]))
+    assert w.compute().item() == before
+
+
+def test_train_wrapper_first_value_and_nan_windows():
+    w = TrainMetricWrapper(AUC(thresholds=0), decay_rate=0.5, decay_step=1)
+    w.update(torch.tensor([0.2, 0.3]), torch.tensor([1, 1]))  # undefined window: still NaN
+    assert math.isnan(w.compute().item())
+    w.update(torch.tensor([0.2, 0.3]), torch.tensor([0, 1]))  # first value taken as is
+    assert w.compute().item() == 1.0
+    w.update(torch.tensor([0.4]), torch.tensor([0]))  # undefined window: value kept
+    assert w.compute().item() == 1.0
+    w.update(torch.tensor([0.2, 0.3]), torch.tensor([1, 0]))
+    assert w.compute().item() == 0.5  # 0.5 * 1 + 0.5 * 0
+    assert w.num_updates == 4
+
+
+def _bad_batches(m) -> list[dict]:
+    """Batches ``m`` must refuse: mismatched lengths, NaN preds, bad labels, keys."""
+    good = _batch(m, np.random.default_rng(0), n=4)
+    bad = [{**good, "target": good["target"][:3]}]
+    nan_preds = good["preds"].clone()
+    nan_preds[1] = float("nan")
+    bad.append({**good, "preds": nan_preds})
+    if m.label_kind == "binary":
+        bad.append({**good, "target": torch.tensor([0.0, 1.0, 2.0, 1.0])})
+    if m.needs_grouping_key:
+        bad.append({k: v for k, v in good.items() if k != "grouping_key"})
+    else:
+        bad.append({**good, "grouping_key": torch.arange(4)})
+    if m.supports_weights:
+        bad.append({**good, "weights": torch.tensor([1.0, -1.0, 1.0, 1.0])})
+    return bad
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("cfg", ALL_CONFIGS, ids=lambda c: str(c).replace("\n", " "))
+def test_every_metric_refuses_bad_input_before_state_changes(cfg, wrapped, rng):
+    if wrapped:
+        if cfg.HasField("auc") and cfg.auc.thresholds == 0:
+            return
+        tcfg = pb.TrainMetricConfig(decay_step=3)
+        getattr(tcfg, metric_key(cfg)).CopyFrom(getattr(cfg, metric_key(cfg)))
+        m = create_train_metric(tcfg)
+    else:
+        m = create_metric(cfg)
+    for _ in range(2):
+        m.update(**_batch(m, rng))
+    before = _roundtrip(m.state_dict())
+    for bad in _bad_batches(m):
+        with pytest.raises(ValueError):
+            m.check_inputs(**bad)
+        with pytest.raises(ValueError):
+            m.update(**bad)
+        assert _equal_states(m.state_dict(), before)
+    if wrapped:
+        assert m.num_updates == 2

@@ -267,3 +267,70 @@ def test_accuracy_and_recall_match_references(rng):
     big_k.update(T(scores), T(rel))
     assert big_k.compute().item() == 1.0
     assert math.isnan(RecallAtK().compute().item())
+
+
+def test_xauc_max_pairs_is_the_number_of_pairs_sampled(rng):
+    n = 400
+    p = rng.random(n).astype(np.float32)
+    t = (p + rng.normal(scale=0.3, size=n)).astype(np.float32)
+    exact = _brute_xauc(p, t)
+    # as in the reference, max_pairs replaces sample_ratio: 60k pairs, not 79 (1e-3 of 79.8k)
+    many = XAUC(max_pairs=60_000)
+    many.update(T(p), T(t))
+    assert abs(many.compute().item() - exact) < 0.01
+    for k in (1, 7, 10**9):  # 10**9 is capped at the n (n - 1) / 2 pairs there are
+        m = XAUC(max_pairs=k, sample_ratio=0.5)
+        m.update(T(p), T(t))
+        hits = m.compute().item() * min(k, n * (n - 1) // 2)
+        assert hits == pytest.approx(round(hits), abs=1e-6)
+    concordant, discordant = XAUC(sample_ratio=1e-3), XAUC(sample_ratio=1e-3)
+    concordant.update(T(p), T(p))
+    discordant.update(T(p), T(-p))
+    assert concordant.compute().item() == 1.0 and discordant.compute().item() == 0.0
+
+
+def test_grouped_xauc_sampling_honours_max_pairs_per_group(rng):
+    # groups of two have one pair: any sampling finds it, so the estimate is exact
+    n = 300
+    p = rng.random(n).astype(np.float32)
+    t = rng.random(n).astype(np.float32)
+    g = np.repeat(np.arange(n // 2), 2)
+    exact = GroupedXAUC(grouping_key="uid")
+    sampled = GroupedXAUC(grouping_key="uid", max_pairs_per_group=1)
+    for m in (exact, sampled):
+        m.update(T(p), T(t), grouping_key=T(g))
+    assert sampled.compute().item() == pytest.approx(exact.compute().item(), abs=1e-12)
+    # one group of 60: min(max_pairs_per_group, 1770) pairs are drawn
+    p60, t60 = p[:60], t[:60]
+    for k in (1, 7, 10**6):
+        m = GroupedXAUC(grouping_key="uid", max_pairs_per_group=k)
+        m.update(T(p60), T(t60), grouping_key=torch.zeros(60, dtype=torch.int64))
+        hits = m.compute().item() * min(k, 60 * 59 // 2)
+        assert hits == pytest.approx(round(hits), abs=1e-6)
+    # weights are group sizes: a concordant group of 10, a discordant one of 30, a singleton
+    q = rng.permutation(41).astype(np.float32)
+    tt = np.concatenate([q[:10], -q[10:40], [5.0]]).astype(np.float32)
+    keys = np.concatenate([np.zeros(10), np.ones(30), [2]]).astype(np.int64)
+    for mp in (None, 3):
+        m = GroupedXAUC(grouping_key="uid", max_pairs_per_group=mp)
+        m.update(T(q), T(tt), grouping_key=T(keys))
+        value, count = m.compute_with_count()
+        assert value.item() == pytest.approx(10 / 40, abs=1e-12) and count.item() == 2
+
+
+def test_multiclass_auc_absent_class_and_degenerate(rng):
+    n, c = 600, 4
+    p = np.round(rng.random((n, c)), 2).astype(np.float32)
+    y = rng.integers(0, c - 1, n)  # the last class never occurs: its AUC is undefined
+    for average in ("macro", "weighted"):
+        m = MulticlassAUC(thresholds=0, average=average)
+        m.update(T(p), T(y))
+        per = [roc_auc_score(y == k, p[:, k]) for k in range(c - 1)]
+        support = np.bincount(y, minlength=c - 1)
+        expected = np.mean(per) if average == "macro" else np.average(per, weights=support)
+        assert m.compute().item() == pytest.approx(expected, abs=1e-9)
+    for thresholds in (0, 10):
+        one = MulticlassAUC(thresholds=thresholds)
+        assert math.isnan(one.compute().item())
+        one.update(T(p[:5]), torch.zeros(5, dtype=torch.int64))  # every class: one side only
+        assert math.isnan(one.compute().item())
