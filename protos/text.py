@@ -9,8 +9,8 @@ Example::
     >>> try:
     ...     parse_text("sgd_optimizer { lrr: 0.1 }", optimizer_pb2.SparseOptimizer())
     ... except ConfigError as err:
-    ...     print(str(err)[:30])
-    config line 1, column 17: 1:17
+    ...     print(err)  # doctest: +ELLIPSIS
+    config line 1, column 17: Message type ... has no field named "lrr".
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def parse_text(text: str, msg: M, *, source: str = "config") -> M:
     except text_format.ParseError as err:
         line, col = err.GetLine(), err.GetColumn()
         where = f"{source} line {line}, column {col}" if line else source
-        raise ConfigError(f"{where}: {err}") from None
+        # ParseError's text starts with its own "line:column : "; ours says it in words
+        detail = str(err).removeprefix(f"{line}:{col} : ")
+        raise ConfigError(f"{where}: {detail}") from None
     missing = msg.FindInitializationErrors()
     if missing:
         raise ConfigError(f"{source}: missing required field(s): {', '.join(missing)}")

@@ -124,9 +124,13 @@ def test_bad_settings_raise() -> None:
             opt, parse_text('mixed_precision: "fp8"', train_pb2.TrainConfig())
         )
     with pytest.raises(ValueError, match="gradient_accumulation_steps must be >= 1"):
-        TrainStepOptimizer.from_config(
-            opt, parse_text("gradient_accumulation_steps: 0", train_pb2.TrainConfig())
-        )
+        TrainStepOptimizer(opt, accumulation_steps=0)
+
+
+def test_zero_accumulation_steps_means_none_as_in_tzrec() -> None:
+    cfg = parse_text("gradient_accumulation_steps: 0", train_pb2.TrainConfig())
+    wrapper = TrainStepOptimizer.from_config(torch.optim.SGD(linear().parameters(), lr=0.1), cfg)
+    assert wrapper.accumulation_steps == 1
 
 
 def test_schedules_step_per_optimizer_step_or_per_epoch() -> None:
@@ -159,3 +163,13 @@ def test_schedules_step_per_optimizer_step_or_per_epoch() -> None:
 def test_dense_params_without_dense_optimizer_is_an_error() -> None:
     with pytest.raises(ValueError, match="no dense_optimizer"):
         build_optimizers(linear(), train_pb2.TrainConfig())
+
+
+def test_ema_config_that_nothing_applies_is_logged(caplog) -> None:
+    cfg = parse_text(
+        "dense_optimizer { sgd_optimizer { lr: 0.1 } } ema_config { decay: 0.99 }",
+        train_pb2.TrainConfig(),
+    )
+    with caplog.at_level("WARNING", logger="rankboard.trainer.optim.train_optimizers"):
+        build_optimizers(linear(), cfg)
+    assert "ema_config is set" in caplog.text

@@ -44,6 +44,15 @@ def jrc_loss(
     each negative, by its negative-class logit ``logits[:, 0]``, against the
     positives of its session. The per-sample terms are summed and divided by n.
     Uses an n x n session mask.
+
+    With all logits equal, CE is log 2; in one session of one positive and two
+    negatives the positive's term is log 3 and each negative's log 2:
+
+    >>> import math, torch
+    >>> loss = jrc_loss(torch.zeros(3, 2), torch.tensor([1, 0, 0]), torch.tensor([7, 7, 7]))
+    >>> math.isclose(loss.item(), (math.log(2) + (math.log(3) + 2 * math.log(2)) / 3) / 2,
+    ...              rel_tol=1e-6)
+    True
     """
     _check_inputs(logits, labels, session_ids)
     labels = labels.long()

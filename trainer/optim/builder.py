@@ -287,7 +287,14 @@ def _make_optimizer(cls: OptimizerClass, kwargs: dict, params: Any) -> torch.opt
 def keyed_optimizer(
     cls: OptimizerClass, kwargs: dict, params: Mapping[str, nn.Parameter]
 ) -> KeyedOptimizerWrapper:
-    """A torchrec ``KeyedOptimizerWrapper`` of ``cls(**kwargs)`` over named ``params``."""
+    """A torchrec ``KeyedOptimizerWrapper`` of ``cls(**kwargs)`` over named ``params``.
+
+    >>> import torch
+    >>> params = {"w": torch.nn.Parameter(torch.zeros(2))}
+    >>> opt = keyed_optimizer(torch.optim.SGD, {"lr": 0.1}, params)
+    >>> list(opt.params), opt.param_groups[0]["lr"]
+    (['w'], 0.1)
+    """
     return KeyedOptimizerWrapper(dict(params), partial(_make_optimizer, cls, kwargs))
 
 

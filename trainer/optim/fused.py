@@ -99,6 +99,15 @@ def table_wise_sharding_plan(
     torchrec's planner puts small tables in data-parallel sharding, where the
     optimizer is not fused into the kernel; table-wise sharding always fuses.
     Tables are spread round-robin over ``world_size`` ranks.
+
+    >>> import torch, torchrec
+    >>> model = torch.nn.Module()
+    >>> model.ebc = torchrec.EmbeddingBagCollection(tables=[torchrec.EmbeddingBagConfig(
+    ...     name="t", embedding_dim=4, num_embeddings=8, feature_names=["f"])],
+    ...     device=torch.device("meta"))
+    >>> plan = table_wise_sharding_plan(model, "cpu")
+    >>> {table: spec.sharding_type for table, spec in plan.plan["ebc"].items()}
+    {'t': 'table_wise'}
     """
     device_type = torch.device(device).type
     plan = {}
@@ -131,6 +140,13 @@ def set_initial_accumulator(fused_optimizer: torch.optim.Optimizer, value: float
     place before the first step is what ``initial_accumulator_value`` means.
     Call it before loading a checkpoint, never after. Returns the number of
     tensors filled (0 means the optimizer holds no momentum1 state).
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = torch.optim.SGD([w], lr=0.1)
+    >>> opt.state[w]["t.momentum1"] = torch.zeros(2)  # as a fused Adagrad table holds it
+    >>> set_initial_accumulator(opt, 0.1), opt.state[w]["t.momentum1"].tolist()
+    (1, [0.10000000149011612, 0.10000000149011612])
     """
     if value < 0:
         raise ValueError(f"initial_accumulator_value must be >= 0, got {value}")

@@ -164,6 +164,11 @@ def build_optimizers(
 
     if not members:
         raise ValueError("the model has no parameters to optimize")
+    if train_config.HasField("ema_config"):
+        logger.warning(
+            "train_config.ema_config is set but build_optimizers keeps no moving average "
+            "of the weights: the training loop must apply it"
+        )
     combined = CombinedOptimizer([opt for _, opt in members])
     wrapper = TrainStepOptimizer.from_config(
         combined, train_config, device if device is not None else _infer_device(model)

@@ -75,6 +75,9 @@ class TrainStepOptimizer:
     ) -> TrainStepOptimizer:
         """Build from ``gradient_accumulation_steps``, ``grad_scaler`` and ``mixed_precision``.
 
+        ``gradient_accumulation_steps: 0`` means no accumulation, as in tzrec
+        (where 0 is the field's default).
+
         >>> import torch
         >>> from rankboard.protos import parse_text, train_pb2
         >>> cfg = parse_text('gradient_accumulation_steps: 4 mixed_precision: "BF16"',
@@ -104,7 +107,7 @@ class TrainStepOptimizer:
                 logger.warning("grad_scaler is set but mixed_precision is %r, not FP16", precision)
         return cls(
             optimizer,
-            accumulation_steps=train_config.gradient_accumulation_steps,
+            accumulation_steps=max(train_config.gradient_accumulation_steps, 1),
             grad_scaler=scaler,
             autocast_dtype=MIXED_PRECISION_DTYPES.get(precision),
         )
