@@ -48,7 +48,11 @@ def _bearer_dependency(token: str | None, what: str):
 
 def create_app(store: MetricStore, read_token: str | None = None,
                write_token: str | None = None) -> FastAPI:
-    """The REST app over ``store``; ``read_token`` guards reads, ``write_token`` deletes."""
+    """The REST app over ``store``; ``read_token`` guards reads, ``write_token`` deletes.
+
+    With a read token and no write token, deletes need the read token: a service whose
+    reads are guarded never lets an anonymous caller delete.
+    """
     app = FastAPI(
         title="rankboard",
         version="1",
@@ -56,7 +60,10 @@ def create_app(store: MetricStore, read_token: str | None = None,
         " arm-versus-arm comparisons.",
     )
     read = Depends(_bearer_dependency(read_token, "read"))
-    write = Depends(_bearer_dependency(write_token, "write"))
+    write = Depends(
+        _bearer_dependency(write_token, "write") if write_token or not read_token
+        else _bearer_dependency(read_token, "read")
+    )
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, err: ServiceError) -> JSONResponse:
@@ -191,7 +198,10 @@ def create_app(store: MetricStore, read_token: str | None = None,
         dependencies=[write],
     )
     def delete_experiment(experiment: str) -> dict:
-        """Delete an experiment's state and history (needs the write token when one is set)."""
+        """Delete an experiment's state and history.
+
+        Needs the write token when one is set, else the read token when one is set.
+        """
         return {"experiment": experiment, "runs_deleted": store.delete_experiment(experiment)}
 
     return app

@@ -205,10 +205,14 @@ class MetricStore:
             last: dict[str, float] = {}
             for run in self._runs.values():
                 last[run.key.experiment] = max(last.get(run.key.experiment, 0.0), run.updated_at)
-        expired = [e for e, t in last.items() if t < cutoff]
-        for experiment in expired:
+        expired = []
+        for experiment in [e for e, t in last.items() if t < cutoff]:
             log.info("experiment %s expired (no batch for %.0f s)", experiment, self.config.ttl_s)
-            self.delete_experiment(experiment)
+            try:
+                self.delete_experiment(experiment)
+            except NotFound:  # deleted over REST meanwhile
+                continue
+            expired.append(experiment)
         return expired
 
     def _delete(self, experiment: str) -> None:
@@ -364,6 +368,7 @@ class MetricStore:
                 }
                 index = self._wal.rotate()
             written = self._checkpoints.save(index, state)
+            self.registry.sync()  # history rows of the log about to be dropped
             kept = checkpoint.list_checkpoints(self._ckpt_dir)
             if kept:
                 self._wal.remove_before(kept[0])
@@ -380,7 +385,10 @@ class MetricStore:
             if self._closed:
                 return
             if self.config.ttl_s:
-                self.expire()
+                try:
+                    self.expire()
+                except Exception:  # the checkpointer must outlive any failure here
+                    log.exception("expiring idle experiments failed")
             if self._wal_due() or self._interval_due():
                 try:
                     self.checkpoint()

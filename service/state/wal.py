@@ -28,7 +28,6 @@ import mmap
 import os
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,9 +57,10 @@ class WriteAheadLog:
 
     ``fsync``: ``"batch"``: every record is synced before it counts as durable (a
     background thread syncs whatever has been written, so records appended
-    while a sync runs share the next one: group commit); ``"interval"`` syncs at most
-    every ``interval_s`` (a process crash loses nothing written; a power failure may
-    lose the last interval); ``"none"`` leaves syncing to the OS.
+    while a sync runs share the next one: group commit); ``"interval"``: a background
+    thread syncs what was written every ``interval_s`` (group commit on a timer; a
+    process crash loses nothing written, a power failure at most the last interval);
+    ``"none"`` leaves syncing to the OS.
 
     :meth:`append` returns the record's log sequence number (the log's length in bytes
     after it, counted from when the log was opened); :meth:`wait_durable` blocks until
@@ -76,7 +76,6 @@ class WriteAheadLog:
         self.fsync = fsync
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._last_sync = time.monotonic()
         segments = self.segments()
         for seg in segments:
             self._repair(self._path(seg))
@@ -90,8 +89,9 @@ class WriteAheadLog:
         self._closed = False
         self._durable = threading.Condition()
         self._syncer: threading.Thread | None = None
-        if fsync == "batch":
-            self._syncer = threading.Thread(target=self._sync_loop, name="wal-sync", daemon=True)
+        if fsync != "none":
+            loop = self._sync_loop if fsync == "batch" else self._interval_loop
+            self._syncer = threading.Thread(target=loop, name="wal-sync", daemon=True)
             self._syncer.start()
 
     def _path(self, index: int) -> Path:
@@ -122,11 +122,6 @@ class WriteAheadLog:
             self.current_bytes += size
             self.lsn += size
             lsn = self.lsn
-            if self.fsync == "interval":
-                now = time.monotonic()
-                if now - self._last_sync >= self.interval_s:
-                    os.fdatasync(self._file.fileno())
-                    self._last_sync = now
         if self.fsync == "batch":
             with self._durable:
                 self._durable.notify_all()
@@ -174,6 +169,31 @@ class WriteAheadLog:
             with self._durable:
                 self._synced = max(self._synced, target)
                 self._durable.notify_all()
+
+    def _interval_loop(self) -> None:
+        """Sync what was written since the last sync, every ``interval_s`` (``interval``)."""
+        while True:
+            with self._durable:
+                self._durable.wait_for(lambda: self._closed, timeout=self.interval_s)
+                if self._closed:
+                    return
+                if self._synced >= self.lsn:
+                    continue
+            with self._lock:
+                if self._file.closed:
+                    return
+                target = self.lsn
+                fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
+            try:
+                os.fdatasync(fd)
+            except OSError as err:
+                log.critical("write-ahead log sync failed: %s; no more batches", err)
+                with self._durable:
+                    self._failed = err
+                return
+            finally:
+                os.close(fd)
+            self._mark_synced(target)
 
     def _mark_synced(self, lsn: int) -> None:
         with self._durable:

@@ -52,7 +52,8 @@ def service_factory(tmp_path: Path) -> Iterator:
     started: list[Service] = []
 
     def start(data_dir: Path | None = None, **kwargs: object) -> Service:
-        cfg = ServiceConfig(data_dir=data_dir or tmp_path / "data", device="cpu", **kwargs)
+        kwargs = {"device": "cpu", **kwargs}
+        cfg = ServiceConfig(data_dir=data_dir or tmp_path / "data", **kwargs)
         ctx = run_service(cfg)
         svc = ctx.__enter__()
         svc._ctx = ctx  # type: ignore[attr-defined]

@@ -71,3 +71,40 @@ def test_send_missing_column(service, tmp_path: Path) -> None:
                     "--arm", "a", "--task", "t", "--phase", "eval")
     assert out.returncode != 0
     assert "no column" in out.stderr and "prediction" in out.stderr
+
+
+def test_tokens_from_the_environment(tmp_path: Path) -> None:
+    """`serve` takes RANKBOARD_TOKEN / RANKBOARD_READ_TOKEN, `send` RANKBOARD_TOKEN."""
+    import os
+
+    from tests.service.test_crash_recovery import ServiceProcess
+
+    env = {**os.environ, "RANKBOARD_TOKEN": "w-env", "RANKBOARD_READ_TOKEN": "r-env"}
+    svc = ServiceProcess(tmp_path / "data", env=env)
+    svc.start()
+    try:
+        path = tmp_path / "p.csv"
+        path.write_text("prediction,label\n0.5,1\n0.2,0\n0.7,1\n")
+        target = f"127.0.0.1:{svc.gport}"
+        args = ["send", str(path), "--target", target, "--experiment", "e", "--arm", "a",
+                "--task", "t", "--phase", "eval"]
+        no_token = {k: v for k, v in os.environ.items() if k != "RANKBOARD_TOKEN"}
+        denied = subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
+                                capture_output=True, text=True, timeout=120, env=no_token)
+        assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr.upper()
+        wrong = subprocess.run(
+            [sys.executable, "-m", "rankboard.service.cli", *args, "--token", "nope"],
+            capture_output=True, text=True, timeout=120, env=no_token)
+        assert wrong.returncode != 0
+        ok = subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
+                            capture_output=True, text=True, timeout=120,
+                            env={**no_token, "RANKBOARD_TOKEN": "w-env"})
+        assert ok.returncode == 0, ok.stderr
+        url = f"http://127.0.0.1:{svc.hport}/v1/experiments"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer w-env"}).status_code == 401
+        got = httpx.get(url, headers={"Authorization": "Bearer r-env"})
+        assert got.status_code == 200 and got.json()["experiments"][0]["samples"] == 3
+        assert httpx.get(f"http://127.0.0.1:{svc.hport}/healthz").status_code == 200
+    finally:
+        assert svc.stop() == 0

@@ -213,3 +213,70 @@ def test_unrecoverable_checkpoints_refuse_to_start(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "cannot start" in proc.stderr
+
+
+def test_interval_policy_syncs_in_the_background(tmp_path: Path, monkeypatch) -> None:
+    """``--fsync interval``: what was written is synced within an interval, with no later
+    append to trigger it (a quiet service must not keep its last batches unsynced)."""
+    import time
+
+    synced: list[int] = []
+    real = wal_module.os.fdatasync
+    monkeypatch.setattr(wal_module.os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    wal = WriteAheadLog(tmp_path, fsync="interval", interval_s=0.02)
+    lsn = wal.append(RECORD_BATCH, b"last one")
+    deadline = time.monotonic() + 30
+    while wal._synced < lsn and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert wal._synced == lsn and synced
+    calls = len(synced)
+    time.sleep(0.1)
+    assert len(synced) == calls  # nothing new written: no more syncs
+    wal.close()
+    assert [p for _, _, p in WriteAheadLog(tmp_path).replay(0)] == [b"last one"]
+
+
+def test_registry_history_answers_after_restart(tmp_path: Path) -> None:
+    """Train history lives in SQLite: after the log that produced it is dropped by
+    checkpoints and the service restarts, it is still there, point for point."""
+    from rankboard.protos import ingest_pb2, metric_pb2, parse_text
+
+    decl = [parse_text("auc { thresholds: 100 } decay_rate: 0.5 decay_step: 1",
+                       metric_pb2.TrainMetricConfig())]
+    key = RunKey("exp", "control", "ctr", "train")
+    store = open_store(tmp_path)
+    for i in range(4):
+        p, y = data(70 + i)
+        store.ingest(make_batch(preds=p, labels=y, seq=i + 1, step=10 * (i + 1),
+                                phase=ingest_pb2.PHASE_TRAIN,
+                                train_metrics=decl if i == 0 else None))
+        store.checkpoint()
+    before = store.history(key, "auc")
+    assert [s for s, _ in before] == [10, 20, 30, 40]
+    first_kept = int(sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[0].stem[5:])
+    assert min(int(s.stem) for s in (tmp_path / "wal").glob("*.wal")) == first_kept > 1
+    store.close()
+    store = open_store(tmp_path)
+    assert store.history(key, "auc") == before
+    assert store.registry.runs()[0][:4] == ("exp", "control", "ctr", "train")
+    store.close()
+
+
+def test_expiry_tolerates_a_concurrent_delete(tmp_path: Path, monkeypatch) -> None:
+    """An experiment deleted over REST while the TTL sweep runs: no error, the checkpointer
+    thread (which runs the sweep) lives on."""
+    store = MetricStore(StoreConfig(data_dir=tmp_path, ttl_s=60))
+    p, y = data(80)
+    store.ingest(make_batch(preds=p, labels=y, experiment="old", seq=1))
+    store.run(RunKey("old", "control", "ctr", "eval")).updated_at -= 120
+    real = store.delete_experiment
+
+    def raced(experiment: str) -> int:
+        real(experiment)  # the REST delete got there first
+        return real(experiment)
+
+    monkeypatch.setattr(store, "delete_experiment", raced)
+    assert store.expire() == []
+    assert store.runs() == []
+    assert store._ckpt_thread.is_alive()
+    store.close()

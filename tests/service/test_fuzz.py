@@ -82,9 +82,28 @@ def test_random_batches_get_clear_errors(svc: Service, msg: ingest_pb2.Batch) ->
         assert everything(svc.http_url) == before
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(msgs=st.lists(batches, min_size=1, max_size=5))
+def test_random_batches_on_a_stream(svc: Service, msgs: list[ingest_pb2.Batch]) -> None:
+    """One ack per batch, in order; a bad batch does not end the stream; if every batch is
+    refused, nothing changed."""
+    before = everything(svc.http_url)
+    with grpc.insecure_channel(svc.grpc_target) as ch:
+        acks = list(ingest_pb2_grpc.IngestStub(ch).Stream(iter(msgs)))
+    assert [(a.producer_id, a.sequence) for a in acks] == [
+        (m.producer_id, m.sequence) for m in msgs]
+    for ack in acks:
+        assert ack.error_code in BATCH_ERRORS | {0}, ack.error_message
+        assert bool(ack.error_message) == bool(ack.error_code)
+    if all(a.error_code or a.duplicate for a in acks):
+        assert everything(svc.http_url) == before
+
+
 @SETTINGS
 @given(raw=st.binary(max_size=256))
 def test_undecodable_bytes(svc: Service, raw: bytes) -> None:
+    before = everything(svc.http_url)
     with grpc.insecure_channel(svc.grpc_target) as ch:
         send = ch.unary_unary("/rankboard.v1.Ingest/Send",
                               request_serializer=lambda b: b,
@@ -96,6 +115,9 @@ def test_undecodable_bytes(svc: Service, raw: bytes) -> None:
             assert "Exception deserializing" in (err.details() or "") or err.details()
         else:
             assert ack.error_code in BATCH_ERRORS | {0}
+            if ack.error_code == 0 and not ack.duplicate:
+                return
+    assert everything(svc.http_url) == before
 
 
 segments = st.one_of(st.just("exp"), st.just("control"), st.just("nope"),

@@ -213,3 +213,183 @@ def test_delete_experiment(stub, http) -> None:
     assert http.delete("/v1/experiments/exp").json() == {"experiment": "exp", "runs_deleted": 1}
     assert http.get("/v1/experiments").json() == {"experiments": []}
     assert http.delete("/v1/experiments/exp").status_code == 404
+
+
+def _in_process(configs, batches, train: bool = False):
+    """The same metrics updated in this process with the same batches, in the same order."""
+    import torch
+
+    from rankboard.service import metrics as rbm
+
+    metrics = rbm.create_train_metrics(configs) if train else rbm.create_metrics(configs)
+    history: dict[str, list[float]] = {k: [] for k in metrics}
+    for p, y, g in batches:
+        refreshed = False
+        for m in metrics.values():
+            kwargs = {"grouping_key": torch.from_numpy(g)} if m.needs_grouping_key else {}
+            refreshed |= bool(m.update(torch.from_numpy(p), torch.from_numpy(y), **kwargs))
+        if train and refreshed:
+            for k, m in metrics.items():
+                history[k].append(float(m.compute()))
+    return {k: float(m.compute()) for k, m in metrics.items()}, history
+
+
+def test_rest_values_equal_in_process_computation_exactly(stub, http) -> None:
+    p, y, g = click_data(3000, seed=31)
+    parts = [(p[s], y[s], g[s]) for s in np.array_split(np.arange(3000), 5)]
+    for i, (pp, yy, gg) in enumerate(parts):
+        assert stub.Send(make_batch(preds=pp, labels=yy, keys={"user_id": gg},
+                                    seq=i + 1)).error_code == 0
+    configs = [parse_text(t, metric_pb2.MetricConfig()) for t in (
+        "auc { thresholds: 0 }", "normalized_entropy {}",
+        'grouped_auc { grouping_key: "user_id" }')]
+    expected, _ = _in_process(configs, parts)
+    assert get_metrics(http)["metrics"] == expected  # exact, not approximately
+
+    # real-valued labels: xauc, mse, mae
+    rng = np.random.default_rng(32)
+    t = rng.exponential(30, 600).round(0).astype(np.float32)
+    q = (t + rng.normal(0, 20, 600)).astype(np.float32)
+    rparts = [(q[s], t[s], g[:0]) for s in np.array_split(np.arange(600), 3)]
+    for i, (qq, tt, _) in enumerate(rparts):
+        assert stub.Send(make_batch(preds=qq, labels=tt, task="wt", seq=10 + i)).error_code == 0
+    configs = [parse_text(f"{n} {{}}", metric_pb2.MetricConfig())
+               for n in ("xauc", "mean_squared_error", "mean_absolute_error")]
+    expected, _ = _in_process(configs, rparts)
+    assert get_metrics(http, task="wt")["metrics"] == expected
+
+    # train: the decayed default metric and its history, value for value
+    tparts = parts + parts[:3]
+    decl = parse_text("auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2",
+                      metric_pb2.TrainMetricConfig())
+    for i, (pp, yy, _) in enumerate(tparts):
+        assert stub.Send(make_batch(preds=pp, labels=yy, phase=ingest_pb2.PHASE_TRAIN,
+                                    step=i + 1, seq=20 + i,
+                                    train_metrics=[decl] if i == 0 else None)).error_code == 0
+    expected, hist = _in_process([decl], [(pp, yy, gg[:0]) for pp, yy, gg in tparts], train=True)
+    assert get_metrics(http, phase="train")["metrics"] == expected
+    points = http.get("/v1/experiments/exp/arms/control/history",
+                      params={"task": "ctr", "phase": "train", "metric": "auc"}).json()["points"]
+    assert [pt["value"] for pt in points] == hist["auc"] and len(points) == 4
+
+
+@pytest.mark.parametrize(
+    ("phase", "labels", "keys", "expected"),
+    [
+        (ingest_pb2.PHASE_EVAL, [0, 1, 0, 1], False, {"auc", "normalized_entropy"}),
+        (ingest_pb2.PHASE_EVAL, [0, 1, 0, 1], True, {"auc", "normalized_entropy",
+                                                     "grouped_auc"}),
+        (ingest_pb2.PHASE_EVAL, [0.5, 3, 0, 1], False, {"xauc", "mean_squared_error",
+                                                       "mean_absolute_error"}),
+        (ingest_pb2.PHASE_TRAIN, [0, 1, 0, 1], True, {"auc"}),
+        (ingest_pb2.PHASE_TRAIN, [0.5, 3, 0, 1], False, {"mean_squared_error"}),
+    ],
+    ids=["eval-binary", "eval-binary-keys", "eval-real", "train-binary", "train-real"],
+)
+def test_default_metrics_per_label_type(stub, http, phase, labels, keys, expected) -> None:
+    p = np.array([0.2, 0.7, 0.4, 0.9], np.float32)
+    ack = stub.Send(make_batch(preds=p, labels=np.array(labels, np.float32), phase=phase,
+                               keys={"user_id": np.array([1, 1, 2, 2])} if keys else None))
+    assert ack.error_code == 0, ack.error_message
+    phase_name = "train" if phase == ingest_pb2.PHASE_TRAIN else "eval"
+    assert set(get_metrics(http, phase=phase_name)["metrics"]) == expected
+    run = http.get("/v1/experiments/exp").json()["runs"][0]
+    assert run["declared"] is False and set(run["metrics"]) == expected
+
+
+def test_undefined_metric_is_null(stub, http) -> None:
+    p = np.array([0.2, 0.7, 0.4], np.float32)
+    assert stub.Send(make_batch(preds=p, labels=np.ones(3, np.float32))).error_code == 0
+    r = http.get("/v1/experiments/exp/arms/control/metrics", params={"task": "ctr"})
+    assert r.status_code == 200 and '"auc": null' in r.text  # one class: AUC is undefined
+    assert r.json()["metrics"]["auc"] is None
+
+
+def test_compare_every_delta_against_independent_values(stub, http) -> None:
+    arms = {}
+    for i, arm in enumerate(["control", "t1", "t2"]):
+        p, y, g = click_data(1500, seed=40 + i)
+        arms[arm] = (p, y, g)
+        assert stub.Send(make_batch(preds=p, labels=y, keys={"user_id": g}, arm=arm,
+                                    step=5, seq=i + 1)).error_code == 0
+    ref = {arm: {"auc": roc_auc_score(y, p), "normalized_entropy": ref_ne(p, y),
+                 "grouped_auc": ref_gauc(p, y, g)} for arm, (p, y, g) in arms.items()}
+    body = http.get("/v1/experiments/exp/compare",
+                    params={"task": "ctr", "baseline": "t1", "step": 5, "fresh": "true"}).json()
+    assert body["baseline"] == "t1" and set(body["arms"]) == set(arms)
+    for arm, got in body["arms"].items():
+        assert got["step"] == 5 and got["samples"] == 1500
+        for k, v in ref[arm].items():
+            d = v - ref["t1"][k]
+            assert got["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9)
+            assert got["delta"][k] == pytest.approx(d, rel=1e-5, abs=1e-9)
+            assert got["relative_delta"][k] == pytest.approx(d / abs(ref["t1"][k]),
+                                                             rel=1e-5, abs=1e-8)
+        # delta is exactly the difference of the values the same response shows
+        for k, v in got["metrics"].items():
+            assert got["delta"][k] == v - body["arms"]["t1"]["metrics"][k]
+
+
+def test_concurrent_producers_into_one_run(service, http) -> None:
+    import threading
+
+    p, y, g = click_data(8000, seed=50)
+    shards = np.array_split(np.arange(8000), 4)
+    errors: list[str] = []
+
+    def produce(w: int) -> None:
+        parts = np.array_split(shards[w], 10)
+        msgs = [make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]}, producer=f"w{w}",
+                           seq=i + 1) for i, s in enumerate(parts)]
+        with grpc.insecure_channel(service.grpc_target) as ch:
+            for ack in ingest_pb2_grpc.IngestStub(ch).Stream(iter(msgs + msgs[:3])):
+                if ack.error_code:
+                    errors.append(ack.error_message)
+
+    threads = [threading.Thread(target=produce, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    body = get_metrics(http)
+    assert body["samples"] == 8000
+    assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+
+
+def test_device_resolution() -> None:
+    import torch
+
+    from rankboard.service.server import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_state_on_the_gpu_gives_the_cpu_values(service_factory, tmp_path) -> None:
+    import httpx
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    p, y, g = click_data(4000, seed=60)
+    bodies = []
+    for device in ("cpu", "cuda"):
+        svc = service_factory(tmp_path / device, device=device)
+        with grpc.insecure_channel(svc.grpc_target) as ch:
+            stub = ingest_pb2_grpc.IngestStub(ch)
+            for i, s in enumerate(np.array_split(np.arange(4000), 4)):
+                assert stub.Send(make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]},
+                                            seq=i + 1)).error_code == 0
+        run = svc.store.runs()[0]
+        assert next(iter(run.windows[1].metrics.values())).device.type == device
+        bodies.append(httpx.get(f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
+                                params={"task": "ctr", "fresh": "true"}).json()["metrics"])
+    assert bodies[0]["grouped_auc"] == pytest.approx(bodies[1]["grouped_auc"], abs=1e-9)
+    assert bodies[0]["auc"] == pytest.approx(bodies[1]["auc"], abs=1e-9)

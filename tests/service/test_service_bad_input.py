@@ -53,7 +53,12 @@ GOOD = dict(preds=P, labels=Y, keys={"uid": G}, seq=2)
          3, "NaN"),
         (make_batch(preds=np.array([0.1, np.inf, 0.2, 0.3]), labels=Y, keys={"uid": G}, seq=2),
          3, "infinite"),
-        (make_batch(preds=P, labels=np.array([0, 2, 0, 1]), keys={"uid": G}, seq=2), 3, ""),
+        (make_batch(preds=P, labels=np.array([0, np.nan, 0, 1]), keys={"uid": G}, seq=2),
+         3, "labels contain NaN"),
+        (make_batch(preds=P, labels=np.array([0, 2, 0, 1]), keys={"uid": G}, seq=2), 3,
+         "0 or 1"),
+        (make_batch(preds=P, labels=np.array([0, 0.5, 0, 1]), keys={"uid": G}, seq=2), 3,
+         "0 or 1"),
         (make_batch(preds=P, labels=Y, seq=2), 3, "grouping key"),
         (make_batch(preds=P, labels=Y, keys={"other": G}, seq=2), 3, "uid"),
         (make_batch(preds=P[:0], labels=Y[:0], keys={"uid": G[:0]}, seq=2), 3, "empty"),
@@ -68,7 +73,8 @@ GOOD = dict(preds=P, labels=Y, keys={"uid": G}, seq=2)
                     train_metrics=[metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC())]), 3,
          "train_metrics"),
     ],
-    ids=["length", "nan", "inf", "label-2", "no-keys", "wrong-key-name", "empty", "key-length",
+    ids=["length", "nan", "inf", "label-nan", "label-2", "label-half", "no-keys",
+         "wrong-key-name", "empty", "key-length",
          "neg-weight", "bad-name", "no-phase", "declaration-change", "train-decl-in-eval"],
 )
 def test_bad_batch_rejected_state_unchanged(stub, http, seeded, batch, code, words) -> None:
@@ -105,12 +111,35 @@ def test_stream_continues_after_a_bad_batch(stub, http, seeded) -> None:
 def test_oversized_message(service_factory) -> None:
     svc = service_factory(max_message_bytes=10_000)
     n = 5000
-    with grpc.insecure_channel(svc.grpc_target) as ch:
+    with grpc.insecure_channel(svc.grpc_target) as ch, \
+            httpx.Client(base_url=svc.http_url) as http:
         stub = ingest_pb2_grpc.IngestStub(ch)
+        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
+                                    seq=1)).error_code == 0
+        before = state(http)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Send(make_batch(preds=np.zeros(n), labels=np.zeros(n)))
+            stub.Send(make_batch(preds=np.zeros(n), labels=np.zeros(n), seq=2))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert httpx.get(f"{svc.http_url}/v1/experiments").json() == {"experiments": []}
+        with pytest.raises(grpc.RpcError) as err:  # on a stream too
+            list(stub.Stream(iter([make_batch(preds=np.zeros(n), labels=np.zeros(n), seq=2)])))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert state(http) == before
+
+
+def test_oversized_batch(service_factory) -> None:
+    """A batch over the per-batch sample limit (under the message size limit)."""
+    svc = service_factory(store={"max_samples_per_batch": 4})
+    with grpc.insecure_channel(svc.grpc_target) as ch, \
+            httpx.Client(base_url=svc.http_url) as http:
+        stub = ingest_pb2_grpc.IngestStub(ch)
+        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
+                                    seq=1)).error_code == 0
+        before = state(http)
+        five = np.append(P, 0.5)
+        ack = stub.Send(make_batch(preds=five, labels=np.append(Y, 1), seq=2,
+                                   keys={"uid": np.append(G, 3)}))
+        assert ack.error_code == 3 and "over the limit" in ack.error_message
+        assert state(http) == before
 
 
 def test_capacity_cap(service_factory) -> None:
@@ -123,6 +152,22 @@ def test_capacity_cap(service_factory) -> None:
         assert "cap" in ack.error_message
     body = httpx.get(f"{svc.http_url}/v1/experiments/exp").json()
     assert body["samples"] == 4
+
+
+def test_global_capacity_cap(service_factory) -> None:
+    svc = service_factory(store={"max_samples_total": 10})
+    with grpc.insecure_channel(svc.grpc_target) as ch:
+        stub = ingest_pb2_grpc.IngestStub(ch)
+        for i, arm in enumerate(["a", "b"]):
+            assert stub.Send(make_batch(preds=P, labels=Y, arm=arm, seq=i + 1)).error_code == 0
+        before = httpx.get(f"{svc.http_url}/v1/experiments").json()
+        ack = stub.Send(make_batch(preds=P, labels=Y, arm="c", seq=3))  # a third run: 12 > 10
+        assert ack.error_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "max-samples-total" in ack.error_message
+        assert httpx.get(f"{svc.http_url}/v1/experiments").json() == before
+        # deleting an experiment frees room
+        assert httpx.delete(f"{svc.http_url}/v1/experiments/exp").status_code == 200
+        assert stub.Send(make_batch(preds=P, labels=Y, arm="c", seq=3)).error_code == 0
 
 
 @pytest.mark.parametrize(
@@ -139,6 +184,20 @@ def test_capacity_cap(service_factory) -> None:
         ("/v1/experiments/exp/compare", {"task": "ctr", "baseline": "nope"}, 404),
         ("/v1/experiments/exp/compare", {"task": "ctr"}, 422),
         ("/v1/experiments/exp/arms/control/history", {"task": "ctr", "metric": "nope"}, 404),
+        ("/v1/experiments/exp/arms/nope/history", {"task": "ctr", "metric": "auc"}, 404),
+        ("/v1/experiments/exp/arms/control/history", {"task": "cvr", "metric": "auc"}, 404),
+        ("/v1/experiments/exp/arms/control/history", {"task": "ctr"}, 422),
+        ("/v1/experiments/exp/arms/control/history",
+         {"task": "ctr", "metric": "auc", "phase": "x"}, 422),
+        ("/v1/experiments/exp/arms/control/metrics", {"task": "ctr", "phase": "train"}, 404),
+        ("/v1/experiments/exp/arms/control/metrics", {"task": "c" * 129}, 422),
+        ("/v1/experiments/exp/arms/control/metrics", {"task": "ctr", "fresh": "maybe"}, 422),
+        ("/v1/experiments/nope/arms/control/metrics", {"task": "ctr"}, 404),
+        ("/v1/experiments/nope/compare", {"task": "ctr", "baseline": "control"}, 404),
+        ("/v1/experiments/exp/compare", {"task": "cvr", "baseline": "control"}, 404),
+        ("/v1/experiments/exp/compare", {"task": "ctr", "baseline": "control", "step": 9}, 404),
+        ("/v1/experiments/exp/compare", {"task": "ctr", "baseline": "control", "step": "x"}, 422),
+        ("/v1/experiments/exp/compare", {"baseline": "control"}, 422),
     ],
 )
 def test_bad_queries(http, seeded, path, params, status) -> None:
@@ -167,7 +226,41 @@ def test_tokens_enforced(service_factory) -> None:
     ok = httpx.get(url, headers={"Authorization": "Bearer r-secret"})
     assert ok.status_code == 200 and ok.json()["experiments"][0]["samples"] == 4
     assert httpx.get(f"{svc.http_url}/healthz").status_code == 200
-    assert httpx.delete(f"{url}/exp", headers={"Authorization": "Bearer r-secret"}
-                        ).status_code == 401
+    for headers in ({}, {"Authorization": "Bearer r-secret"}, {"Authorization": "Bearer x"}):
+        assert httpx.delete(f"{url}/exp", headers=headers).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}
                      ).json()["experiments"][0]["samples"] == 4
+    deleted = httpx.delete(f"{url}/exp", headers={"Authorization": "Bearer w-secret"})
+    assert deleted.status_code == 200 and deleted.json()["runs_deleted"] == 1
+    assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}
+                     ).json() == {"experiments": []}
+
+
+def test_rejected_credentials_change_nothing(service_factory) -> None:
+    svc = service_factory(token="w-secret")
+    good_md = (("authorization", "Bearer w-secret"),)
+    with grpc.insecure_channel(svc.grpc_target) as ch, \
+            httpx.Client(base_url=svc.http_url) as http:
+        stub = ingest_pb2_grpc.IngestStub(ch)
+        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1),
+                         metadata=good_md).error_code == 0
+        before = state(http)  # no read token: reads are open
+        for md in (None, (("authorization", "w-secret"),), (("authorization", "Bearer w"),)):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Send(make_batch(**GOOD), metadata=md)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert http.delete("/v1/experiments/exp").status_code == 401
+        assert state(http) == before
+        # the refused sequence was not recorded either
+        ack = stub.Send(make_batch(**GOOD), metadata=good_md)
+        assert ack.error_code == 0 and not ack.duplicate
+
+
+def test_read_token_alone_also_guards_deletes(service_factory) -> None:
+    svc = service_factory(read_token="r-secret")
+    with grpc.insecure_channel(svc.grpc_target) as ch:
+        assert ingest_pb2_grpc.IngestStub(ch).Send(make_batch(preds=P, labels=Y)).error_code == 0
+    url = f"{svc.http_url}/v1/experiments/exp"
+    assert httpx.delete(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}).status_code == 200
+    assert httpx.delete(url, headers={"Authorization": "Bearer r-secret"}).status_code == 200
