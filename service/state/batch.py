@@ -37,6 +37,7 @@ _CODES = {v.str: k for k, v in _DTYPES.items()}
 PHASES = {ingest_pb2.PHASE_TRAIN: "train", ingest_pb2.PHASE_EVAL: "eval"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_SAMPLES_PER_BATCH = 1 << 22
+MAX_SEGMENTS_PER_BATCH = 1024  # each segment is one metric update
 
 
 @dataclass(frozen=True, order=True)
@@ -63,11 +64,56 @@ class Batch:
     grouping_keys: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: list[metric_pb2.MetricConfig] = field(default_factory=list)
     train_metrics: list[metric_pb2.TrainMetricConfig] = field(default_factory=list)
+    # (step, samples) of each run of consecutive samples of one step, in order;
+    # empty means one segment of ``step``
+    step_segments: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_samples(self) -> int:
         """Number of samples (rows) in the batch."""
         return int(self.labels.shape[0])
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """``(step, samples)`` of each step's samples, in order (one when not segmented).
+
+        >>> import torch
+        >>> b = Batch("p", 1, RunKey("e", "a", "t", "train"), 7, torch.zeros(3), torch.zeros(3))
+        >>> b.segments
+        [(7, 3)]
+        """
+        return self.step_segments or [(self.step, self.num_samples)]
+
+    def split(self) -> list[Batch]:
+        """One batch per segment (views of this batch's tensors, no copies).
+
+        >>> import torch
+        >>> b = Batch("p", 1, RunKey("e", "a", "t", "train"), 0, torch.arange(3.0),
+        ...           torch.zeros(3), step_segments=[(4, 1), (5, 2)])
+        >>> [(s.step, s.predictions.tolist()) for s in b.split()]
+        [(4, [0.0]), (5, [1.0, 2.0])]
+        """
+        if not self.step_segments:
+            return [self]
+        out, lo = [], 0
+        for step, count in self.step_segments:
+            hi = lo + count
+            out.append(
+                Batch(
+                    self.producer_id,
+                    self.sequence,
+                    self.key,
+                    step,
+                    self.predictions[lo:hi],
+                    self.labels[lo:hi],
+                    None if self.weights is None else self.weights[lo:hi],
+                    {name: k[lo:hi] for name, k in self.grouping_keys.items()},
+                    self.metrics,
+                    self.train_metrics,
+                )
+            )
+            lo = hi
+        return out
 
 
 def encode_array(values: np.ndarray | torch.Tensor) -> ingest_pb2.Array:
@@ -172,15 +218,31 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
         if k.shape[0] != n:
             raise InvalidBatch(f"length mismatch: {n} labels but {k.shape[0]} keys in {name!r}")
         keys[name] = torch.from_numpy(k.astype(np.int64, copy=False))
+    segments = [(int(s.step), int(s.samples)) for s in msg.segments]
+    if segments:
+        if len(segments) > MAX_SEGMENTS_PER_BATCH:
+            raise InvalidBatch(
+                f"{len(segments)} segments is over the limit of {MAX_SEGMENTS_PER_BATCH} per batch"
+            )
+        if any(step < 0 for step, _ in segments):
+            raise InvalidBatch("segments: every step must be >= 0")
+        if any(count == 0 for _, count in segments):
+            raise InvalidBatch("segments: every segment must hold at least one sample")
+        if sum(count for _, count in segments) != n:
+            raise InvalidBatch(
+                f"length mismatch: {n} labels but the segments hold "
+                f"{sum(count for _, count in segments)} samples"
+            )
     return Batch(
         producer_id=msg.producer_id,
         sequence=msg.sequence,
         key=key,
-        step=msg.step,
+        step=segments[0][0] if segments else msg.step,
         predictions=pred_t,
         labels=label_t,
         weights=weights,
         grouping_keys=keys,
         metrics=list(msg.metrics),
         train_metrics=list(msg.train_metrics),
+        step_segments=segments if len(segments) > 1 else [],
     )

@@ -175,12 +175,18 @@ class Run:
             except ValueError as err:
                 raise InvalidBatch(f"metric {name!r}: {err}") from None
 
-    def apply(self, batch: Batch) -> list[tuple[str, int, float]]:
-        """Update the metrics with a checked batch.
+    def apply(self, batch: Batch) -> list[tuple[str, int, int, float]]:
+        """Update the metrics with a checked batch, one update per step segment.
 
         Returns the train history points this batch produced, as
-        ``(metric, point, value)``.
+        ``(metric, point, step, value)``.
         """
+        points: list[tuple[str, int, int, float]] = []
+        for part in batch.split():
+            points.extend(self._apply_segment(part))
+        return points
+
+    def _apply_segment(self, batch: Batch) -> list[tuple[str, int, int, float]]:
         step = batch.step if self.key.phase == "eval" else 0
         window = self.windows.get(step)
         if window is None:
@@ -190,7 +196,7 @@ class Run:
             self.windows[step] = window
         preds = batch.predictions.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
-        points: list[tuple[str, int, float]] = []
+        points: list[tuple[str, int, int, float]] = []
         decayed = False
         for name, metric in window.metrics.items():
             kwargs = _inputs(metric, name, batch, self.device)
@@ -200,7 +206,9 @@ class Run:
         if decayed:
             self.history_points += 1
             for name, metric in window.metrics.items():
-                points.append((name, self.history_points, float(metric.compute())))
+                points.append(
+                    (name, self.history_points, batch.step, float(metric.compute()))
+                )
         window.samples += batch.num_samples
         self.samples += batch.num_samples
         self.last_step = max(self.last_step, batch.step)

@@ -179,9 +179,7 @@ class MetricStore:
         if run.key.phase == "eval":
             self._retained += batch.num_samples
         if points:
-            self.registry.record_many(
-                _tuple(run.key), [(name, p, batch.step, v) for name, p, v in points]
-            )
+            self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
 
     def delete_experiment(self, experiment: str) -> int:

@@ -129,6 +129,15 @@ def decode(arr: ingest_pb2.Array) -> np.ndarray:
     return np.frombuffer(arr.data, dtype="<f4" if arr.dtype == ingest_pb2.DTYPE_FLOAT32 else "<i8")
 
 
+def segments(b: ingest_pb2.Batch) -> list[tuple[int, int]]:
+    """(step, samples) of each step's rows of ``b``, as the service reads them."""
+    return [(g.step, g.samples) for g in b.segments] or [(b.step, len(b.labels.data) // 4)]
+
+
+def steps_sent(batches: list[ingest_pb2.Batch]) -> list[int]:
+    return sorted(step for b in batches for step, _ in segments(b))
+
+
 def test_log_flush_round_trip_keeps_values_and_columns(server: Server, store: Store) -> None:
     preds = torch.tensor([[0.1], [0.7], [0.4]])  # (n, 1) is flattened
     with stream(server) as s:
@@ -161,9 +170,7 @@ def test_log_flush_round_trip_keeps_values_and_columns(server: Server, store: St
     np.testing.assert_array_equal(decode(b.grouping_keys[0].keys), [3, 3, 9])
 
 
-def test_batching_merges_same_step_only_and_splits_large_records(
-    server: Server, store: Store
-) -> None:
+def test_batching_segments_steps_and_splits_large_records(server: Server, store: Store) -> None:
     with stream(server, max_batch_samples=250) as s:
         s.log(torch.rand(1000), torch.randint(0, 2, (1000,)), task="ctr", phase="eval", step=1)
         s.flush()
@@ -171,18 +178,27 @@ def test_batching_merges_same_step_only_and_splits_large_records(
         seqs = [b.sequence for b in store.batches]
         assert seqs == sorted(seqs) and len(set(seqs)) == 4
         store.batches.clear()
-        # many small records, two alternating steps per phase: merged only when
-        # (task, phase, step) agree; each prediction carries its step to check.
+        # many small records of 40 steps (10 records a step) in two tasks: merged
+        # across steps with one segment per step; each prediction carries its step
         n_records = 400
         for i in range(n_records):
-            step = i // 100
-            s.log(torch.full((5,), step / 10), torch.ones(5), task="ctr", phase="train", step=step)
+            step = i // 10
+            task = "ctr" if step % 2 else "cvr"
+            s.log(torch.full((5,), step / 100), torch.ones(5), task=task, phase="train", step=step)
         s.flush()
     assert sum(len(b.labels.data) // 4 for b in store.batches) == 5 * n_records
+    per_step: dict[int, int] = {}
     for b in store.batches:
-        np.testing.assert_allclose(decode(b.predictions), b.step / 10, rtol=1e-6)
-        assert len(b.labels.data) // 4 <= 250
-    assert len(store.batches) < n_records  # records queued while sending were merged
+        preds, lo = decode(b.predictions), 0
+        assert len(preds) <= 250
+        assert sum(c for _, c in segments(b)) == len(preds)
+        for step, count in segments(b):
+            assert b.task == ("ctr" if step % 2 else "cvr")
+            np.testing.assert_allclose(preds[lo : lo + count], step / 100, rtol=1e-6)
+            per_step[step] = per_step.get(step, 0) + count
+            lo += count
+    assert per_step == {step: 50 for step in range(40)}
+    assert len(store.batches) < n_records  # records queued while lingering were merged
 
 
 def test_block_policy_waits_for_acks(server: Server, store: Store) -> None:
@@ -223,15 +239,40 @@ def test_drop_policy_counts_dropped_records(server: Server, store: Store) -> Non
     assert store.samples == 800 == st.applied_samples
 
 
+def test_linger_coalesces_steps_into_one_message_until_flush(
+    server: Server, store: Store
+) -> None:
+    with stream(server, linger=30.0) as s:
+        for step in range(8):
+            s.log(torch.full((3,), float(step)), torch.ones(3), task="ctr", phase="train",
+                  step=step)
+        time.sleep(0.3)
+        assert store.received == 0 and s.stats.queued_records == 8  # lingering
+        s.flush(timeout=10)  # flush sends at once
+    (b,) = store.batches
+    assert segments(b) == [(step, 3) for step in range(8)]
+    np.testing.assert_array_equal(decode(b.predictions), np.repeat(np.arange(8.0), 3))
+
+
+def test_full_batch_does_not_linger(server: Server, store: Store) -> None:
+    with stream(server, linger=30.0, max_batch_samples=10) as s:
+        for step in range(4):
+            s.log(torch.rand(5), torch.ones(5), task="ctr", phase="train", step=step)
+        deadline = time.monotonic() + 10
+        while store.received < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [segments(b) for b in store.batches] == [[(0, 5), (1, 5)], [(2, 5), (3, 5)]]
+
+
 def test_lost_ack_is_resent_and_counted_once(server: Server, store: Store) -> None:
     store.drop_ack_at = 3  # applied, but the stream breaks before its ack
-    with stream(server) as s:
+    with stream(server, linger=0, max_batch_samples=100) as s:  # a batch per record
         for step in range(10):
             s.log(torch.rand(100), torch.ones(100), task="ctr", phase="train", step=step)
         s.flush(timeout=20)
         st = s.stats
     assert store.samples == 1000  # nothing lost, nothing twice
-    assert sorted(b.step for b in store.batches) == list(range(10))
+    assert steps_sent(store.batches) == list(range(10))
     assert st.reconnects >= 1 and st.resent_batches >= 1 and st.duplicate_batches >= 1
     # a duplicate's ack reports 0 samples: its samples were applied before the break
     assert st.applied_samples + 100 * st.duplicate_batches == 1000
@@ -258,7 +299,7 @@ def test_server_restart_under_the_stream(store: Store) -> None:
         for r in restarted:
             r.stop()
     assert store.samples == 30 * 50
-    assert sorted(b.step for b in store.batches) == list(range(30))
+    assert steps_sent(store.batches) == list(range(30))
     assert st.reconnects >= 1 and st.last_error is not None
 
 
