@@ -63,6 +63,8 @@ def main() -> int:
         help="pin training (torch threads = this) to the first N cores and the service to the "
         "others, as if the service ran elsewhere (default 0: no pinning, torch's threads)",
     )
+    p.add_argument("--linger", type=float, default=None,
+                   help="MetricsStream linger in seconds (default: the client's default)")
     args = p.parse_args()
     if args.train_cores:
         torch.set_num_threads(args.train_cores)
@@ -113,7 +115,10 @@ def main() -> int:
         if args.train_cores:
             pin_process(svc.process.pid, set(range(args.train_cores, os.cpu_count())))
             pin_process(os.getpid(), set(range(args.train_cores)))  # threads started since
-        stream = MetricsStream(svc.grpc_target, experiment="bench", arm="a", run_id="bench")
+        extra = {} if args.linger is None else {"linger": args.linger}
+        stream = MetricsStream(
+            svc.grpc_target, experiment="bench", arm="a", run_id="bench", **extra
+        )
         for i in range(10):  # warm-up
             step(i, stream, [])
         stream.flush()
@@ -138,6 +143,7 @@ def main() -> int:
     base = statistics.median(plain)
     with_log = statistics.median(logged)
     log_call = statistics.median(log_times)
+    print(f"MetricsStream linger {stream.linger:g} s")
     print(
         f"DLRM step, batch {args.batch}, CPU ({torch.get_num_threads()} threads): "
         f"median {base * 1e3:.2f} ms without logging, {with_log * 1e3:.2f} ms with"

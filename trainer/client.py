@@ -367,7 +367,7 @@ class MetricsStream:
         max_pending_samples: int = 2_000_000,
         when_full: Literal["block", "drop"] = "block",
         max_batch_samples: int = 65_536,
-        linger: float = 0.05,
+        linger: float = 0.1,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         ack_timeout: float = 60.0,
@@ -527,12 +527,17 @@ class MetricsStream:
                         self._last_error,
                     )
                     waited_since = 0.0
+            was_idle = not self._queue
             self._pending += record.n
             self._queued_samples += record.n
             self._queue.append(record)
             self._counts["logged_records"] += 1
             self._counts["logged_samples"] += record.n
-            self._work.notify()
+            # a sender with records queued already is busy or lingering on a timer:
+            # wake it only to start one, or to end it early (each wake costs the
+            # training thread a GIL handoff)
+            if was_idle or self._linger_left() <= 0:
+                self._work.notify()
         return True
 
     def flush(self, timeout: float | None = None) -> None:
