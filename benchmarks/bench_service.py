@@ -13,6 +13,9 @@ Examples::
     python benchmarks/bench_service.py --producers 1 --pollers 0 --duration 20
     # issue 6: load test, 4 producers and 20 pollers on a run of 10M samples
     python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000
+    # the same with dashboards polling every 0.1 s each instead of back to back
+    python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000 \
+        --poll-interval 0.1
     # the same with ingestion held to 250k samples/s per producer
     python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000 \
         --rate 250000
@@ -107,8 +110,10 @@ def producer(target: str, idx: int, duration: float, n: int, queue: mp.Queue,
                "latencies": latencies, "errors": errors})
 
 
-def poller_process(url: str, pollers: int, duration: float, queue: mp.Queue) -> None:
-    """``pollers`` dashboard clients, each a thread with a keep-alive connection.
+def poller_process(url: str, pollers: int, duration: float, queue: mp.Queue,
+                   interval: float = 0.0) -> None:
+    """``pollers`` dashboard clients, each a thread with a keep-alive connection,
+    polling every ``interval`` seconds (0: back to back).
 
     ``http.client`` rather than httpx: on 2 shared cores the client's own CPU time
     would otherwise be part of the latency measured.
@@ -126,6 +131,9 @@ def poller_process(url: str, pollers: int, duration: float, queue: mp.Queue) -> 
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         while time.perf_counter() < deadline:
             t = time.perf_counter()
+            if interval and lat:
+                time.sleep(interval)
+                t = time.perf_counter()
             conn.request("GET", path)
             r = conn.getresponse()
             r.read()
@@ -169,6 +177,8 @@ def main() -> None:
     ap.add_argument("--preload", type=int, default=0,
                     help="samples streamed into the polled run before the timed part")
     ap.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"])
+    ap.add_argument("--poll-interval", type=float, default=0.0,
+                    help="seconds between a poller's requests (default 0: back to back)")
     ap.add_argument("--rate", type=float, default=None,
                     help="samples/s per producer (default: as fast as the service takes)")
     args = ap.parse_args()
@@ -208,7 +218,8 @@ def main() -> None:
                    "?task=ctr&phase=eval")
             if args.pollers:
                 procs.append(ctx.Process(target=poller_process,
-                                         args=(url, args.pollers, args.duration, q)))
+                                         args=(url, args.pollers, args.duration, q,
+                                               args.poll_interval)))
             for p in procs:
                 p.start()
             results = [q.get() for _ in procs]
@@ -228,6 +239,7 @@ def main() -> None:
     report = {
         "producers": args.producers, "pollers": args.pollers, "batch": args.batch,
         "fsync": args.fsync, "preload": args.preload, "rate_per_producer": args.rate,
+        "poll_interval_s": args.poll_interval,
         "ingested_samples_per_s": samples / seconds,
         "in_process_samples_per_s": base,
         "ratio_service_to_in_process": samples / seconds / base,

@@ -10,12 +10,10 @@ Example (in-process, as the tests and the demo use it)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,8 +72,6 @@ class Service:
         if config.torch_threads:
             # many small updates from concurrent streams: intra-op threads only contend
             torch.set_num_threads(config.torch_threads)
-        if os.environ.get("RB_SWITCH"):
-            sys.setswitchinterval(float(os.environ["RB_SWITCH"]))
         device = resolve_device(config.device)
         self.store = MetricStore(
             StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync,
@@ -91,7 +87,9 @@ class Service:
         if self.grpc_port == 0:
             raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+        # proto says TCP; without it Nagle + delayed ACKs add 40 ms to every response
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((config.host, config.http_port))
         self.http_port = self._sock.getsockname()[1]
@@ -113,7 +111,7 @@ class Service:
         return f"http://{_url_host(self.config.host)}:{self.http_port}"
 
     def _serve_http(self) -> None:
-        asyncio.run(self._http.serve(sockets=[self._sock]))
+        self._http.run(sockets=[self._sock])  # uvicorn's loop (uvloop when installed)
 
     def start(self) -> Service:
         """Start both servers; return when they accept connections."""
