@@ -151,24 +151,8 @@ class WriteAheadLog:
                     self._durable.wait()
                 if self._closed and self._synced >= self.lsn:
                     return
-            with self._lock:
-                if self._file.closed:
-                    return
-                target = self.lsn
-                fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
-            try:
-                os.fdatasync(fd)
-            except OSError as err:
-                log.critical("write-ahead log sync failed: %s; no more acks", err)
-                with self._durable:
-                    self._failed = err
-                    self._durable.notify_all()
+            if not self._sync_written():
                 return
-            finally:
-                os.close(fd)
-            with self._durable:
-                self._synced = max(self._synced, target)
-                self._durable.notify_all()
 
     def _interval_loop(self) -> None:
         """Sync what was written since the last sync, every ``interval_s`` (``interval``)."""
@@ -179,21 +163,31 @@ class WriteAheadLog:
                     return
                 if self._synced >= self.lsn:
                     continue
-            with self._lock:
-                if self._file.closed:
-                    return
-                target = self.lsn
-                fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
-            try:
-                os.fdatasync(fd)
-            except OSError as err:
-                log.critical("write-ahead log sync failed: %s; no more batches", err)
-                with self._durable:
-                    self._failed = err
+            if not self._sync_written():
                 return
-            finally:
-                os.close(fd)
-            self._mark_synced(target)
+
+    def _sync_written(self) -> bool:
+        """fdatasync what has been written so far; False once the log is closed or failed.
+
+        A failed sync is final: acks wait for durability, so none come after it.
+        """
+        with self._lock:
+            if self._file.closed:
+                return False
+            target = self.lsn
+            fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
+        try:
+            os.fdatasync(fd)
+        except OSError as err:
+            log.critical("write-ahead log sync failed: %s; no more acks", err)
+            with self._durable:
+                self._failed = err
+                self._durable.notify_all()
+            return False
+        finally:
+            os.close(fd)
+        self._mark_synced(target)
+        return True
 
     def _mark_synced(self, lsn: int) -> None:
         with self._durable:
