@@ -163,13 +163,3 @@ def test_schedules_step_per_optimizer_step_or_per_epoch() -> None:
 def test_dense_params_without_dense_optimizer_is_an_error() -> None:
     with pytest.raises(ValueError, match="no dense_optimizer"):
         build_optimizers(linear(), train_pb2.TrainConfig())
-
-
-def test_ema_config_that_nothing_applies_is_logged(caplog) -> None:
-    cfg = parse_text(
-        "dense_optimizer { sgd_optimizer { lr: 0.1 } } ema_config { decay: 0.99 }",
-        train_pb2.TrainConfig(),
-    )
-    with caplog.at_level("WARNING", logger="rankboard.trainer.optim.train_optimizers"):
-        build_optimizers(linear(), cfg)
-    assert "ema_config is set" in caplog.text

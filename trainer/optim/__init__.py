@@ -28,6 +28,7 @@ from rankboard.trainer.optim.builder import (
     keyed_optimizer,
     sparse_initial_accumulator_value,
 )
+from rankboard.trainer.optim.ema import ExponentialMovingAverage
 from rankboard.trainer.optim.fused import (
     apply_sparse_optimizer,
     dense_named_parameters,
@@ -55,6 +56,7 @@ __all__ = [
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestartsLR",
     "ExponentialDecayLR",
+    "ExponentialMovingAverage",
     "ManualStepLR",
     "TrainOptimizers",
     "TrainStepOptimizer",

@@ -40,6 +40,7 @@ from rankboard.trainer.optim.builder import (
     keyed_optimizer,
     sparse_initial_accumulator_value,
 )
+from rankboard.trainer.optim.ema import ExponentialMovingAverage
 from rankboard.trainer.optim.fused import dense_named_parameters, set_initial_accumulator
 from rankboard.trainer.optim.lr_scheduler import BaseLR
 from rankboard.trainer.optim.wrapper import TrainStepOptimizer
@@ -58,12 +59,20 @@ class TrainOptimizers:
     optimizers, in that order; ``schedulers`` has one schedule per member, in
     the same order. Drive it with :meth:`zero_grad`, :meth:`backward`,
     :meth:`step` every training step and :meth:`end_epoch` after each epoch.
+    With ``ema_config``, ``ema`` averages the dense weights after each optimizer
+    step; evaluate under ``with opts.ema.average_parameters(): ...``.
     """
 
     optimizer: CombinedOptimizer
     schedulers: list[BaseLR]
     wrapper: TrainStepOptimizer
     members: list[tuple[str, torch.optim.Optimizer]] = field(default_factory=list)
+    ema: ExponentialMovingAverage | None = None
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken (training steps / accumulation steps)."""
+        return self.wrapper.micro_step // self.wrapper.accumulation_steps
 
     def zero_grad(self) -> None:
         """Zero gradients at the start of an accumulation window."""
@@ -77,6 +86,8 @@ class TrainOptimizers:
         """Optimizer step at the end of a window, then the per-step schedules."""
         stepped = self.wrapper.step()
         if stepped:
+            if self.ema is not None:
+                self.ema.update(self.optimizer_steps)
             for scheduler in self.schedulers:
                 if not scheduler.by_epoch:
                     scheduler.step()
@@ -164,11 +175,11 @@ def build_optimizers(
 
     if not members:
         raise ValueError("the model has no parameters to optimize")
+    ema = None
     if train_config.HasField("ema_config"):
-        logger.warning(
-            "train_config.ema_config is set but build_optimizers keeps no moving average "
-            "of the weights: the training loop must apply it"
-        )
+        if not dense_params:
+            raise ValueError("train_config has an ema_config but the model has no dense weights")
+        ema = ExponentialMovingAverage.from_config(dense_params, train_config.ema_config)
     combined = CombinedOptimizer([opt for _, opt in members])
     wrapper = TrainStepOptimizer.from_config(
         combined, train_config, device if device is not None else _infer_device(model)
@@ -179,4 +190,4 @@ def build_optimizers(
             "scaled gradient (no unscale); prefer a scale-invariant sparse optimizer (Adagrad)"
         )
     logger.info("optimizers: %s", ", ".join(f"{k}={type(o).__name__}" for k, o in members))
-    return TrainOptimizers(combined, schedulers, wrapper, members)
+    return TrainOptimizers(combined, schedulers, wrapper, members, ema)
