@@ -67,6 +67,8 @@ batches = st.builds(
     num_classes=st.integers(0, 5),
     grouping_keys=st.lists(st.builds(ingest_pb2.KeyColumn, name=names, keys=arrays),
                            max_size=2),
+    segments=st.lists(st.builds(ingest_pb2.StepSegment, step=st.integers(-(2**63), 2**63 - 1),
+                                samples=st.integers(0, 2**64 - 1)), max_size=3),
 )
 
 
