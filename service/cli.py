@@ -20,6 +20,13 @@ from rankboard.service.server import ServiceConfig, env_token, run_service
 from rankboard.service.state.store import StateLost
 
 
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the metrics service (gRPC ingestion + REST)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -43,6 +50,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="cap on eval samples retained per run (default 50M)")
     p.add_argument("--max-samples-total", type=int, default=200_000_000,
                    help="cap on eval samples retained by the service (default 200M)")
+    p.add_argument("--max-retained-mb", type=_positive, default=None,
+                   help="cap on the memory of retained per-sample metric state, in MiB"
+                   " (default: half the memory of the state device)")
     p.add_argument("--ttl-hours", type=float, default=None,
                    help="delete experiments that got no batch for this long (default: keep)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20,
@@ -70,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
         store={"checkpoint_interval_s": args.checkpoint_interval,
                "max_samples_per_run": args.max_samples_per_run,
                "max_samples_total": args.max_samples_total,
+               "max_retained_bytes": (int(args.max_retained_mb * 2**20)
+                                      if args.max_retained_mb is not None else None),
                "ttl_s": args.ttl_hours * 3600 if args.ttl_hours else None},
     )
     stop = threading.Event()

@@ -107,6 +107,7 @@ def create_app(store: MetricStore, read_token: str | None = None,
                 "steps": sorted(r.windows) if r.key.phase == "eval" else [],
                 "last_step": r.last_step, "metrics": r.metric_keys,
                 "declaration": r.declaration, "declared": r.declared,
+                "retained_bytes": round(r.retained_bytes),
             }
             for r in runs
         ]

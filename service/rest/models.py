@@ -21,6 +21,10 @@ class RunInfo(BaseModel):
     metrics: list[str] = Field(description="result keys of the run's metrics")
     declaration: str = Field(description="the run's MetricConfig / TrainMetricConfig, text format")
     declared: bool = Field(description="false when the run uses the default metrics")
+    retained_bytes: int = Field(
+        description="memory of the run's retained per-sample state (exact metrics keep"
+        " samples; binned and summed ones do not), counted against --max-retained-mb"
+    )
 
 
 class ExperimentSummary(BaseModel):

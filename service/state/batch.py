@@ -84,6 +84,27 @@ class Batch:
         """
         return self.step_segments or [(self.step, self.num_samples)]
 
+    def rows(self, lo: int, hi: int, step: int | None = None) -> Batch:
+        """Rows ``lo:hi`` as a batch of one step (views of the tensors, no copies).
+
+        >>> import torch
+        >>> b = Batch("p", 1, RunKey("e", "a", "t", "eval"), 3, torch.arange(4.0), torch.zeros(4))
+        >>> b.rows(1, 3).predictions.tolist()
+        [1.0, 2.0]
+        """
+        return Batch(
+            self.producer_id,
+            self.sequence,
+            self.key,
+            self.step if step is None else step,
+            self.predictions[lo:hi],
+            self.labels[lo:hi],
+            None if self.weights is None else self.weights[lo:hi],
+            {name: k[lo:hi] for name, k in self.grouping_keys.items()},
+            self.metrics,
+            self.train_metrics,
+        )
+
     def split(self) -> list[Batch]:
         """One batch per segment (views of this batch's tensors, no copies).
 
@@ -97,22 +118,8 @@ class Batch:
             return [self]
         out, lo = [], 0
         for step, count in self.step_segments:
-            hi = lo + count
-            out.append(
-                Batch(
-                    self.producer_id,
-                    self.sequence,
-                    self.key,
-                    step,
-                    self.predictions[lo:hi],
-                    self.labels[lo:hi],
-                    None if self.weights is None else self.weights[lo:hi],
-                    {name: k[lo:hi] for name, k in self.grouping_keys.items()},
-                    self.metrics,
-                    self.train_metrics,
-                )
-            )
-            lo = hi
+            out.append(self.rows(lo, lo + count, step))
+            lo += count
         return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,28 @@ def _inputs(metric: Metric, name: str, batch: Batch, device: torch.device) -> di
     return kwargs
 
 
+def retained_nbytes(metrics: Iterable[Metric]) -> int:
+    """Bytes held by the per-sample (list) states of ``metrics``, wrapped metrics included.
+
+    >>> import torch
+    >>> m = rbm.AUC(thresholds=0)
+    >>> m.update(torch.rand(10), torch.randint(0, 2, (10,)))
+    >>> retained_nbytes([m])  # float32 prediction + float32 label per sample
+    80
+    """
+    total = 0
+    for metric in metrics:
+        for module in metric.modules():
+            for name in getattr(module, "_defaults", {}):
+                value = getattr(module, name)
+                if isinstance(value, list):
+                    total += sum(t.numel() * t.element_size() for t in value)
+    return total
+
+
+PROBE_ROWS = 256
+
+
 @dataclass
 class Window:
     """The metrics of one eval step (or the single window of a train run)."""
@@ -126,6 +148,8 @@ class Run:
     last_step: int = 0
     history_points: int = 0
     updated_at: float = field(default_factory=time.time)
+    # bytes of retained per-sample state a sample of this run costs (None: not probed yet)
+    bytes_per_sample: float | None = None
     _prototype: dict[str, Metric] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -151,6 +175,28 @@ class Run:
     def metric_keys(self) -> list[str]:
         """Result keys of the run's metrics, in declaration order."""
         return list(self._prototype)
+
+    @property
+    def retained_bytes(self) -> float:
+        """Bytes of per-sample state this run retains (0 for train runs)."""
+        return self.samples * (self.bytes_per_sample or 0.0)
+
+    def probe_bytes_per_sample(self, batch: Batch) -> float:
+        """Bytes per sample the run's metrics retain, measured on fresh metrics fed the
+        first rows of a checked ``batch`` (the run's state is not touched).
+
+        Exact AUC keeps a float32 prediction and label per sample, grouped AUC those and
+        an int64 key, binned and summed metrics nothing: a declaration's cost is read off
+        the metric objects rather than kept in a table here.
+        """
+        if self.key.phase != "eval":
+            return 0.0
+        part = batch.rows(0, min(batch.num_samples, PROBE_ROWS))
+        metrics = _build(self.key.phase, self.configs)
+        cpu = torch.device("cpu")
+        for name, metric in metrics.items():
+            metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
+        return retained_nbytes(metrics.values()) / part.num_samples
 
     def check(self, batch: Batch) -> None:
         """Raise unless ``batch`` can be applied; changes nothing."""
@@ -254,6 +300,7 @@ class Run:
             "last_step": self.last_step,
             "history_points": self.history_points,
             "updated_at": self.updated_at,
+            "bytes_per_sample": self.bytes_per_sample,
             "windows": {
                 step: {
                     "samples": w.samples,
@@ -276,12 +323,17 @@ class Run:
         run.last_step = state["last_step"]
         run.history_points = state["history_points"]
         run.updated_at = state.get("updated_at", time.time())
+        run.bytes_per_sample = state.get("bytes_per_sample")
         for step, w in state["windows"].items():
             metrics = _build(key.phase, configs)
             for k, m in metrics.items():
                 m.load_state_dict(w["metrics"][k])
                 m.to(device)
             run.windows[step] = Window(metrics, w["samples"])
+        if run.bytes_per_sample is None and key.phase == "eval" and run.samples:
+            # a checkpoint written before the probe existed: measure the state itself
+            nbytes = retained_nbytes(m for w in run.windows.values() for m in w.metrics.values())
+            run.bytes_per_sample = nbytes / run.samples
         return run
 
 

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class StoreConfig:
     checkpoint_wal_bytes: int = 256 << 20
     max_samples_per_run: int = 50_000_000
     max_samples_total: int = 200_000_000
+    # cap on the bytes of retained per-sample state (None: half the state device's memory)
+    max_retained_bytes: int | None = None
     max_samples_per_batch: int = MAX_SAMPLES_PER_BATCH
     snapshot_min_interval_s: float = 0.2
     ttl_s: float | None = None
@@ -86,6 +89,14 @@ class MetricStore:
         self._runs: dict[RunKey, Run] = {}
         self._producers: dict[str, int] = {}
         self._retained = 0
+        self._retained_bytes = 0.0
+        if config.max_retained_bytes is not None and config.max_retained_bytes <= 0:
+            raise ValueError(f"max_retained_bytes must be > 0, got {config.max_retained_bytes}")
+        self.max_retained_bytes = (
+            config.max_retained_bytes
+            if config.max_retained_bytes is not None
+            else default_retained_bytes_cap(self.device)
+        )
         self._closed = False
         self.registry = Registry(self.data_dir / "registry.sqlite")
         self._ckpt_dir = self.data_dir / "checkpoints"
@@ -158,7 +169,17 @@ class MetricStore:
     def _check_caps(self, run: Run, batch: Batch) -> None:
         if run.key.phase != "eval":
             return
+        if run.bytes_per_sample is None:
+            run.bytes_per_sample = run.probe_bytes_per_sample(batch)
         n = batch.num_samples
+        more = n * run.bytes_per_sample
+        if self._retained_bytes + more > self.max_retained_bytes:
+            raise CapacityExceeded(
+                f"the service would retain {(self._retained_bytes + more) / 2**20:.1f} MiB of"
+                f" per-sample metric state ({run.bytes_per_sample:g} bytes a sample in this"
+                f" run), over its cap of {self.max_retained_bytes / 2**20:.1f} MiB"
+                " (rankboard serve --max-retained-mb); delete old experiments to free room"
+            )
         if run.samples + n > self.config.max_samples_per_run:
             raise CapacityExceeded(
                 f"run {'/'.join(run.key.__dict__.values())} would hold {run.samples + n} samples,"
@@ -178,6 +199,7 @@ class MetricStore:
         points = run.apply(batch)
         if run.key.phase == "eval":
             self._retained += batch.num_samples
+            self._retained_bytes += batch.num_samples * (run.bytes_per_sample or 0.0)
         if points:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
@@ -218,6 +240,7 @@ class MetricStore:
             run = self._runs.pop(key)
             if key.phase == "eval":
                 self._retained -= run.samples
+                self._retained_bytes -= run.retained_bytes
         self.registry.delete_experiment(experiment)
 
     # --- reading -------------------------------------------------------------------
@@ -299,6 +322,7 @@ class MetricStore:
                 self._runs[run.key] = run
                 if run.key.phase == "eval":
                     self._retained += run.samples
+                    self._retained_bytes += run.retained_bytes
             log.info("loaded checkpoint %d: %d runs", start, len(self._runs))
         else:
             segments = self._wal.segments()
@@ -335,7 +359,9 @@ class MetricStore:
         if run is None:
             run = Run.create(batch, self.device)
         run.check(batch)
-        self._apply(run, batch, new)
+        if run.key.phase == "eval" and run.bytes_per_sample is None:
+            run.bytes_per_sample = run.probe_bytes_per_sample(batch)
+        self._apply(run, batch, new)  # acknowledged once: replayed whatever the caps are now
 
     def _wal_due(self) -> bool:
         return checkpoint_due(
@@ -424,3 +450,14 @@ def checkpoint_due(log_bytes: int, last_written: int, min_bytes: int) -> bool:
 
 def _tuple(key: RunKey) -> tuple[str, str, str, str]:
     return (key.experiment, key.arm, key.task, key.phase)
+
+
+def default_retained_bytes_cap(device: torch.device) -> int:
+    """Half the memory of the device that holds metric state (RAM, or the GPU's).
+
+    >>> default_retained_bytes_cap(torch.device("cpu")) > 0
+    True
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
