@@ -24,6 +24,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -164,6 +165,23 @@ def in_process_rate(n: int, batches: int = 200) -> float:
     return batches * n / (time.perf_counter() - start)
 
 
+def wait_with_progress(q: mp.Queue, count: int, duration: float) -> list[dict]:
+    """The ``count`` reports of the timed part, with a progress bar over its duration."""
+    import queue
+
+    from tqdm import tqdm
+
+    results: list[dict] = []
+    start = time.monotonic()
+    with tqdm(total=round(duration), desc="load", unit="s", leave=False) as bar:
+        while len(results) < count:
+            with contextlib.suppress(queue.Empty):
+                results.append(q.get(timeout=0.5))
+            bar.n = min(round(time.monotonic() - start), bar.total)
+            bar.refresh()
+    return results
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1e3) if values else float("nan")
 
@@ -204,7 +222,8 @@ def main() -> None:
             q: mp.Queue = ctx.Queue()
             if args.preload:
                 count = args.preload // args.batch
-                print(f"preloading {count * args.batch} samples ...", flush=True)
+                print(f"preloading {count * args.batch} samples (about "
+                      f"{count * args.batch / 3e6:.0f} s) ...", flush=True)
                 p = ctx.Process(target=producer,
                                 args=(target, 999, 1e9, args.batch, q, "control", count))
                 p.start()
@@ -222,7 +241,7 @@ def main() -> None:
                                                args.poll_interval)))
             for p in procs:
                 p.start()
-            results = [q.get() for _ in procs]
+            results = wait_with_progress(q, len(procs), args.duration)
             for p in procs:
                 p.join()
             status = Path(f"/proc/{proc.pid}/status").read_text()
