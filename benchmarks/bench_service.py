@@ -130,6 +130,15 @@ def poller_process(url: str, pollers: int, duration: float, queue: mp.Queue,
 
     def poll() -> None:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        # until the producers' first batch creates the run its snapshot is a 404: wait
+        # for it (not timed, not an error)
+        while time.perf_counter() < deadline:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            if r.status == 200:
+                break
+            time.sleep(0.01)
         while time.perf_counter() < deadline:
             t = time.perf_counter()
             if interval and lat:
