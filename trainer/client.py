@@ -107,6 +107,10 @@ _DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # no transparent retries inside grpc: a stream cut by a server's shutdown before
+    # its first message was seen could hang in a retry that never completes; our own
+    # reconnect + re-send of unacknowledged batches is what recovers a broken stream
+    ("grpc.enable_retries", 0),
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 )
