@@ -63,8 +63,12 @@ def main() -> int:
         help="pin training (torch threads = this) to the first N cores and the service to the "
         "others, as if the service ran elsewhere (default 0: no pinning, torch's threads)",
     )
-    p.add_argument("--linger", type=float, default=None,
-                   help="MetricsStream linger in seconds (default: the client's default)")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=None,
+        help="MetricsStream linger in seconds (default: the client's default)",
+    )
     args = p.parse_args()
     if args.train_cores:
         torch.set_num_threads(args.train_cores)

@@ -65,15 +65,18 @@ def bench_grouped_auc(n: int, groups: int, ref_fraction: float) -> None:
     # the value check on exactly the groups the reference saw
     sel = np.isin(g, np.unique(g)[:used])
     sub = GroupedAUC(grouping_key="g")
-    sub.update(torch.from_numpy(p[sel]), torch.from_numpy(y[sel]),
-               grouping_key=torch.from_numpy(g[sel]))
+    sub.update(
+        torch.from_numpy(p[sel]), torch.from_numpy(y[sel]), grouping_key=torch.from_numpy(g[sel])
+    )
     sub_val, sub_count = sub.compute_with_count()
     diff = abs(sub_val.item() - ref_val)
     scaled = "" if used == total_groups else f" (scaled from {used} of {total_groups} groups)"
-    print(f"GroupedAUC compute {n:,} samples / {total_groups:,} groups: {ours:.3f} s; "
-          f"per-group sklearn loop {ref_full:.1f} s{scaled}; speed-up x{ref_full / ours:.0f}; "
-          f"|diff| on compared groups {diff:.1e} ({sub_count.item()} == {ref_count} groups); "
-          f"value {value.item():.6f} over {count.item():,} groups")
+    print(
+        f"GroupedAUC compute {n:,} samples / {total_groups:,} groups: {ours:.3f} s; "
+        f"per-group sklearn loop {ref_full:.1f} s{scaled}; speed-up x{ref_full / ours:.0f}; "
+        f"|diff| on compared groups {diff:.1e} ({sub_count.item()} == {ref_count} groups); "
+        f"value {value.item():.6f} over {count.item():,} groups"
+    )
 
 
 def bench_grouped_auc_big(n: int, groups: int) -> None:
@@ -81,8 +84,10 @@ def bench_grouped_auc_big(n: int, groups: int) -> None:
     m = GroupedAUC(grouping_key="g")
     m.update(torch.from_numpy(p), torch.from_numpy(y), grouping_key=torch.from_numpy(g))
     (value, count), t = _timed(m.compute_with_count)
-    print(f"GroupedAUC compute {n:,} samples / {groups:,} groups: {t:.2f} s "
-          f"(value {value.item():.6f}, {count.item():,} groups)")
+    print(
+        f"GroupedAUC compute {n:,} samples / {groups:,} groups: {t:.2f} s "
+        f"(value {value.item():.6f}, {count.item():,} groups)"
+    )
 
 
 class RefBinnedAUC:
@@ -101,8 +106,13 @@ class RefBinnedAUC:
 
 def bench_decay_update(batches: int, batch_size: int, ref_batches: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    data = [(torch.rand(batch_size, generator=gen),
-             (torch.rand(batch_size, generator=gen) < 0.3).float()) for _ in range(batches)]
+    data = [
+        (
+            torch.rand(batch_size, generator=gen),
+            (torch.rand(batch_size, generator=gen) < 0.3).float(),
+        )
+        for _ in range(batches)
+    ]
     m = DecayAUC(thresholds=200)
     for p, y in data[:20]:
         m.update(p, y)  # warm-up
@@ -115,8 +125,10 @@ def bench_decay_update(batches: int, batch_size: int, ref_batches: int) -> None:
     for p, y in data[:ref_batches]:
         ref.update(p, y)
     theirs = ref_batches * batch_size / (time.perf_counter() - t0)
-    print(f"DecayAUC update (batches of {batch_size}, 200 bins): {ours / 1e6:.1f}M samples/s; "
-          f"samples x thresholds reference {theirs / 1e6:.2f}M samples/s; x{ours / theirs:.0f}")
+    print(
+        f"DecayAUC update (batches of {batch_size}, 200 bins): {ours / 1e6:.1f}M samples/s; "
+        f"samples x thresholds reference {theirs / 1e6:.2f}M samples/s; x{ours / theirs:.0f}"
+    )
 
 
 def brute_xauc(p, t):
@@ -135,8 +147,10 @@ def bench_xauc(n: int, check_n: int) -> None:
     small = XAUC()
     small.update(torch.from_numpy(p[:check_n]), torch.from_numpy(t[:check_n]))
     diff = abs(small.compute().item() - brute_xauc(p[:check_n], t[:check_n]))
-    print(f"exact XAUC compute {n:,} samples: {secs:.2f} s (value {v.item():.6f}); "
-          f"|exact - brute force| at {check_n:,}: {diff:.1e}")
+    print(
+        f"exact XAUC compute {n:,} samples: {secs:.2f} s (value {v.item():.6f}); "
+        f"|exact - brute force| at {check_n:,}: {diff:.1e}"
+    )
 
 
 def main() -> None:
@@ -146,8 +160,12 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=100_000)
     ap.add_argument("--big-samples", type=int, default=10_000_000)
     ap.add_argument("--big-groups", type=int, default=1_000_000)
-    ap.add_argument("--ref-fraction", type=float, default=0.1,
-                    help="fraction of groups the per-group reference loop is timed on")
+    ap.add_argument(
+        "--ref-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of groups the per-group reference loop is timed on",
+    )
     ap.add_argument("--batches", type=int, default=2000)
     ap.add_argument("--xauc-samples", type=int, default=1_000_000)
     args = ap.parse_args()

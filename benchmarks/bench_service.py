@@ -60,18 +60,31 @@ def make_messages(count: int, n: int, producer: str, seed: int, arm: str = "cont
         p = np.clip(0.3 * y + 0.7 * rng.random(n), 0, 1).astype(np.float32)
         g = rng.integers(0, n * 8, n).astype(np.int64)
         msg = ingest_pb2.Batch(
-            producer_id=producer, sequence=i + 1, experiment="bench", arm=arm, task="ctr",
-            phase=ingest_pb2.PHASE_EVAL, step=1,
-            predictions=encode_array(p), labels=encode_array(y),
+            producer_id=producer,
+            sequence=i + 1,
+            experiment="bench",
+            arm=arm,
+            task="ctr",
+            phase=ingest_pb2.PHASE_EVAL,
+            step=1,
+            predictions=encode_array(p),
+            labels=encode_array(y),
         )
         msg.grouping_keys.add(name="user_id", keys=encode_array(g))
         out.append(msg)
     return out
 
 
-def producer(target: str, idx: int, duration: float, n: int, queue: mp.Queue,
-             arm: str = "control", max_batches: int | None = None,
-             rate: float | None = None) -> None:
+def producer(
+    target: str,
+    idx: int,
+    duration: float,
+    n: int,
+    queue: mp.Queue,
+    arm: str = "control",
+    max_batches: int | None = None,
+    rate: float | None = None,
+) -> None:
     """Stream batches for ``duration`` seconds (at most ``rate`` samples/s when set);
     report samples and ack latencies."""
     import grpc
@@ -107,12 +120,19 @@ def producer(target: str, idx: int, duration: float, n: int, queue: mp.Queue,
             if ack.error_code:
                 errors += 1
             samples += ack.samples
-    queue.put({"samples": samples, "seconds": time.perf_counter() - start,
-               "latencies": latencies, "errors": errors})
+    queue.put(
+        {
+            "samples": samples,
+            "seconds": time.perf_counter() - start,
+            "latencies": latencies,
+            "errors": errors,
+        }
+    )
 
 
-def poller_process(url: str, pollers: int, duration: float, queue: mp.Queue,
-                   interval: float = 0.0) -> None:
+def poller_process(
+    url: str, pollers: int, duration: float, queue: mp.Queue, interval: float = 0.0
+) -> None:
     """``pollers`` dashboard clients, each a thread with a keep-alive connection,
     polling every ``interval`` seconds (0: back to back).
 
@@ -201,26 +221,56 @@ def main() -> None:
     ap.add_argument("--pollers", type=int, default=0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--preload", type=int, default=0,
-                    help="samples streamed into the polled run before the timed part")
+    ap.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        help="samples streamed into the polled run before the timed part",
+    )
     ap.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"])
-    ap.add_argument("--poll-interval", type=float, default=0.0,
-                    help="seconds between a poller's requests (default 0: back to back)")
-    ap.add_argument("--rate", type=float, default=None,
-                    help="samples/s per producer (default: as fast as the service takes)")
+    ap.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.0,
+        help="seconds between a poller's requests (default 0: back to back)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="samples/s per producer (default: as fast as the service takes)",
+    )
     args = ap.parse_args()
 
     base = in_process_rate(args.batch)
-    print(f"in-process update of the default eval metrics: {base / 1e6:.2f}M samples/s",
-          flush=True)
+    print(f"in-process update of the default eval metrics: {base / 1e6:.2f}M samples/s", flush=True)
     gport, hport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rankboard.service.cli", "serve", "--grpc-port", str(gport),
-             "--http-port", str(hport), "--data-dir", data, "--device", "cpu",
-             "--fsync", args.fsync, "--log-level", "WARNING",
-             "--max-samples-per-run", str(10**9), "--max-samples-total", str(10**9)],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "rankboard.service.cli",
+                "serve",
+                "--grpc-port",
+                str(gport),
+                "--http-port",
+                str(hport),
+                "--data-dir",
+                data,
+                "--device",
+                "cpu",
+                "--fsync",
+                args.fsync,
+                "--log-level",
+                "WARNING",
+                "--max-samples-per-run",
+                str(10**9),
+                "--max-samples-total",
+                str(10**9),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             line = proc.stdout.readline()
@@ -231,23 +281,35 @@ def main() -> None:
             q: mp.Queue = ctx.Queue()
             if args.preload:
                 count = args.preload // args.batch
-                print(f"preloading {count * args.batch} samples (about "
-                      f"{count * args.batch / 3e6:.0f} s) ...", flush=True)
-                p = ctx.Process(target=producer,
-                                args=(target, 999, 1e9, args.batch, q, "control", count))
+                print(
+                    f"preloading {count * args.batch} samples (about "
+                    f"{count * args.batch / 3e6:.0f} s) ...",
+                    flush=True,
+                )
+                p = ctx.Process(
+                    target=producer, args=(target, 999, 1e9, args.batch, q, "control", count)
+                )
                 p.start()
                 q.get()
                 p.join()
-            procs = [ctx.Process(target=producer,
-                                 args=(target, i, args.duration, args.batch, q, "control",
-                                       None, args.rate))
-                     for i in range(args.producers)]
-            url = (f"http://127.0.0.1:{hport}/v1/experiments/bench/arms/control/metrics"
-                   "?task=ctr&phase=eval")
+            procs = [
+                ctx.Process(
+                    target=producer,
+                    args=(target, i, args.duration, args.batch, q, "control", None, args.rate),
+                )
+                for i in range(args.producers)
+            ]
+            url = (
+                f"http://127.0.0.1:{hport}/v1/experiments/bench/arms/control/metrics"
+                "?task=ctr&phase=eval"
+            )
             if args.pollers:
-                procs.append(ctx.Process(target=poller_process,
-                                         args=(url, args.pollers, args.duration, q,
-                                               args.poll_interval)))
+                procs.append(
+                    ctx.Process(
+                        target=poller_process,
+                        args=(url, args.pollers, args.duration, q, args.poll_interval),
+                    )
+                )
             for p in procs:
                 p.start()
             results = wait_with_progress(q, len(procs), args.duration)
@@ -265,8 +327,12 @@ def main() -> None:
     acks = [x for r in prod for x in r["latencies"]]
     snaps = [x for r in polls for x in r["latencies"]]
     report = {
-        "producers": args.producers, "pollers": args.pollers, "batch": args.batch,
-        "fsync": args.fsync, "preload": args.preload, "rate_per_producer": args.rate,
+        "producers": args.producers,
+        "pollers": args.pollers,
+        "batch": args.batch,
+        "fsync": args.fsync,
+        "preload": args.preload,
+        "rate_per_producer": args.rate,
         "poll_interval_s": args.poll_interval,
         "ingested_samples_per_s": samples / seconds,
         "in_process_samples_per_s": base,

@@ -32,57 +32,111 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (0: any free one)")
     p.add_argument("--http-port", type=int, default=8000, help="REST port (0: any free one)")
-    p.add_argument("--data-dir", default="rankboard-data",
-                   help="write-ahead log, checkpoints and registry (default ./rankboard-data)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where metric state lives (auto: the GPU when there is one)")
-    p.add_argument("--token", default=None,
-                   help="write token for ingestion and deletes (or RANKBOARD_TOKEN)")
-    p.add_argument("--read-token", default=None,
-                   help="read token for REST (or RANKBOARD_READ_TOKEN)")
-    p.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"],
-                   help="when the write-ahead log is synced: every batch before its ack"
-                   " (default), every 50 ms, or by the OS")
-    p.add_argument("--checkpoint-interval", type=float, default=60.0,
-                   help="seconds between checkpoints of all metric state (default 60); a checkpoint"
-                   " is also due when the log outgrows max(256 MiB, the last checkpoint)")
-    p.add_argument("--max-samples-per-run", type=int, default=50_000_000,
-                   help="cap on eval samples retained per run (default 50M)")
-    p.add_argument("--max-samples-total", type=int, default=200_000_000,
-                   help="cap on eval samples retained by the service (default 200M)")
-    p.add_argument("--max-retained-mb", type=_positive, default=None,
-                   help="cap on the memory of retained per-sample metric state, in MiB"
-                   " (default: half the memory of the state device)")
-    p.add_argument("--ttl-hours", type=float, default=None,
-                   help="delete experiments that got no batch for this long (default: keep)")
-    p.add_argument("--max-message-bytes", type=int, default=64 << 20,
-                   help="largest gRPC message accepted (default 64 MiB)")
-    p.add_argument("--drain-timeout", type=float, default=10.0,
-                   help="seconds open streams get to finish on SIGTERM (default 10)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: concurrency comes from streams;"
-                   " OpenMP threads only contend with them)")
+    p.add_argument(
+        "--data-dir",
+        default="rankboard-data",
+        help="write-ahead log, checkpoints and registry (default ./rankboard-data)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where metric state lives (auto: the GPU when there is one)",
+    )
+    p.add_argument(
+        "--token", default=None, help="write token for ingestion and deletes (or RANKBOARD_TOKEN)"
+    )
+    p.add_argument(
+        "--read-token", default=None, help="read token for REST (or RANKBOARD_READ_TOKEN)"
+    )
+    p.add_argument(
+        "--fsync",
+        default="batch",
+        choices=["batch", "interval", "none"],
+        help="when the write-ahead log is synced: every batch before its ack"
+        " (default), every 50 ms, or by the OS",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        help="seconds between checkpoints of all metric state (default 60); a checkpoint"
+        " is also due when the log outgrows max(256 MiB, the last checkpoint)",
+    )
+    p.add_argument(
+        "--max-samples-per-run",
+        type=int,
+        default=50_000_000,
+        help="cap on eval samples retained per run (default 50M)",
+    )
+    p.add_argument(
+        "--max-samples-total",
+        type=int,
+        default=200_000_000,
+        help="cap on eval samples retained by the service (default 200M)",
+    )
+    p.add_argument(
+        "--max-retained-mb",
+        type=_positive,
+        default=None,
+        help="cap on the memory of retained per-sample metric state, in MiB"
+        " (default: half the memory of the state device)",
+    )
+    p.add_argument(
+        "--ttl-hours",
+        type=float,
+        default=None,
+        help="delete experiments that got no batch for this long (default: keep)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=64 << 20,
+        help="largest gRPC message accepted (default 64 MiB)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="seconds open streams get to finish on SIGTERM (default 10)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: concurrency comes from streams;"
+        " OpenMP threads only contend with them)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Run until SIGTERM / SIGINT, then drain and exit 0."""
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = ServiceConfig(
-        host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-        data_dir=args.data_dir, device=args.device,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        data_dir=args.data_dir,
+        device=args.device,
         token=env_token("RANKBOARD_TOKEN", args.token),
         read_token=env_token("RANKBOARD_READ_TOKEN", args.read_token),
-        fsync=args.fsync, max_message_bytes=args.max_message_bytes,
-        drain_timeout_s=args.drain_timeout, torch_threads=args.torch_threads,
-        store={"checkpoint_interval_s": args.checkpoint_interval,
-               "max_samples_per_run": args.max_samples_per_run,
-               "max_samples_total": args.max_samples_total,
-               "max_retained_bytes": (int(args.max_retained_mb * 2**20)
-                                      if args.max_retained_mb is not None else None),
-               "ttl_s": args.ttl_hours * 3600 if args.ttl_hours else None},
+        fsync=args.fsync,
+        max_message_bytes=args.max_message_bytes,
+        drain_timeout_s=args.drain_timeout,
+        torch_threads=args.torch_threads,
+        store={
+            "checkpoint_interval_s": args.checkpoint_interval,
+            "max_samples_per_run": args.max_samples_per_run,
+            "max_samples_total": args.max_samples_total,
+            "max_retained_bytes": (
+                int(args.max_retained_mb * 2**20) if args.max_retained_mb is not None else None
+            ),
+            "ttl_s": args.ttl_hours * 3600 if args.ttl_hours else None,
+        },
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

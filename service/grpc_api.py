@@ -52,12 +52,17 @@ class RawBatch(NamedTuple):
 def _ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler:
     """Ingest's method handlers, keeping each request's wire bytes (no re-serialization)."""
     ack = ingest_pb2.Ack.SerializeToString
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "Stream": grpc.stream_stream_rpc_method_handler(
-            servicer.Stream, request_deserializer=RawBatch.parse, response_serializer=ack),
-        "Send": grpc.unary_unary_rpc_method_handler(
-            servicer.Send, request_deserializer=RawBatch.parse, response_serializer=ack),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Stream": grpc.stream_stream_rpc_method_handler(
+                servicer.Stream, request_deserializer=RawBatch.parse, response_serializer=ack
+            ),
+            "Send": grpc.unary_unary_rpc_method_handler(
+                servicer.Send, request_deserializer=RawBatch.parse, response_serializer=ack
+            ),
+        },
+    )
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):

@@ -130,18 +130,26 @@ def add_send_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", required=True, choices=["train", "eval"])
     p.add_argument("--step", type=int, default=0, help="eval step / training step (default 0)")
     p.add_argument(
-        "--metrics", default=None,
+        "--metrics",
+        default=None,
         help="metric declaration, e.g. 'auc {} grouped_auc { grouping_key: \"user_id\" }'",
     )
     p.add_argument("--pred-col", default="prediction")
     p.add_argument("--label-col", default="label")
-    p.add_argument("--group-col", action="append", default=[],
-                   help="int64 grouping key column (repeatable); its name is the grouping_key")
+    p.add_argument(
+        "--group-col",
+        action="append",
+        default=[],
+        help="int64 grouping key column (repeatable); its name is the grouping_key",
+    )
     p.add_argument("--weight-col", default=None)
     p.add_argument("--batch-size", type=int, default=65_536)
     p.add_argument("--token", default=None, help="write token (or RANKBOARD_TOKEN)")
-    p.add_argument("--producer-id", default=None,
-                   help="producer id (default: send/<file name>/<experiment>/<arm>/<task>)")
+    p.add_argument(
+        "--producer-id",
+        default=None,
+        help="producer id (default: send/<file name>/<experiment>/<arm>/<task>)",
+    )
     p.set_defaults(func=send)
 
 
@@ -164,8 +172,13 @@ def send(args: argparse.Namespace) -> int:
     )
     try:
         stream = MetricsStream(
-            args.target, experiment=args.experiment, arm=args.arm, producer_id=producer,
-            metrics=metrics, token=args.token, max_batch_samples=args.batch_size,
+            args.target,
+            experiment=args.experiment,
+            arm=args.arm,
+            producer_id=producer,
+            metrics=metrics,
+            token=args.token,
+            max_batch_samples=args.batch_size,
         )
     except ValueError as err:
         print(f"rankboard send: {err}", file=sys.stderr)
@@ -177,11 +190,13 @@ def send(args: argparse.Namespace) -> int:
                 stream.log(
                     data[args.pred_col][sl].astype(np.float32),
                     data[args.label_col][sl].astype(np.float32),
-                    task=args.task, phase=args.phase, step=args.step,
-                    grouping_keys={c: data[c][sl].astype(np.int64) for c in args.group_col}
-                    or None,
+                    task=args.task,
+                    phase=args.phase,
+                    step=args.step,
+                    grouping_keys={c: data[c][sl].astype(np.int64) for c in args.group_col} or None,
                     weights=data[args.weight_col][sl].astype(np.float32)
-                    if args.weight_col else None,
+                    if args.weight_col
+                    else None,
                 )
                 bar.update(min(args.batch_size, n - start))
             stream.flush()
@@ -190,6 +205,9 @@ def send(args: argparse.Namespace) -> int:
         print(f"rankboard send: rejected by the service: {err}", file=sys.stderr)
         stream.close(timeout=5)
         return 1
-    print(f"rankboard send: {n} samples applied to {args.experiment}/{args.arm}/{args.task}"
-          f"/{args.phase}", file=sys.stderr)
+    print(
+        f"rankboard send: {n} samples applied to {args.experiment}/{args.arm}/{args.task}"
+        f"/{args.phase}",
+        file=sys.stderr,
+    )
     return 0

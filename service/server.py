@@ -74,12 +74,13 @@ class Service:
             torch.set_num_threads(config.torch_threads)
         device = resolve_device(config.device)
         self.store = MetricStore(
-            StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync,
-                        **config.store)
+            StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync, **config.store)
         )
         self.draining = threading.Event()
         self._grpc, self._health = build_grpc_server(
-            self.store, self.draining, token=config.token,
+            self.store,
+            self.draining,
+            token=config.token,
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -121,8 +122,13 @@ class Service:
             if not self._http_thread.is_alive():
                 raise RuntimeError("the REST server failed to start")
             threading.Event().wait(0.01)
-        log.info("rankboard: gRPC on %s, REST on %s (device %s, data %s)",
-                 self.grpc_target, self.http_url, self.device, self.config.data_dir)
+        log.info(
+            "rankboard: gRPC on %s, REST on %s (device %s, data %s)",
+            self.grpc_target,
+            self.http_url,
+            self.device,
+            self.config.data_dir,
+        )
         return self
 
     def stop(self) -> None:

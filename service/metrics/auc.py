@@ -103,10 +103,12 @@ class AUC(RankMetric):
             return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         pred_chunks = [self.preds] if isinstance(self.preds, Tensor) else self.preds
         sizes = [int(p.numel()) for p in pred_chunks]
-        return torch.cat([
-            w if w.numel() else torch.ones(n, dtype=torch.float32, device=preds.device)
-            for w, n in zip(chunks, sizes, strict=True)
-        ])
+        return torch.cat(
+            [
+                w if w.numel() else torch.ones(n, dtype=torch.float32, device=preds.device)
+                for w, n in zip(chunks, sizes, strict=True)
+            ]
+        )
 
 
 class MulticlassAUC(RankMetric):

@@ -48,8 +48,12 @@ class Accuracy(RankMetric):
             isinstance(preds, list | tuple) and bool(preds) and isinstance(preds[0], list | tuple)
         )
         return validate_batch(
-            preds, target, label_kind="multiclass" if multiclass else "binary",
-            weights=weights, grouping_key=grouping_key, multiclass_preds=multiclass,
+            preds,
+            target,
+            label_kind="multiclass" if multiclass else "binary",
+            weights=weights,
+            grouping_key=grouping_key,
+            multiclass_preds=multiclass,
             metric_name="Accuracy",
         )
 

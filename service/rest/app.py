@@ -46,8 +46,9 @@ def _bearer_dependency(token: str | None, what: str):
     return check
 
 
-def create_app(store: MetricStore, read_token: str | None = None,
-               write_token: str | None = None) -> FastAPI:
+def create_app(
+    store: MetricStore, read_token: str | None = None, write_token: str | None = None
+) -> FastAPI:
     """The REST app over ``store``; ``read_token`` guards reads, ``write_token`` deletes.
 
     With a read token and no write token, deletes need the read token: a service whose
@@ -61,7 +62,8 @@ def create_app(store: MetricStore, read_token: str | None = None,
     )
     read = Depends(_bearer_dependency(read_token, "read"))
     write = Depends(
-        _bearer_dependency(write_token, "write") if write_token or not read_token
+        _bearer_dependency(write_token, "write")
+        if write_token or not read_token
         else _bearer_dependency(read_token, "read")
     )
 
@@ -102,36 +104,49 @@ def create_app(store: MetricStore, read_token: str | None = None,
         out = summary(experiment, runs)
         out["runs"] = [
             {
-                "arm": r.key.arm, "task": r.key.task, "phase": r.key.phase,
+                "arm": r.key.arm,
+                "task": r.key.task,
+                "phase": r.key.phase,
                 "samples": r.samples,
                 "steps": sorted(r.windows) if r.key.phase == "eval" else [],
-                "last_step": r.last_step, "metrics": r.metric_keys,
-                "declaration": r.declaration, "declared": r.declared,
+                "last_step": r.last_step,
+                "metrics": r.metric_keys,
+                "declaration": r.declaration,
+                "declared": r.declared,
                 "retained_bytes": round(r.retained_bytes),
             }
             for r in runs
         ]
         return out
 
-    def snapshot_dict(key: RunKey, step: int | None, fresh: bool, wait: bool = True
-                      ) -> dict | None:
+    def snapshot_dict(key: RunKey, step: int | None, fresh: bool, wait: bool = True) -> dict | None:
         got = store.snapshot(key, step, fresh=fresh, wait=wait)
         if got is None:
             return None
         snap, stale = got
         run = store.run(key)
         return {
-            "experiment": key.experiment, "arm": key.arm, "task": key.task,
+            "experiment": key.experiment,
+            "arm": key.arm,
+            "task": key.task,
             "phase": key.phase,
             "step": snap.step if key.phase == "eval" else run.last_step,
-            "samples": snap.samples, "metrics": snap.metrics, "extras": snap.extras,
-            "version": snap.version, "stale": stale, "computed_at": snap.computed_at,
+            "samples": snap.samples,
+            "metrics": snap.metrics,
+            "extras": snap.extras,
+            "version": snap.version,
+            "stale": stale,
+            "computed_at": snap.computed_at,
         }
 
     @router.get("/{experiment}/arms/{arm}/metrics", response_model=models.MetricsSnapshot)
     async def get_metrics(
-        experiment: str, arm: str, task: NameParam, phase: Phase = "eval",
-        step: Annotated[int | None, Query(ge=0)] = None, fresh: bool = False,
+        experiment: str,
+        arm: str,
+        task: NameParam,
+        phase: Phase = "eval",
+        step: Annotated[int | None, Query(ge=0)] = None,
+        fresh: bool = False,
     ) -> dict:
         """Metric values of one arm; eval gives the latest step unless ``step`` is set.
 
@@ -148,12 +163,17 @@ def create_app(store: MetricStore, read_token: str | None = None,
 
     @router.get("/{experiment}/compare", response_model=models.Comparison)
     async def compare(
-        experiment: str, task: NameParam, baseline: NameParam, phase: Phase = "eval",
-        step: Annotated[int | None, Query(ge=0)] = None, fresh: bool = False,
+        experiment: str,
+        task: NameParam,
+        baseline: NameParam,
+        phase: Phase = "eval",
+        step: Annotated[int | None, Query(ge=0)] = None,
+        fresh: bool = False,
     ) -> dict:
         """Every arm's metrics side by side, with each arm's delta from the baseline arm."""
-        runs = [r for r in summaries().get(experiment, []) if (r.key.task, r.key.phase)
-                == (task, phase)]
+        runs = [
+            r for r in summaries().get(experiment, []) if (r.key.task, r.key.phase) == (task, phase)
+        ]
         if not runs:
             raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
         arms = {}
@@ -176,26 +196,49 @@ def create_app(store: MetricStore, read_token: str | None = None,
                 delta[k] = None if v is None or b is None else v - b
                 rel[k] = None if delta[k] is None or not b else delta[k] / abs(b)
             out[arm] = {
-                "step": snap["step"], "samples": snap["samples"], "metrics": snap["metrics"],
-                "delta": delta, "relative_delta": rel, "stale": snap["stale"],
+                "step": snap["step"],
+                "samples": snap["samples"],
+                "metrics": snap["metrics"],
+                "delta": delta,
+                "relative_delta": rel,
+                "stale": snap["stale"],
             }
-        return _json({"experiment": experiment, "task": task, "phase": phase,
-                      "baseline": baseline, "arms": out})
+        return _json(
+            {
+                "experiment": experiment,
+                "task": task,
+                "phase": phase,
+                "baseline": baseline,
+                "arms": out,
+            }
+        )
 
     @router.get("/{experiment}/arms/{arm}/history", response_model=models.History)
     def history(
-        experiment: str, arm: str, task: NameParam, metric: NameParam, phase: Phase = "eval",
+        experiment: str,
+        arm: str,
+        task: NameParam,
+        metric: NameParam,
+        phase: Phase = "eval",
     ) -> dict:
         """A metric's value over steps: decay steps (train) or eval steps (eval)."""
         key = RunKey(experiment, arm, task, phase)
         points = store.history(key, metric)
-        return {"experiment": experiment, "arm": arm, "task": task, "phase": phase,
-                "metric": metric, "points": [{"step": s, "value": v} for s, v in points]}
+        return {
+            "experiment": experiment,
+            "arm": arm,
+            "task": task,
+            "phase": phase,
+            "metric": metric,
+            "points": [{"step": s, "value": v} for s, v in points],
+        }
 
     app.include_router(router)
 
     @app.delete(
-        "/v1/experiments/{experiment}", response_model=models.Deleted, tags=["experiments"],
+        "/v1/experiments/{experiment}",
+        response_model=models.Deleted,
+        tags=["experiments"],
         dependencies=[write],
     )
     def delete_experiment(experiment: str) -> dict:

@@ -166,7 +166,7 @@ def read_chunks(path: Path) -> list[torch.Tensor]:
     if len(data) < _CHUNKS_HEADER.size:
         raise ValueError(f"{path.name}: truncated")
     magic, crc, index_len = _CHUNKS_HEADER.unpack_from(data)
-    body = memoryview(data)[_CHUNKS_HEADER.size:]
+    body = memoryview(data)[_CHUNKS_HEADER.size :]
     if magic != _CHUNKS_MAGIC or zlib.crc32(body) != crc:
         raise ValueError(f"{path.name}: not a chunk file or checksum mismatch")
     out = []

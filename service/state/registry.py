@@ -65,8 +65,7 @@ class Registry:
     def record_many(self, run: RunTuple, rows: Iterable[tuple[str, int, int, float]]) -> None:
         """Store several ``(metric, point, step, value)`` rows in one transaction."""
         data = [
-            (*run, m, p, s, None if v is None or math.isnan(v) else float(v))
-            for m, p, s, v in rows
+            (*run, m, p, s, None if v is None or math.isnan(v) else float(v)) for m, p, s, v in rows
         ]
         if not data:
             return

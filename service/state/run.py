@@ -252,9 +252,7 @@ class Run:
         if decayed:
             self.history_points += 1
             for name, metric in window.metrics.items():
-                points.append(
-                    (name, self.history_points, batch.step, float(metric.compute()))
-                )
+                points.append((name, self.history_points, batch.step, float(metric.compute())))
         window.samples += batch.num_samples
         self.samples += batch.num_samples
         self.last_step = max(self.last_step, batch.step)

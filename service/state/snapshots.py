@@ -127,8 +127,14 @@ class SnapshotCache:
             start = time.perf_counter()
             values, extras = compute_values(metrics)
             snap = Snapshot(
-                key[0], key[1], version, samples, values, extras,
-                computed_at=time.time(), compute_seconds=time.perf_counter() - start,
+                key[0],
+                key[1],
+                version,
+                samples,
+                values,
+                extras,
+                computed_at=time.time(),
+                compute_seconds=time.perf_counter() - start,
             )
             self._cache[key] = snap
             return snap

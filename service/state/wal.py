@@ -255,8 +255,12 @@ class WriteAheadLog:
             good = end
         size = path.stat().st_size
         if good < size:
-            log.warning("write-ahead log %s: cutting a torn or corrupt tail of %d bytes at %d",
-                        path.name, size - good, good)
+            log.warning(
+                "write-ahead log %s: cutting a torn or corrupt tail of %d bytes at %d",
+                path.name,
+                size - good,
+                good,
+            )
             with open(path, "r+b") as f:
                 f.truncate(good)
                 f.flush()

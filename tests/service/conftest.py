@@ -33,11 +33,17 @@ def make_batch(
 ) -> ingest_pb2.Batch:
     """A Batch message with the arrays encoded as the client encodes them."""
     msg = ingest_pb2.Batch(
-        producer_id=producer, sequence=seq, experiment=experiment, arm=arm, task=task,
-        phase=phase, step=step,
+        producer_id=producer,
+        sequence=seq,
+        experiment=experiment,
+        arm=arm,
+        task=task,
+        phase=phase,
+        step=step,
         predictions=encode_array(np.asarray(preds, np.float32)),
         labels=encode_array(np.asarray(labels, np.float32)),
-        metrics=metrics or [], train_metrics=train_metrics or [],
+        metrics=metrics or [],
+        train_metrics=train_metrics or [],
     )
     for name, k in (keys or {}).items():
         msg.grouping_keys.add(name=name, keys=encode_array(np.asarray(k, np.int64)))

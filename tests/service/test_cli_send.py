@@ -17,8 +17,12 @@ from tests.service.test_service_api import ref_gauc
 
 
 def rankboard(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rankboard.service.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -26,8 +30,11 @@ def table() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(21)
     n = 5000
     y = (rng.random(n) < 0.4).astype(np.float32)
-    return {"score": np.round(0.3 * y + 0.7 * rng.random(n), 3).astype(np.float32),
-            "click": y, "user_id": rng.integers(0, 300, n)}
+    return {
+        "score": np.round(0.3 * y + 0.7 * rng.random(n), 3).astype(np.float32),
+        "click": y,
+        "user_id": rng.integers(0, 300, n),
+    }
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -35,18 +42,42 @@ def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
     path = tmp_path / f"preds.{fmt}"
     if fmt == "csv":
         lines = ["score,click,user_id"] + [
-            f"{s},{int(c)},{u}" for s, c, u in zip(*table.values(), strict=True)]
+            f"{s},{int(c)},{u}" for s, c, u in zip(*table.values(), strict=True)
+        ]
         path.write_text("\n".join(lines) + "\n")
     else:
         pq.write_table(pa.table(table), path)
-    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "off",
-                    "--arm", "a", "--task", "ctr", "--phase", "eval", "--step", "7",
-                    "--pred-col", "score", "--label-col", "click", "--group-col", "user_id",
-                    "--batch-size", "1000",
-                    "--metrics", 'auc { thresholds: 0 } grouped_auc { grouping_key: "user_id" }')
+    out = rankboard(
+        "send",
+        str(path),
+        "--target",
+        service.grpc_target,
+        "--experiment",
+        "off",
+        "--arm",
+        "a",
+        "--task",
+        "ctr",
+        "--phase",
+        "eval",
+        "--step",
+        "7",
+        "--pred-col",
+        "score",
+        "--label-col",
+        "click",
+        "--group-col",
+        "user_id",
+        "--batch-size",
+        "1000",
+        "--metrics",
+        'auc { thresholds: 0 } grouped_auc { grouping_key: "user_id" }',
+    )
     assert out.returncode == 0, out.stderr
-    body = httpx.get(f"{service.http_url}/v1/experiments/off/arms/a/metrics",
-                     params={"task": "ctr", "fresh": "true"}).json()
+    body = httpx.get(
+        f"{service.http_url}/v1/experiments/off/arms/a/metrics",
+        params={"task": "ctr", "fresh": "true"},
+    ).json()
     p, y, g = table["score"], table["click"], table["user_id"]
     assert body["step"] == 7 and body["samples"] == 5000
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
@@ -56,8 +87,22 @@ def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
 def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("prediction,label\n0.5,1\n0.2,3\n")
-    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "e",
-                    "--arm", "a", "--task", "t", "--phase", "eval", "--metrics", "auc {}")
+    out = rankboard(
+        "send",
+        str(path),
+        "--target",
+        service.grpc_target,
+        "--experiment",
+        "e",
+        "--arm",
+        "a",
+        "--task",
+        "t",
+        "--phase",
+        "eval",
+        "--metrics",
+        "auc {}",
+    )
     assert out.returncode == 1
     assert "rejected by the service" in out.stderr
     assert "target must be 0 or 1" in out.stderr
@@ -67,8 +112,20 @@ def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> No
 def test_send_missing_column(service, tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("p,label\n0.5,1\n")
-    out = rankboard("send", str(path), "--target", service.grpc_target, "--experiment", "e",
-                    "--arm", "a", "--task", "t", "--phase", "eval")
+    out = rankboard(
+        "send",
+        str(path),
+        "--target",
+        service.grpc_target,
+        "--experiment",
+        "e",
+        "--arm",
+        "a",
+        "--task",
+        "t",
+        "--phase",
+        "eval",
+    )
     assert out.returncode != 0
     assert "no column" in out.stderr and "prediction" in out.stderr
 
@@ -86,19 +143,44 @@ def test_tokens_from_the_environment(tmp_path: Path) -> None:
         path = tmp_path / "p.csv"
         path.write_text("prediction,label\n0.5,1\n0.2,0\n0.7,1\n")
         target = f"127.0.0.1:{svc.gport}"
-        args = ["send", str(path), "--target", target, "--experiment", "e", "--arm", "a",
-                "--task", "t", "--phase", "eval"]
+        args = [
+            "send",
+            str(path),
+            "--target",
+            target,
+            "--experiment",
+            "e",
+            "--arm",
+            "a",
+            "--task",
+            "t",
+            "--phase",
+            "eval",
+        ]
         no_token = {k: v for k, v in os.environ.items() if k != "RANKBOARD_TOKEN"}
-        denied = subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
-                                capture_output=True, text=True, timeout=120, env=no_token)
+        denied = subprocess.run(
+            [sys.executable, "-m", "rankboard.service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=no_token,
+        )
         assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr.upper()
         wrong = subprocess.run(
             [sys.executable, "-m", "rankboard.service.cli", *args, "--token", "nope"],
-            capture_output=True, text=True, timeout=120, env=no_token)
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=no_token,
+        )
         assert wrong.returncode != 0
-        ok = subprocess.run([sys.executable, "-m", "rankboard.service.cli", *args],
-                            capture_output=True, text=True, timeout=120,
-                            env={**no_token, "RANKBOARD_TOKEN": "w-env"})
+        ok = subprocess.run(
+            [sys.executable, "-m", "rankboard.service.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**no_token, "RANKBOARD_TOKEN": "w-env"},
+        )
         assert ok.returncode == 0, ok.stderr
         url = f"http://127.0.0.1:{svc.hport}/v1/experiments"
         assert httpx.get(url).status_code == 401

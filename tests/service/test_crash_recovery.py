@@ -41,8 +41,18 @@ def dataset(producer_index: int) -> list[ingest_pb2.Batch]:
         p = np.round(np.clip(0.25 * y + 0.75 * rng.random(N), 0, 1), 3).astype(np.float32)
         g = rng.integers(0, 40, N)
         step = 100 * (1 + i // 20) if phase == ingest_pb2.PHASE_EVAL else 10 * (i + 1)
-        out.append(make_batch(preds=p, labels=y, keys={"user_id": g}, producer=name, seq=i + 1,
-                              arm=arm, phase=phase, step=step))
+        out.append(
+            make_batch(
+                preds=p,
+                labels=y,
+                keys={"user_id": g},
+                producer=name,
+                seq=i + 1,
+                arm=arm,
+                phase=phase,
+                step=step,
+            )
+        )
     return out
 
 
@@ -53,8 +63,9 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.env = env
         self.args = args
@@ -63,11 +74,28 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rankboard.service.cli", "serve",
-             "--grpc-port", str(self.gport), "--http-port", str(self.hport),
-             "--data-dir", str(self.data_dir), "--device", "cpu",
-             "--checkpoint-interval", "0.3", "--log-level", "WARNING", *self.args],
-            stdout=subprocess.PIPE, text=True, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "rankboard.service.cli",
+                "serve",
+                "--grpc-port",
+                str(self.gport),
+                "--http-port",
+                str(self.hport),
+                "--data-dir",
+                str(self.data_dir),
+                "--device",
+                "cpu",
+                "--checkpoint-interval",
+                "0.3",
+                "--log-level",
+                "WARNING",
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=self.env,
         )
         line = self.proc.stdout.readline()
         assert "gRPC on" in line, line
@@ -88,8 +116,9 @@ def paced(batches: list[ingest_pb2.Batch]):
         time.sleep(0.04)
 
 
-def stream_with_retries(target: str, batches: list[ingest_pb2.Batch], stop: threading.Event
-                        ) -> None:
+def stream_with_retries(
+    target: str, batches: list[ingest_pb2.Batch], stop: threading.Event
+) -> None:
     """A minimal idempotent producer: re-send everything unacknowledged after an error."""
     acked = 0
     while acked < len(batches) and not stop.is_set():
@@ -114,12 +143,15 @@ def snapshots(base: str) -> dict:
                 params = {"task": run["task"], "phase": run["phase"], "fresh": "true"}
                 if step is not None:
                     params["step"] = step
-                body = http.get(f"/v1/experiments/exp/arms/{run['arm']}/metrics",
-                                params=params).json()
+                body = http.get(
+                    f"/v1/experiments/exp/arms/{run['arm']}/metrics", params=params
+                ).json()
                 out[(run["arm"], run["phase"], step)] = (body["samples"], body["metrics"])
             if run["phase"] == "train":
-                hist = http.get(f"/v1/experiments/exp/arms/{run['arm']}/history",
-                                params={"task": "ctr", "phase": "train", "metric": "auc"}).json()
+                hist = http.get(
+                    f"/v1/experiments/exp/arms/{run['arm']}/history",
+                    params={"task": "ctr", "phase": "train", "metric": "auc"},
+                ).json()
                 out[(run["arm"], "train-history")] = hist["points"]
     return out
 
@@ -139,8 +171,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, service_factory
     svc.start()
     stop = threading.Event()
     target = f"127.0.0.1:{svc.gport}"
-    threads = [threading.Thread(target=stream_with_retries, args=(target, b, stop))
-               for b in data]
+    threads = [threading.Thread(target=stream_with_retries, args=(target, b, stop)) for b in data]
     rng = np.random.default_rng(2024)
     for t in threads:
         t.start()

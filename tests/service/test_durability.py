@@ -82,8 +82,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> No
     newest.write_bytes(bytes(raw))
     store = open_store(tmp_path)
     assert auc_of(store) == expected
-    assert expected[1] == pytest.approx(roc_auc_score(np.concatenate(ys), np.concatenate(ps)),
-                                        abs=1e-12)
+    assert expected[1] == pytest.approx(
+        roc_auc_score(np.concatenate(ys), np.concatenate(ps)), abs=1e-12
+    )
     assert store.ingest(make_batch(preds=ps[2], labels=ys[2], seq=3)).duplicate
     store.close()
 
@@ -208,9 +209,21 @@ def test_unrecoverable_checkpoints_refuse_to_start(tmp_path: Path) -> None:
     with pytest.raises(StateLost, match="restore the checkpoints folder"):
         open_store(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "rankboard.service.cli", "serve", "--grpc-port", "0",
-         "--http-port", "0", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "rankboard.service.cli",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2 and "cannot start" in proc.stderr
 
@@ -241,15 +254,25 @@ def test_registry_history_answers_after_restart(tmp_path: Path) -> None:
     checkpoints and the service restarts, it is still there, point for point."""
     from rankboard.protos import ingest_pb2, metric_pb2, parse_text
 
-    decl = [parse_text("auc { thresholds: 100 } decay_rate: 0.5 decay_step: 1",
-                       metric_pb2.TrainMetricConfig())]
+    decl = [
+        parse_text(
+            "auc { thresholds: 100 } decay_rate: 0.5 decay_step: 1", metric_pb2.TrainMetricConfig()
+        )
+    ]
     key = RunKey("exp", "control", "ctr", "train")
     store = open_store(tmp_path)
     for i in range(4):
         p, y = data(70 + i)
-        store.ingest(make_batch(preds=p, labels=y, seq=i + 1, step=10 * (i + 1),
-                                phase=ingest_pb2.PHASE_TRAIN,
-                                train_metrics=decl if i == 0 else None))
+        store.ingest(
+            make_batch(
+                preds=p,
+                labels=y,
+                seq=i + 1,
+                step=10 * (i + 1),
+                phase=ingest_pb2.PHASE_TRAIN,
+                train_metrics=decl if i == 0 else None,
+            )
+        )
         store.checkpoint()
     before = store.history(key, "auc")
     assert [s for s, _ in before] == [10, 20, 30, 40]

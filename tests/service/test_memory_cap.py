@@ -42,8 +42,12 @@ def runs(http_url: str) -> dict[tuple[str, str], dict]:
         (None, True, 8 + 16),  # defaults: exact auc + normalized entropy + grouped_auc
         (None, False, 8),  # defaults without keys: exact auc + normalized entropy
         ("metrics { auc { thresholds: 200 } } metrics { normalized_entropy {} }", False, 0),
-        ('metrics { auc { thresholds: 0 } } metrics { grouped_auc { grouping_key: "u" } }'
-         ' metrics { auc { thresholds: 0 } }', True, 8 + 16 + 8),
+        (
+            'metrics { auc { thresholds: 0 } } metrics { grouped_auc { grouping_key: "u" } }'
+            " metrics { auc { thresholds: 0 } }",
+            True,
+            8 + 16 + 8,
+        ),
     ],
 )
 def test_retained_bytes_follow_the_declaration(service, declaration, keys, per_sample) -> None:
@@ -53,9 +57,15 @@ def test_retained_bytes_follow_the_declaration(service, declaration, keys, per_s
     with grpc.insecure_channel(service.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         for seq, sl in enumerate((slice(0, 300), slice(300, 500)), start=1):
-            ack = stub.Send(make_batch(preds=p[sl], labels=y[sl], seq=seq,
-                                       keys={"u": g[sl]} if keys else None,
-                                       metrics=metrics if seq == 1 else None))
+            ack = stub.Send(
+                make_batch(
+                    preds=p[sl],
+                    labels=y[sl],
+                    seq=seq,
+                    keys={"u": g[sl]} if keys else None,
+                    metrics=metrics if seq == 1 else None,
+                )
+            )
             assert ack.error_code == 0, ack.error_message
     assert runs(service.http_url)[("control", "ctr")]["retained_bytes"] == 500 * per_sample
 
@@ -67,22 +77,26 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         for seq, arm in enumerate(["a", "b"], start=1):
-            ack = stub.Send(make_batch(preds=p[:500], labels=y[:500], keys={"u": g[:500]},
-                                       arm=arm, seq=seq))
+            ack = stub.Send(
+                make_batch(preds=p[:500], labels=y[:500], keys={"u": g[:500]}, arm=arm, seq=seq)
+            )
             assert ack.error_code == 0, ack.error_message
         before = httpx.get(f"{svc.http_url}/v1/experiments/exp").json()
-        ack = stub.Send(make_batch(preds=p[500:501], labels=y[500:501], keys={"u": g[500:501]},
-                                   arm="a", seq=3))
+        ack = stub.Send(
+            make_batch(preds=p[500:501], labels=y[500:501], keys={"u": g[500:501]}, arm="a", seq=3)
+        )
         assert ack.error_code == RESOURCE_EXHAUSTED
         assert "max-retained-mb" in ack.error_message and "24 bytes a sample" in ack.error_message
         assert httpx.get(f"{svc.http_url}/v1/experiments/exp").json() == before
         # a train run retains nothing: not refused
-        ack = stub.Send(make_batch(preds=p[:100], labels=y[:100], arm="a", seq=4,
-                                   phase=ingest_pb2.PHASE_TRAIN))
+        ack = stub.Send(
+            make_batch(preds=p[:100], labels=y[:100], arm="a", seq=4, phase=ingest_pb2.PHASE_TRAIN)
+        )
         assert ack.error_code == 0, ack.error_message
         assert httpx.delete(f"{svc.http_url}/v1/experiments/exp").status_code == 200
-        ack = stub.Send(make_batch(preds=p[:900], labels=y[:900], keys={"u": g[:900]},
-                                   arm="c", seq=5))
+        ack = stub.Send(
+            make_batch(preds=p[:900], labels=y[:900], keys={"u": g[:900]}, arm="c", seq=5)
+        )
         assert ack.error_code == 0, ack.error_message
 
 
@@ -92,25 +106,44 @@ def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
     svc = service_factory(tmp_path / "d", store=cap)
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=p[:400], labels=y[:400], keys={"u": g[:400]},
-                                    seq=1)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=p[:400], labels=y[:400], keys={"u": g[:400]}, seq=1)
+            ).error_code
+            == 0
+        )
         svc.store.checkpoint()  # one batch from the checkpoint, one from the log
-        assert stub.Send(make_batch(preds=p[400:], labels=y[400:], keys={"u": g[400:]},
-                                    seq=2)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=p[400:], labels=y[400:], keys={"u": g[400:]}, seq=2)
+            ).error_code
+            == 0
+        )
     svc.stop()
     svc2 = service_factory(tmp_path / "d", store=cap)
     assert runs(svc2.http_url)[("control", "ctr")]["retained_bytes"] == 800 * 24
     with grpc.insecure_channel(svc2.grpc_target) as ch:
         ack = ingest_pb2_grpc.IngestStub(ch).Send(
-            make_batch(preds=p[:201], labels=y[:201], keys={"u": g[:201]}, seq=3))
+            make_batch(preds=p[:201], labels=y[:201], keys={"u": g[:201]}, seq=3)
+        )
         assert ack.error_code == RESOURCE_EXHAUSTED  # 800 + 201 > 1000
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "x"])
 def test_bad_cap_on_the_command_line_is_a_clear_error(value, tmp_path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "rankboard.service.cli", "serve", "--data-dir",
-         str(tmp_path / "d"), "--max-retained-mb", value],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "rankboard.service.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--max-retained-mb",
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2 and "--max-retained-mb" in run.stderr

@@ -36,8 +36,14 @@ def test_resource_exhausted_then_client_retries(service_factory) -> None:
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     # a client that meets the limit backs off and gets through once the call closes
-    stream = MetricsStream(svc.grpc_target, experiment="exp", arm="control", producer_id="c",
-                           backoff_initial=0.05, backoff_max=0.2)
+    stream = MetricsStream(
+        svc.grpc_target,
+        experiment="exp",
+        arm="control",
+        producer_id="c",
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
     stream.log(p, y, task="ctr", phase="eval", step=1)
     releaser = threading.Timer(0.5, lambda: hold.put(None))
     releaser.start()
@@ -46,8 +52,10 @@ def test_resource_exhausted_then_client_retries(service_factory) -> None:
     assert stream.stats.reconnects >= 1
     list(held)
     ch.close()
-    body = httpx.get(f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
-                     params={"task": "ctr", "fresh": "true"}).json()
+    body = httpx.get(
+        f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
+        params={"task": "ctr", "fresh": "true"},
+    ).json()
     assert body["samples"] == 8
 
 

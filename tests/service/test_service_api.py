@@ -91,10 +91,16 @@ def test_declared_metrics_and_eval_steps(stub, http) -> None:
     ]
     p1, y1, g1 = click_data(400, seed=5)
     p2, y2, g2 = click_data(400, seed=6)
-    assert stub.Send(make_batch(preds=p1, labels=y1, keys={"uid": g1}, metrics=decl,
-                                step=100, seq=1)).error_code == 0
-    assert stub.Send(make_batch(preds=p2, labels=y2, keys={"uid": g2}, step=200,
-                                seq=2)).error_code == 0
+    assert (
+        stub.Send(
+            make_batch(preds=p1, labels=y1, keys={"uid": g1}, metrics=decl, step=100, seq=1)
+        ).error_code
+        == 0
+    )
+    assert (
+        stub.Send(make_batch(preds=p2, labels=y2, keys={"uid": g2}, step=200, seq=2)).error_code
+        == 0
+    )
     latest = get_metrics(http)
     assert latest["step"] == 200 and latest["samples"] == 400
     assert set(latest["metrics"]) == {"auc", "auc_2", "grouped_auc"}
@@ -102,8 +108,10 @@ def test_declared_metrics_and_eval_steps(stub, http) -> None:
     first = get_metrics(http, step=100)
     assert first["metrics"]["auc"] == pytest.approx(roc_auc_score(y1, p1), abs=1e-9)
     assert first["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p1, y1, g1), abs=1e-9)
-    hist = http.get("/v1/experiments/exp/arms/control/history",
-                    params={"task": "ctr", "phase": "eval", "metric": "auc"}).json()
+    hist = http.get(
+        "/v1/experiments/exp/arms/control/history",
+        params={"task": "ctr", "phase": "eval", "metric": "auc"},
+    ).json()
     assert [pt["step"] for pt in hist["points"]] == [100, 200]
     assert hist["points"][0]["value"] == pytest.approx(roc_auc_score(y1, p1), abs=1e-9)
 
@@ -113,19 +121,27 @@ def test_compare_two_arms(stub, http) -> None:
     noisy = np.clip(p + np.random.default_rng(8).normal(0, 0.3, 1000), 0, 1).astype(np.float32)
     assert stub.Send(make_batch(preds=p, labels=y, arm="control", seq=1)).error_code == 0
     assert stub.Send(make_batch(preds=noisy, labels=y, arm="treatment", seq=2)).error_code == 0
-    r = http.get("/v1/experiments/exp/compare",
-                 params={"task": "ctr", "baseline": "control", "fresh": "true"})
+    r = http.get(
+        "/v1/experiments/exp/compare",
+        params={"task": "ctr", "baseline": "control", "fresh": "true"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert models.Comparison.model_validate_json(r.content).model_dump() == body
     a_control, a_treat = roc_auc_score(y, p), roc_auc_score(y, noisy)
     assert body["arms"]["control"]["delta"]["auc"] == 0
     assert body["arms"]["treatment"]["metrics"]["auc"] == pytest.approx(a_treat, abs=1e-9)
-    assert body["arms"]["treatment"]["delta"]["auc"] == pytest.approx(a_treat - a_control,
-                                                                      abs=1e-9)
+    assert body["arms"]["treatment"]["delta"]["auc"] == pytest.approx(a_treat - a_control, abs=1e-9)
     exps = http.get("/v1/experiments").json()["experiments"]
-    assert exps == [{"name": "exp", "arms": ["control", "treatment"], "tasks": ["ctr"],
-                     "phases": ["eval"], "samples": 2000}]
+    assert exps == [
+        {
+            "name": "exp",
+            "arms": ["control", "treatment"],
+            "tasks": ["ctr"],
+            "phases": ["eval"],
+            "samples": 2000,
+        }
+    ]
     detail = http.get("/v1/experiments/exp").json()
     assert {r["arm"] for r in detail["runs"]} == {"control", "treatment"}
 
@@ -146,25 +162,36 @@ def test_stream_acks_in_order_and_retries_are_not_double_counted(stub, http) -> 
 
 
 def test_train_phase_decayed_auc_and_history(stub, http) -> None:
-    decl = [parse_text("auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2",
-                       metric_pb2.TrainMetricConfig())]
+    decl = [
+        parse_text(
+            "auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2", metric_pb2.TrainMetricConfig()
+        )
+    ]
     p, y, _ = click_data(1200, seed=11)
     parts = np.array_split(np.arange(1200), 6)
     for i, s in enumerate(parts):
-        ack = stub.Send(make_batch(preds=p[s], labels=y[s], phase=ingest_pb2.PHASE_TRAIN,
-                                   step=10 * (i + 1), seq=i + 1,
-                                   train_metrics=decl if i == 0 else None))
+        ack = stub.Send(
+            make_batch(
+                preds=p[s],
+                labels=y[s],
+                phase=ingest_pb2.PHASE_TRAIN,
+                step=10 * (i + 1),
+                seq=i + 1,
+                train_metrics=decl if i == 0 else None,
+            )
+        )
         assert ack.error_code == 0, ack.error_message
     body = get_metrics(http, phase="train")
     assert body["samples"] == 1200 and body["step"] == 60
-    hist = http.get("/v1/experiments/exp/arms/control/history",
-                    params={"task": "ctr", "phase": "train", "metric": "auc"}).json()
+    hist = http.get(
+        "/v1/experiments/exp/arms/control/history",
+        params={"task": "ctr", "phase": "train", "metric": "auc"},
+    ).json()
     assert [pt["step"] for pt in hist["points"]] == [20, 40, 60]
     assert hist["points"][-1]["value"] == pytest.approx(body["metrics"]["auc"], abs=1e-12)
     # decayed confusion state: the first window alone is exactly its binned AUC
     first = np.concatenate(parts[:2])
-    assert hist["points"][0]["value"] == pytest.approx(roc_auc_score(y[first], p[first]),
-                                                       abs=0.01)
+    assert hist["points"][0]["value"] == pytest.approx(roc_auc_score(y[first], p[first]), abs=0.01)
 
 
 def test_health_and_reflection(service) -> None:
@@ -172,10 +199,12 @@ def test_health_and_reflection(service) -> None:
 
     with grpc.insecure_channel(service.grpc_target) as ch:
         status = health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
         responses = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert SERVICE_NAME in names
 
@@ -187,21 +216,31 @@ def test_restart_keeps_state_and_idempotency(service_factory, tmp_path) -> None:
     svc = service_factory(tmp_path / "d")
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=p[:300], labels=y[:300], keys={"u": g[:300]},
-                                    seq=1)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=p[:300], labels=y[:300], keys={"u": g[:300]}, seq=1)
+            ).error_code
+            == 0
+        )
     svc.store.checkpoint()
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=p[300:], labels=y[300:], keys={"u": g[300:]},
-                                    seq=2)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=p[300:], labels=y[300:], keys={"u": g[300:]}, seq=2)
+            ).error_code
+            == 0
+        )
     svc.stop()
     svc2 = service_factory(tmp_path / "d")
     with grpc.insecure_channel(svc2.grpc_target) as ch:
         ack = ingest_pb2_grpc.IngestStub(ch).Send(
-            make_batch(preds=p[300:], labels=y[300:], keys={"u": g[300:]}, seq=2))
+            make_batch(preds=p[300:], labels=y[300:], keys={"u": g[300:]}, seq=2)
+        )
         assert ack.duplicate
-    body = httpx.get(f"{svc2.http_url}/v1/experiments/exp/arms/control/metrics",
-                     params={"task": "ctr"}).json()
+    body = httpx.get(
+        f"{svc2.http_url}/v1/experiments/exp/arms/control/metrics", params={"task": "ctr"}
+    ).json()
     assert body["samples"] == 600
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
     assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
@@ -238,11 +277,18 @@ def test_rest_values_equal_in_process_computation_exactly(stub, http) -> None:
     p, y, g = click_data(3000, seed=31)
     parts = [(p[s], y[s], g[s]) for s in np.array_split(np.arange(3000), 5)]
     for i, (pp, yy, gg) in enumerate(parts):
-        assert stub.Send(make_batch(preds=pp, labels=yy, keys={"user_id": gg},
-                                    seq=i + 1)).error_code == 0
-    configs = [parse_text(t, metric_pb2.MetricConfig()) for t in (
-        "auc { thresholds: 0 }", "normalized_entropy {}",
-        'grouped_auc { grouping_key: "user_id" }')]
+        assert (
+            stub.Send(make_batch(preds=pp, labels=yy, keys={"user_id": gg}, seq=i + 1)).error_code
+            == 0
+        )
+    configs = [
+        parse_text(t, metric_pb2.MetricConfig())
+        for t in (
+            "auc { thresholds: 0 }",
+            "normalized_entropy {}",
+            'grouped_auc { grouping_key: "user_id" }',
+        )
+    ]
     expected, _ = _in_process(configs, parts)
     assert get_metrics(http)["metrics"] == expected  # exact, not approximately
 
@@ -253,23 +299,38 @@ def test_rest_values_equal_in_process_computation_exactly(stub, http) -> None:
     rparts = [(q[s], t[s], g[:0]) for s in np.array_split(np.arange(600), 3)]
     for i, (qq, tt, _) in enumerate(rparts):
         assert stub.Send(make_batch(preds=qq, labels=tt, task="wt", seq=10 + i)).error_code == 0
-    configs = [parse_text(f"{n} {{}}", metric_pb2.MetricConfig())
-               for n in ("xauc", "mean_squared_error", "mean_absolute_error")]
+    configs = [
+        parse_text(f"{n} {{}}", metric_pb2.MetricConfig())
+        for n in ("xauc", "mean_squared_error", "mean_absolute_error")
+    ]
     expected, _ = _in_process(configs, rparts)
     assert get_metrics(http, task="wt")["metrics"] == expected
 
     # train: the decayed default metric and its history, value for value
     tparts = parts + parts[:3]
-    decl = parse_text("auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2",
-                      metric_pb2.TrainMetricConfig())
+    decl = parse_text(
+        "auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2", metric_pb2.TrainMetricConfig()
+    )
     for i, (pp, yy, _) in enumerate(tparts):
-        assert stub.Send(make_batch(preds=pp, labels=yy, phase=ingest_pb2.PHASE_TRAIN,
-                                    step=i + 1, seq=20 + i,
-                                    train_metrics=[decl] if i == 0 else None)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(
+                    preds=pp,
+                    labels=yy,
+                    phase=ingest_pb2.PHASE_TRAIN,
+                    step=i + 1,
+                    seq=20 + i,
+                    train_metrics=[decl] if i == 0 else None,
+                )
+            ).error_code
+            == 0
+        )
     expected, hist = _in_process([decl], [(pp, yy, gg[:0]) for pp, yy, gg in tparts], train=True)
     assert get_metrics(http, phase="train")["metrics"] == expected
-    points = http.get("/v1/experiments/exp/arms/control/history",
-                      params={"task": "ctr", "phase": "train", "metric": "auc"}).json()["points"]
+    points = http.get(
+        "/v1/experiments/exp/arms/control/history",
+        params={"task": "ctr", "phase": "train", "metric": "auc"},
+    ).json()["points"]
     assert [pt["value"] for pt in points] == hist["auc"] and len(points) == 4
 
 
@@ -277,10 +338,13 @@ def test_rest_values_equal_in_process_computation_exactly(stub, http) -> None:
     ("phase", "labels", "keys", "expected"),
     [
         (ingest_pb2.PHASE_EVAL, [0, 1, 0, 1], False, {"auc", "normalized_entropy"}),
-        (ingest_pb2.PHASE_EVAL, [0, 1, 0, 1], True, {"auc", "normalized_entropy",
-                                                     "grouped_auc"}),
-        (ingest_pb2.PHASE_EVAL, [0.5, 3, 0, 1], False, {"xauc", "mean_squared_error",
-                                                       "mean_absolute_error"}),
+        (ingest_pb2.PHASE_EVAL, [0, 1, 0, 1], True, {"auc", "normalized_entropy", "grouped_auc"}),
+        (
+            ingest_pb2.PHASE_EVAL,
+            [0.5, 3, 0, 1],
+            False,
+            {"xauc", "mean_squared_error", "mean_absolute_error"},
+        ),
         (ingest_pb2.PHASE_TRAIN, [0, 1, 0, 1], True, {"auc"}),
         (ingest_pb2.PHASE_TRAIN, [0.5, 3, 0, 1], False, {"mean_squared_error"}),
     ],
@@ -288,8 +352,14 @@ def test_rest_values_equal_in_process_computation_exactly(stub, http) -> None:
 )
 def test_default_metrics_per_label_type(stub, http, phase, labels, keys, expected) -> None:
     p = np.array([0.2, 0.7, 0.4, 0.9], np.float32)
-    ack = stub.Send(make_batch(preds=p, labels=np.array(labels, np.float32), phase=phase,
-                               keys={"user_id": np.array([1, 1, 2, 2])} if keys else None))
+    ack = stub.Send(
+        make_batch(
+            preds=p,
+            labels=np.array(labels, np.float32),
+            phase=phase,
+            keys={"user_id": np.array([1, 1, 2, 2])} if keys else None,
+        )
+    )
     assert ack.error_code == 0, ack.error_message
     phase_name = "train" if phase == ingest_pb2.PHASE_TRAIN else "eval"
     assert set(get_metrics(http, phase=phase_name)["metrics"]) == expected
@@ -310,12 +380,24 @@ def test_compare_every_delta_against_independent_values(stub, http) -> None:
     for i, arm in enumerate(["control", "t1", "t2"]):
         p, y, g = click_data(1500, seed=40 + i)
         arms[arm] = (p, y, g)
-        assert stub.Send(make_batch(preds=p, labels=y, keys={"user_id": g}, arm=arm,
-                                    step=5, seq=i + 1)).error_code == 0
-    ref = {arm: {"auc": roc_auc_score(y, p), "normalized_entropy": ref_ne(p, y),
-                 "grouped_auc": ref_gauc(p, y, g)} for arm, (p, y, g) in arms.items()}
-    body = http.get("/v1/experiments/exp/compare",
-                    params={"task": "ctr", "baseline": "t1", "step": 5, "fresh": "true"}).json()
+        assert (
+            stub.Send(
+                make_batch(preds=p, labels=y, keys={"user_id": g}, arm=arm, step=5, seq=i + 1)
+            ).error_code
+            == 0
+        )
+    ref = {
+        arm: {
+            "auc": roc_auc_score(y, p),
+            "normalized_entropy": ref_ne(p, y),
+            "grouped_auc": ref_gauc(p, y, g),
+        }
+        for arm, (p, y, g) in arms.items()
+    }
+    body = http.get(
+        "/v1/experiments/exp/compare",
+        params={"task": "ctr", "baseline": "t1", "step": 5, "fresh": "true"},
+    ).json()
     assert body["baseline"] == "t1" and set(body["arms"]) == set(arms)
     for arm, got in body["arms"].items():
         assert got["step"] == 5 and got["samples"] == 1500
@@ -323,8 +405,9 @@ def test_compare_every_delta_against_independent_values(stub, http) -> None:
             d = v - ref["t1"][k]
             assert got["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9)
             assert got["delta"][k] == pytest.approx(d, rel=1e-5, abs=1e-9)
-            assert got["relative_delta"][k] == pytest.approx(d / abs(ref["t1"][k]),
-                                                             rel=1e-5, abs=1e-8)
+            assert got["relative_delta"][k] == pytest.approx(
+                d / abs(ref["t1"][k]), rel=1e-5, abs=1e-8
+            )
         # delta is exactly the difference of the values the same response shows
         for k, v in got["metrics"].items():
             assert got["delta"][k] == v - body["arms"]["t1"]["metrics"][k]
@@ -339,8 +422,10 @@ def test_concurrent_producers_into_one_run(service, http) -> None:
 
     def produce(w: int) -> None:
         parts = np.array_split(shards[w], 10)
-        msgs = [make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]}, producer=f"w{w}",
-                           seq=i + 1) for i, s in enumerate(parts)]
+        msgs = [
+            make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]}, producer=f"w{w}", seq=i + 1)
+            for i, s in enumerate(parts)
+        ]
         with grpc.insecure_channel(service.grpc_target) as ch:
             for ack in ingest_pb2_grpc.IngestStub(ch).Stream(iter(msgs + msgs[:3])):
                 if ack.error_code:
@@ -385,11 +470,19 @@ def test_state_on_the_gpu_gives_the_cpu_values(service_factory, tmp_path) -> Non
         with grpc.insecure_channel(svc.grpc_target) as ch:
             stub = ingest_pb2_grpc.IngestStub(ch)
             for i, s in enumerate(np.array_split(np.arange(4000), 4)):
-                assert stub.Send(make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]},
-                                            seq=i + 1)).error_code == 0
+                assert (
+                    stub.Send(
+                        make_batch(preds=p[s], labels=y[s], keys={"user_id": g[s]}, seq=i + 1)
+                    ).error_code
+                    == 0
+                )
         run = svc.store.runs()[0]
         assert next(iter(run.windows[1].metrics.values())).device.type == device
-        bodies.append(httpx.get(f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
-                                params={"task": "ctr", "fresh": "true"}).json()["metrics"])
+        bodies.append(
+            httpx.get(
+                f"{svc.http_url}/v1/experiments/exp/arms/control/metrics",
+                params={"task": "ctr", "fresh": "true"},
+            ).json()["metrics"]
+        )
     assert bodies[0]["grouped_auc"] == pytest.approx(bodies[1]["grouped_auc"], abs=1e-9)
     assert bodies[0]["auc"] == pytest.approx(bodies[1]["auc"], abs=1e-9)

@@ -17,8 +17,9 @@ GAUC = [parse_text('grouped_auc { grouping_key: "uid" }', metric_pb2.MetricConfi
 
 
 def state(http: httpx.Client) -> dict:
-    r = http.get("/v1/experiments/exp/arms/control/metrics",
-                 params={"task": "ctr", "fresh": "true"})
+    r = http.get(
+        "/v1/experiments/exp/arms/control/metrics", params={"task": "ctr", "fresh": "true"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     return {"samples": body["samples"], "metrics": body["metrics"], "version": body["version"]}
@@ -26,8 +27,10 @@ def state(http: httpx.Client) -> dict:
 
 @pytest.fixture
 def seeded(stub, http) -> dict:
-    assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
-                                seq=1)).error_code == 0
+    assert (
+        stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1)).error_code
+        == 0
+    )
     return state(http)
 
 
@@ -49,33 +52,74 @@ GOOD = dict(preds=P, labels=Y, keys={"uid": G}, seq=2)
     ("batch", "code", "words"),
     [
         (make_batch(preds=P[:3], labels=Y, keys={"uid": G}, seq=2), 3, "length mismatch"),
-        (make_batch(preds=np.array([0.1, np.nan, 0.2, 0.3]), labels=Y, keys={"uid": G}, seq=2),
-         3, "NaN"),
-        (make_batch(preds=np.array([0.1, np.inf, 0.2, 0.3]), labels=Y, keys={"uid": G}, seq=2),
-         3, "infinite"),
-        (make_batch(preds=P, labels=np.array([0, np.nan, 0, 1]), keys={"uid": G}, seq=2),
-         3, "labels contain NaN"),
-        (make_batch(preds=P, labels=np.array([0, 2, 0, 1]), keys={"uid": G}, seq=2), 3,
-         "0 or 1"),
-        (make_batch(preds=P, labels=np.array([0, 0.5, 0, 1]), keys={"uid": G}, seq=2), 3,
-         "0 or 1"),
+        (
+            make_batch(preds=np.array([0.1, np.nan, 0.2, 0.3]), labels=Y, keys={"uid": G}, seq=2),
+            3,
+            "NaN",
+        ),
+        (
+            make_batch(preds=np.array([0.1, np.inf, 0.2, 0.3]), labels=Y, keys={"uid": G}, seq=2),
+            3,
+            "infinite",
+        ),
+        (
+            make_batch(preds=P, labels=np.array([0, np.nan, 0, 1]), keys={"uid": G}, seq=2),
+            3,
+            "labels contain NaN",
+        ),
+        (make_batch(preds=P, labels=np.array([0, 2, 0, 1]), keys={"uid": G}, seq=2), 3, "0 or 1"),
+        (make_batch(preds=P, labels=np.array([0, 0.5, 0, 1]), keys={"uid": G}, seq=2), 3, "0 or 1"),
         (make_batch(preds=P, labels=Y, seq=2), 3, "grouping key"),
         (make_batch(preds=P, labels=Y, keys={"other": G}, seq=2), 3, "uid"),
         (make_batch(preds=P[:0], labels=Y[:0], keys={"uid": G[:0]}, seq=2), 3, "empty"),
         (make_batch(preds=P, labels=Y, keys={"uid": G[:2]}, seq=2), 3, "length mismatch"),
-        (make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2, weights=np.array([1, -1, 1, 1])),
-         3, "weights"),
+        (
+            make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2, weights=np.array([1, -1, 1, 1])),
+            3,
+            "weights",
+        ),
         (make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2, arm="bad arm!"), 3, "arm"),
         (make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2, phase=0), 3, "phase"),
-        (make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2,
-                    metrics=[parse_text("auc {}", metric_pb2.MetricConfig())]), 9, "declared"),
-        (make_batch(preds=P, labels=Y, keys={"uid": G}, seq=2,
-                    train_metrics=[metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC())]), 3,
-         "train_metrics"),
+        (
+            make_batch(
+                preds=P,
+                labels=Y,
+                keys={"uid": G},
+                seq=2,
+                metrics=[parse_text("auc {}", metric_pb2.MetricConfig())],
+            ),
+            9,
+            "declared",
+        ),
+        (
+            make_batch(
+                preds=P,
+                labels=Y,
+                keys={"uid": G},
+                seq=2,
+                train_metrics=[metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC())],
+            ),
+            3,
+            "train_metrics",
+        ),
     ],
-    ids=["length", "nan", "inf", "label-nan", "label-2", "label-half", "no-keys",
-         "wrong-key-name", "empty", "key-length",
-         "neg-weight", "bad-name", "no-phase", "declaration-change", "train-decl-in-eval"],
+    ids=[
+        "length",
+        "nan",
+        "inf",
+        "label-nan",
+        "label-2",
+        "label-half",
+        "no-keys",
+        "wrong-key-name",
+        "empty",
+        "key-length",
+        "neg-weight",
+        "bad-name",
+        "no-phase",
+        "declaration-change",
+        "train-decl-in-eval",
+    ],
 )
 def test_bad_batch_rejected_state_unchanged(stub, http, seeded, batch, code, words) -> None:
     ack = stub.Send(batch)
@@ -93,7 +137,8 @@ def test_bad_buffers(stub, http, seeded) -> None:
     no_dtype = _bad(good, predictions=ingest_pb2.Array(data=P.tobytes()))
     float_keys = _bad(good)
     float_keys.grouping_keys[0].keys.CopyFrom(
-        ingest_pb2.Array(dtype=ingest_pb2.DTYPE_FLOAT32, data=P.tobytes()))
+        ingest_pb2.Array(dtype=ingest_pb2.DTYPE_FLOAT32, data=P.tobytes())
+    )
     for msg in (odd, no_dtype, float_keys, _bad(good, producer_id="")):
         ack = stub.Send(msg)
         assert ack.error_code == 3, ack.error_message
@@ -111,11 +156,14 @@ def test_stream_continues_after_a_bad_batch(stub, http, seeded) -> None:
 def test_oversized_message(service_factory) -> None:
     svc = service_factory(max_message_bytes=10_000)
     n = 5000
-    with grpc.insecure_channel(svc.grpc_target) as ch, \
-            httpx.Client(base_url=svc.http_url) as http:
+    with grpc.insecure_channel(svc.grpc_target) as ch, httpx.Client(base_url=svc.http_url) as http:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
-                                    seq=1)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1)
+            ).error_code
+            == 0
+        )
         before = state(http)
         with pytest.raises(grpc.RpcError) as err:
             stub.Send(make_batch(preds=np.zeros(n), labels=np.zeros(n), seq=2))
@@ -129,15 +177,19 @@ def test_oversized_message(service_factory) -> None:
 def test_oversized_batch(service_factory) -> None:
     """A batch over the per-batch sample limit (under the message size limit)."""
     svc = service_factory(store={"max_samples_per_batch": 4})
-    with grpc.insecure_channel(svc.grpc_target) as ch, \
-            httpx.Client(base_url=svc.http_url) as http:
+    with grpc.insecure_channel(svc.grpc_target) as ch, httpx.Client(base_url=svc.http_url) as http:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC,
-                                    seq=1)).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1)
+            ).error_code
+            == 0
+        )
         before = state(http)
         five = np.append(P, 0.5)
-        ack = stub.Send(make_batch(preds=five, labels=np.append(Y, 1), seq=2,
-                                   keys={"uid": np.append(G, 3)}))
+        ack = stub.Send(
+            make_batch(preds=five, labels=np.append(Y, 1), seq=2, keys={"uid": np.append(G, 3)})
+        )
         assert ack.error_code == 3 and "over the limit" in ack.error_message
         assert state(http) == before
 
@@ -187,8 +239,11 @@ def test_global_capacity_cap(service_factory) -> None:
         ("/v1/experiments/exp/arms/nope/history", {"task": "ctr", "metric": "auc"}, 404),
         ("/v1/experiments/exp/arms/control/history", {"task": "cvr", "metric": "auc"}, 404),
         ("/v1/experiments/exp/arms/control/history", {"task": "ctr"}, 422),
-        ("/v1/experiments/exp/arms/control/history",
-         {"task": "ctr", "metric": "auc", "phase": "x"}, 422),
+        (
+            "/v1/experiments/exp/arms/control/history",
+            {"task": "ctr", "metric": "auc", "phase": "x"},
+            422,
+        ),
         ("/v1/experiments/exp/arms/control/metrics", {"task": "ctr", "phase": "train"}, 404),
         ("/v1/experiments/exp/arms/control/metrics", {"task": "c" * 129}, 422),
         ("/v1/experiments/exp/arms/control/metrics", {"task": "ctr", "fresh": "maybe"}, 422),
@@ -228,22 +283,31 @@ def test_tokens_enforced(service_factory) -> None:
     assert httpx.get(f"{svc.http_url}/healthz").status_code == 200
     for headers in ({}, {"Authorization": "Bearer r-secret"}, {"Authorization": "Bearer x"}):
         assert httpx.delete(f"{url}/exp", headers=headers).status_code == 401
-    assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}
-                     ).json()["experiments"][0]["samples"] == 4
+    assert (
+        httpx.get(url, headers={"Authorization": "Bearer r-secret"}).json()["experiments"][0][
+            "samples"
+        ]
+        == 4
+    )
     deleted = httpx.delete(f"{url}/exp", headers={"Authorization": "Bearer w-secret"})
     assert deleted.status_code == 200 and deleted.json()["runs_deleted"] == 1
-    assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}
-                     ).json() == {"experiments": []}
+    assert httpx.get(url, headers={"Authorization": "Bearer r-secret"}).json() == {
+        "experiments": []
+    }
 
 
 def test_rejected_credentials_change_nothing(service_factory) -> None:
     svc = service_factory(token="w-secret")
     good_md = (("authorization", "Bearer w-secret"),)
-    with grpc.insecure_channel(svc.grpc_target) as ch, \
-            httpx.Client(base_url=svc.http_url) as http:
+    with grpc.insecure_channel(svc.grpc_target) as ch, httpx.Client(base_url=svc.http_url) as http:
         stub = ingest_pb2_grpc.IngestStub(ch)
-        assert stub.Send(make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1),
-                         metadata=good_md).error_code == 0
+        assert (
+            stub.Send(
+                make_batch(preds=P, labels=Y, keys={"uid": G}, metrics=GAUC, seq=1),
+                metadata=good_md,
+            ).error_code
+            == 0
+        )
         before = state(http)  # no read token: reads are open
         for md in (None, (("authorization", "w-secret"),), (("authorization", "Bearer w"),)):
             with pytest.raises(grpc.RpcError) as err:

@@ -14,8 +14,11 @@ from tests.service.conftest import make_batch
 
 
 def _group_auc(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
-    vals = [roc_auc_score(y[g == k], p[g == k]) for k in np.unique(g)
-            if 0 < y[g == k].sum() < (g == k).sum()]
+    vals = [
+        roc_auc_score(y[g == k], p[g == k])
+        for k in np.unique(g)
+        if 0 < y[g == k].sum() < (g == k).sum()
+    ]
     return float(np.mean(vals))
 
 
@@ -24,20 +27,24 @@ def test_copies_do_not_see_later_updates() -> None:
     p = rng.random(4000).astype(np.float32)
     y = (rng.random(4000) < 0.4).astype(np.float32)
     g = rng.integers(0, 50, 4000)
-    first = decode_batch(make_batch(preds=p[:2000], labels=y[:2000],
-                                    keys={"user_id": g[:2000]}, seq=1))
+    first = decode_batch(
+        make_batch(preds=p[:2000], labels=y[:2000], keys={"user_id": g[:2000]}, seq=1)
+    )
     run = Run.create(first, torch.device("cpu"))
     run.check(first)
     run.apply(first)
     copies, samples = run.sources(1)
-    second = decode_batch(make_batch(preds=p[2000:], labels=y[2000:],
-                                     keys={"user_id": g[2000:]}, seq=2))
+    second = decode_batch(
+        make_batch(preds=p[2000:], labels=y[2000:], keys={"user_id": g[2000:]}, seq=2)
+    )
     run.apply(second)  # after the copy: invisible to it
     assert samples == 2000
     assert copies["auc"].compute().item() == pytest.approx(
-        roc_auc_score(y[:2000], p[:2000]), abs=1e-12)
+        roc_auc_score(y[:2000], p[:2000]), abs=1e-12
+    )
     assert copies["grouped_auc"].compute().item() == pytest.approx(
-        _group_auc(p[:2000], y[:2000], g[:2000]), abs=1e-12)
+        _group_auc(p[:2000], y[:2000], g[:2000]), abs=1e-12
+    )
     now, samples = run.sources(1)
     assert samples == 4000
     assert now["auc"].compute().item() == pytest.approx(roc_auc_score(y, p), abs=1e-12)

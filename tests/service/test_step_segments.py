@@ -35,11 +35,15 @@ def segmented(p, y, steps, sizes, **kw) -> ingest_pb2.Batch:
 
 
 def train_view(http: httpx.Client, arm: str) -> tuple[dict, list]:
-    body = http.get(f"/v1/experiments/exp/arms/{arm}/metrics",
-                    params={"task": "ctr", "phase": "train", "fresh": "true"}).json()
+    body = http.get(
+        f"/v1/experiments/exp/arms/{arm}/metrics",
+        params={"task": "ctr", "phase": "train", "fresh": "true"},
+    ).json()
     body = {k: body[k] for k in ("step", "samples", "metrics")}
-    hist = http.get(f"/v1/experiments/exp/arms/{arm}/history",
-                    params={"task": "ctr", "phase": "train", "metric": "auc"}).json()
+    hist = http.get(
+        f"/v1/experiments/exp/arms/{arm}/history",
+        params={"task": "ctr", "phase": "train", "metric": "auc"},
+    ).json()
     return body, hist["points"]
 
 
@@ -52,16 +56,33 @@ def test_segmented_train_batch_equals_one_batch_per_step(stub, http) -> None:
     # arm "single": one batch per step; arm "merged": two batches of three segments
     for i, step in enumerate(steps):
         lo, hi = bounds[i], bounds[i + 1]
-        ack = stub.Send(make_batch(preds=p[lo:hi], labels=y[lo:hi], arm="single", step=step,
-                                   phase=ingest_pb2.PHASE_TRAIN, seq=i + 1,
-                                   train_metrics=decl if i == 0 else None))
+        ack = stub.Send(
+            make_batch(
+                preds=p[lo:hi],
+                labels=y[lo:hi],
+                arm="single",
+                step=step,
+                phase=ingest_pb2.PHASE_TRAIN,
+                seq=i + 1,
+                train_metrics=decl if i == 0 else None,
+            )
+        )
         assert ack.error_code == 0, ack.error_message
     for j in range(2):
         lo, hi = bounds[3 * j], bounds[3 * j + 3]
-        ack = stub.Send(segmented(p[lo:hi], y[lo:hi], steps[3 * j: 3 * j + 3],
-                                  sizes[3 * j: 3 * j + 3], arm="merged", producer="p1",
-                                  phase=ingest_pb2.PHASE_TRAIN, seq=j + 1,
-                                  train_metrics=decl if j == 0 else None))
+        ack = stub.Send(
+            segmented(
+                p[lo:hi],
+                y[lo:hi],
+                steps[3 * j : 3 * j + 3],
+                sizes[3 * j : 3 * j + 3],
+                arm="merged",
+                producer="p1",
+                phase=ingest_pb2.PHASE_TRAIN,
+                seq=j + 1,
+                train_metrics=decl if j == 0 else None,
+            )
+        )
         assert ack.error_code == 0 and ack.samples == hi - lo, ack.error_message
     single, single_hist = train_view(http, "single")
     merged, merged_hist = train_view(http, "merged")
@@ -81,8 +102,10 @@ def test_segmented_eval_batch_fills_one_window_per_step(stub, http) -> None:
     ack = stub.Send(segmented(p, y, [100, 200, 200], [300, 400, 200], step=0))
     assert ack.error_code == 0, ack.error_message
     for step, sel in ((100, slice(0, 300)), (200, slice(300, 900))):
-        body = http.get("/v1/experiments/exp/arms/control/metrics",
-                        params={"task": "ctr", "phase": "eval", "step": step}).json()
+        body = http.get(
+            "/v1/experiments/exp/arms/control/metrics",
+            params={"task": "ctr", "phase": "eval", "step": step},
+        ).json()
         assert body["samples"] == sel.stop - sel.start
         assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y[sel], p[sel]), abs=1e-12)
 
@@ -96,8 +119,7 @@ def test_segmented_eval_batch_fills_one_window_per_step(stub, http) -> None:
         (1025, list(range(1025)), [1] * 1025, "1025 segments is over the limit of 1024"),
     ],
 )
-def test_bad_segments_are_rejected_and_change_nothing(stub, http, n, steps, sizes,
-                                                      message) -> None:
+def test_bad_segments_are_rejected_and_change_nothing(stub, http, n, steps, sizes, message) -> None:
     p, y = data(n, seed=3)
     ack = stub.Send(segmented(p, y, steps, sizes, phase=ingest_pb2.PHASE_TRAIN))
     assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -115,8 +137,10 @@ def test_segments_survive_a_restart(service_factory, tmp_path) -> None:
     svc = service_factory(tmp_path / "d")
     with grpc.insecure_channel(svc.grpc_target) as ch:
         ack = ingest_pb2_grpc.IngestStub(ch).Send(
-            segmented(p, y, [1, 2, 3, 4], [200] * 4, phase=ingest_pb2.PHASE_TRAIN,
-                      train_metrics=decl))
+            segmented(
+                p, y, [1, 2, 3, 4], [200] * 4, phase=ingest_pb2.PHASE_TRAIN, train_metrics=decl
+            )
+        )
         assert ack.error_code == 0, ack.error_message
     with httpx.Client(base_url=svc.http_url) as http:
         before = train_view(http, "control")

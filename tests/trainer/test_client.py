@@ -239,13 +239,12 @@ def test_drop_policy_counts_dropped_records(server: Server, store: Store) -> Non
     assert store.samples == 800 == st.applied_samples
 
 
-def test_linger_coalesces_steps_into_one_message_until_flush(
-    server: Server, store: Store
-) -> None:
+def test_linger_coalesces_steps_into_one_message_until_flush(server: Server, store: Store) -> None:
     with stream(server, linger=30.0) as s:
         for step in range(8):
-            s.log(torch.full((3,), float(step)), torch.ones(3), task="ctr", phase="train",
-                  step=step)
+            s.log(
+                torch.full((3,), float(step)), torch.ones(3), task="ctr", phase="train", step=step
+            )
         time.sleep(0.3)
         assert store.received == 0 and s.stats.queued_records == 8  # lingering
         s.flush(timeout=10)  # flush sends at once

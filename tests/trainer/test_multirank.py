@@ -29,11 +29,28 @@ def test_two_ranks_stream_every_row_once(tmp_path: Path) -> None:
     held_out = round(tiny.num_samples * (1 - tiny.train_fraction))
     with serve_subprocess(tmp_path / "data", extra_args=["--device", "cpu"]) as svc:
         run = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-             "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-             "-m", "rankboard.trainer.demo.multirank", "--target", svc.grpc_target,
-             "--arm", "multirank", "--tiny"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(_free_port()),
+                "-m",
+                "rankboard.trainer.demo.multirank",
+                "--target",
+                svc.grpc_target,
+                "--arm",
+                "multirank",
+                "--tiny",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
         )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         assert run.stdout.count("arm multirank: 12 steps") == 2  # both ranks finished
@@ -45,11 +62,15 @@ def test_two_ranks_stream_every_row_once(tmp_path: Path) -> None:
                 assert ev["steps"] == [6, 12]
                 assert ev["samples"] == 2 * held_out
                 for step in (6, 12):
-                    body = http.get("/v1/experiments/demo/arms/multirank/metrics",
-                                    params={"task": task, "phase": "eval", "step": step}).json()
+                    body = http.get(
+                        "/v1/experiments/demo/arms/multirank/metrics",
+                        params={"task": task, "phase": "eval", "step": step},
+                    ).json()
                     assert body["samples"] == held_out
                     assert all(v is not None for v in body["metrics"].values()), body
             assert runs[("ctr", "train")]["samples"] == tiny.steps * tiny.batch_size
-            ctr = http.get("/v1/experiments/demo/arms/multirank/metrics",
-                           params={"task": "ctr", "phase": "eval"}).json()
+            ctr = http.get(
+                "/v1/experiments/demo/arms/multirank/metrics",
+                params={"task": "ctr", "phase": "eval"},
+            ).json()
             assert 0 < ctr["extras"]["grouped_auc.groups"] <= tiny.num_users

@@ -48,8 +48,10 @@ def expected(init, after, name, decay, interval, start):
     ],
 )
 def test_ema_follows_the_rule_at_every_configuration(ema: str, accumulation: int) -> None:
-    cfg = (f"dense_optimizer {{ adam_optimizer {{ lr: 0.05 }} }} ema_config {{ {ema} }} "
-           f"gradient_accumulation_steps: {accumulation}")
+    cfg = (
+        f"dense_optimizer {{ adam_optimizer {{ lr: 0.05 }} }} ema_config {{ {ema} }} "
+        f"gradient_accumulation_steps: {accumulation}"
+    )
     model, opts, init, after = train(cfg, steps=24)
     assert len(after) == 24 // accumulation == opts.optimizer_steps
     c = parse_text(f"ema_config {{ {ema} }}", train_pb2.TrainConfig()).ema_config
@@ -61,7 +63,8 @@ def test_ema_follows_the_rule_at_every_configuration(ema: str, accumulation: int
 
 def test_average_parameters_evaluates_the_average_and_restores_the_weights() -> None:
     model, opts, _, _ = train(
-        "dense_optimizer { sgd_optimizer { lr: 0.1 } } ema_config { decay: 0.5 }", steps=6)
+        "dense_optimizer { sgd_optimizer { lr: 0.1 } } ema_config { decay: 0.5 }", steps=6
+    )
     x = torch.randn(5, 4)
     trained = {n: p.detach().clone() for n, p in model.named_parameters()}
     with opts.ema.average_parameters():

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["count_increasing_pairs_np", "dense_ids_np", "float_key_np", "grouped_auc_np",
-           "grouped_xauc_np"]
+__all__ = [
+    "count_increasing_pairs_np",
+    "dense_ids_np",
+    "float_key_np",
+    "grouped_auc_np",
+    "grouped_xauc_np",
+]
 
 
 def float_key_np(x: np.ndarray) -> np.ndarray:

@@ -154,8 +154,14 @@ def validate_batch(
 
     if n:
         _check_values(
-            p, t, w, label_kind=label_kind, multihot=multihot, prob_preds=prob_preds,
-            num_classes=int(p.shape[1]) if multiclass_preds else None, who=who,
+            p,
+            t,
+            w,
+            label_kind=label_kind,
+            multihot=multihot,
+            prob_preds=prob_preds,
+            num_classes=int(p.shape[1]) if multiclass_preds else None,
+            who=who,
         )
 
     want = torch.int64 if label_kind == "multiclass" and not multihot else torch.float32

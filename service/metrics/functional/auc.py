@@ -118,8 +118,13 @@ def binary_auc(
     0.5
     """
     b = validate_batch(
-        preds, target, label_kind="binary", weights=weights, supports_weights=True,
-        prob_preds=thresholds > 0, metric_name="auc",
+        preds,
+        target,
+        label_kind="binary",
+        weights=weights,
+        supports_weights=True,
+        prob_preds=thresholds > 0,
+        metric_name="auc",
     )
     if thresholds > 0:
         return auc_from_histogram(binned_histogram(b.preds, b.target, thresholds, b.weights))
@@ -174,8 +179,12 @@ def multiclass_auc(
     if average not in ("macro", "weighted"):
         raise ValueError(f"multiclass_auc: average must be 'macro' or 'weighted', got {average!r}")
     b = validate_batch(
-        preds, target, label_kind="multiclass", multiclass_preds=True,
-        prob_preds=thresholds > 0, metric_name="multiclass_auc",
+        preds,
+        target,
+        label_kind="multiclass",
+        multiclass_preds=True,
+        prob_preds=thresholds > 0,
+        metric_name="multiclass_auc",
     )
     if thresholds > 0:
         return multiclass_auc_from_histogram(
@@ -187,8 +196,10 @@ def multiclass_auc(
 def exact_multiclass_auc(preds: Tensor, target: Tensor, average: str = "macro") -> Tensor:
     """Exact one-vs-rest AUC averaged as in :func:`multiclass_auc` (unchecked inputs)."""
     c = preds.shape[1]
-    per_class = torch.stack(
-        [exact_auc(preds[:, k], (target == k).to(torch.float32)) for k in range(c)]
-    ) if preds.shape[0] else torch.full((c,), math.nan, dtype=torch.float64)
+    per_class = (
+        torch.stack([exact_auc(preds[:, k], (target == k).to(torch.float32)) for k in range(c)])
+        if preds.shape[0]
+        else torch.full((c,), math.nan, dtype=torch.float64)
+    )
     support = torch.bincount(target, minlength=c).to(torch.float64)
     return _average(per_class, support, average)

@@ -30,9 +30,7 @@ def accuracy_counts(
     return correct.to(torch.int64), torch.tensor(n, dtype=torch.int64, device=preds.device)
 
 
-def accuracy(
-    preds: Tensor, target: Tensor, *, threshold: float = 0.5, top_k: int = 1
-) -> Tensor:
+def accuracy(preds: Tensor, target: Tensor, *, threshold: float = 0.5, top_k: int = 1) -> Tensor:
     """Fraction correct; binary for ``(n,)`` preds, top-k for ``(n, C)``. NaN if empty.
 
     >>> accuracy(torch.tensor([0.2, 0.7, 0.6]), torch.tensor([0, 1, 0])).item()
@@ -40,8 +38,11 @@ def accuracy(
     """
     multiclass = isinstance(preds, Tensor) and preds.dim() == 2
     b = validate_batch(
-        preds, target, label_kind="multiclass" if multiclass else "binary",
-        multiclass_preds=multiclass, metric_name="accuracy",
+        preds,
+        target,
+        label_kind="multiclass" if multiclass else "binary",
+        multiclass_preds=multiclass,
+        metric_name="accuracy",
     )
     c, n = accuracy_counts(b.preds, b.target, threshold, top_k)
     return c.to(torch.float64) / n if int(n) else torch.tensor(math.nan, dtype=torch.float64)
@@ -74,8 +75,12 @@ def recall_at_k(preds: Tensor, target: Tensor, *, top_k: int = 5) -> Tensor:
     0.5
     """
     b = validate_batch(
-        preds, target, label_kind="multiclass", multiclass_preds=True,
-        allow_multihot_target=True, metric_name="recall_at_k",
+        preds,
+        target,
+        label_kind="multiclass",
+        multiclass_preds=True,
+        allow_multihot_target=True,
+        metric_name="recall_at_k",
     )
     hits, total = recall_counts(b.preds, b.target, top_k)
     return torch.where(total > 0, hits / torch.where(total > 0, total, 1.0), math.nan)

@@ -54,7 +54,12 @@ def normalized_entropy(
     0.4395
     """
     b = validate_batch(
-        preds, target, label_kind="binary", weights=weights, supports_weights=True,
-        prob_preds=True, metric_name="normalized_entropy",
+        preds,
+        target,
+        label_kind="binary",
+        weights=weights,
+        supports_weights=True,
+        prob_preds=True,
+        metric_name="normalized_entropy",
     )
     return ne_from_sums(*ne_sums(b.preds, b.target, b.weights, eta), eta=eta)

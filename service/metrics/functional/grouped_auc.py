@@ -106,9 +106,7 @@ def grouped_auc_stats(
         )
         pos_g = torch.zeros(num_groups, dtype=pw.dtype, device=dev).index_add_(0, gi, pos_s)
         neg_g = torch.zeros(num_groups, dtype=pw.dtype, device=dev).index_add_(0, gi, neg_s)
-    return GroupAUCStats(
-        u2.to(torch.float64) / 2, pos_g.to(torch.float64), neg_g.to(torch.float64)
-    )
+    return GroupAUCStats(u2.to(torch.float64) / 2, pos_g.to(torch.float64), neg_g.to(torch.float64))
 
 
 def grouped_auc(
@@ -129,8 +127,12 @@ def grouped_auc(
     (0.75, 2)
     """
     b = validate_batch(
-        preds, target, label_kind="binary", grouping_key=grouping_key,
-        needs_grouping_key=True, metric_name="grouped_auc",
+        preds,
+        target,
+        label_kind="binary",
+        grouping_key=grouping_key,
+        needs_grouping_key=True,
+        metric_name="grouped_auc",
     )
     return grouped_auc_from_stats(grouped_auc_stats(b.preds, b.target, b.keys))
 
@@ -141,7 +143,5 @@ def grouped_auc_from_stats(stats: GroupAUCStats) -> tuple[Tensor, Tensor]:
     count = valid.sum()
     denom = torch.where(valid, stats.pos * stats.neg, torch.ones_like(stats.pos))
     total = torch.where(valid, stats.u / denom, torch.zeros_like(stats.u)).sum()
-    value = torch.where(
-        count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan)
-    )
+    value = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
     return value.to(torch.float64), count.to(torch.int64)

@@ -28,31 +28,35 @@ def _mean(total: Tensor, weight: Tensor) -> Tensor:
     return torch.where(weight > 0, total / torch.where(weight > 0, weight, 1.0), math.nan)
 
 
-def mean_absolute_error(
-    preds: Tensor, target: Tensor, *, weights: Tensor | None = None
-) -> Tensor:
+def mean_absolute_error(preds: Tensor, target: Tensor, *, weights: Tensor | None = None) -> Tensor:
     """Weighted mean of ``|preds - target|``; NaN for no samples (or zero total weight).
 
     >>> mean_absolute_error(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])).item()
     1.5
     """
     b = validate_batch(
-        preds, target, label_kind="real", weights=weights, supports_weights=True,
+        preds,
+        target,
+        label_kind="real",
+        weights=weights,
+        supports_weights=True,
         metric_name="mean_absolute_error",
     )
     return _mean(*error_sums(b.preds, b.target, b.weights, squared=False))
 
 
-def mean_squared_error(
-    preds: Tensor, target: Tensor, *, weights: Tensor | None = None
-) -> Tensor:
+def mean_squared_error(preds: Tensor, target: Tensor, *, weights: Tensor | None = None) -> Tensor:
     """Weighted mean of ``(preds - target) ** 2``; NaN for no samples (or zero weight).
 
     >>> mean_squared_error(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])).item()
     2.5
     """
     b = validate_batch(
-        preds, target, label_kind="real", weights=weights, supports_weights=True,
+        preds,
+        target,
+        label_kind="real",
+        weights=weights,
+        supports_weights=True,
         metric_name="mean_squared_error",
     )
     return _mean(*error_sums(b.preds, b.target, b.weights, squared=True))

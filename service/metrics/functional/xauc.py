@@ -190,7 +190,11 @@ def grouped_xauc(preds: Tensor, target: Tensor, grouping_key: Tensor) -> tuple[T
     (0.6, 2)
     """
     b = validate_batch(
-        preds, target, label_kind="real", grouping_key=grouping_key, needs_grouping_key=True,
+        preds,
+        target,
+        label_kind="real",
+        grouping_key=grouping_key,
+        needs_grouping_key=True,
         metric_name="grouped_xauc",
     )
     return grouped_xauc_from_stats(grouped_xauc_stats(b.preds, b.target, b.keys))

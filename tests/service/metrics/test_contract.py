@@ -109,9 +109,9 @@ def test_save_load_merge_and_repeatable_compute(cfg, rng):
         assert b.compute().item() == pytest.approx(whole.compute().item(), abs=1e-12)
         return
     b.merge_state(a)
-    if (isinstance(whole, XAUC) and whole.sampling) or (isinstance(whole, GroupedXAUC) and (
-        whole.max_pairs_per_group is not None
-    )):
+    if (isinstance(whole, XAUC) and whole.sampling) or (
+        isinstance(whole, GroupedXAUC) and (whole.max_pairs_per_group is not None)
+    ):
         return  # sampled pairs depend on sample order
     # same samples, possibly in another order: order-free metrics agree
     assert b.compute().item() == pytest.approx(whole.compute().item(), abs=1e-9, nan_ok=True)
@@ -176,8 +176,11 @@ def test_exact_auc_mixes_weighted_and_unweighted_batches(rng):
     y = (rng.random(300) < 0.4).astype(np.float32)
     w = rng.random(300).astype(np.float32)
     m.update(torch.from_numpy(p[:100]), torch.from_numpy(y[:100]))
-    m.update(torch.from_numpy(p[100:200]), torch.from_numpy(y[100:200]),
-             weights=torch.from_numpy(w[100:200]))
+    m.update(
+        torch.from_numpy(p[100:200]),
+        torch.from_numpy(y[100:200]),
+        weights=torch.from_numpy(w[100:200]),
+    )
     m.update(torch.from_numpy(p[200:]), torch.from_numpy(y[200:]))
     sw = np.concatenate([np.ones(100), w[100:200], np.ones(100)])
     assert m.compute().item() == pytest.approx(roc_auc_score(y, p, sample_weight=sw), abs=1e-9)
@@ -257,8 +260,12 @@ def test_validation_of_other_metrics():
     with pytest.raises(ValueError, match="integer"):
         g.update(torch.tensor([0.1]), torch.tensor([1]), grouping_key=torch.tensor([1.5]))
     with pytest.raises(ValueError, match="weights"):
-        g.update(torch.tensor([0.1]), torch.tensor([1]), grouping_key=torch.tensor([1]),
-                 weights=torch.tensor([1.0]))
+        g.update(
+            torch.tensor([0.1]),
+            torch.tensor([1]),
+            grouping_key=torch.tensor([1]),
+            weights=torch.tensor([1.0]),
+        )
     assert g.preds == []
     with pytest.raises(ValueError, match="class ids"):
         MulticlassAUC().update(torch.tensor([[0.5, 0.5]]), torch.tensor([2]))
@@ -277,8 +284,14 @@ def test_validation_of_other_metrics():
 
 
 def test_empty_batches_are_noops():
-    for m in (AUC(), AUC(thresholds=0), XAUC(), MeanAbsoluteError(), Accuracy(),
-              NormalizedEntropy()):
+    for m in (
+        AUC(),
+        AUC(thresholds=0),
+        XAUC(),
+        MeanAbsoluteError(),
+        Accuracy(),
+        NormalizedEntropy(),
+    ):
         m.update(torch.empty(0), torch.empty(0))
         assert math.isnan(m.compute().item())
     g = GroupedAUC(grouping_key="u")
