@@ -385,7 +385,7 @@ class MetricsStream:
             raise ValueError(f"when_full must be 'block' or 'drop', got {when_full!r}")
         if max_pending_samples < 1 or max_batch_samples < 1:
             raise ValueError("max_pending_samples and max_batch_samples must be positive")
-        if linger < 0:
+        if not linger >= 0:  # NaN too
             raise ValueError(f"linger must be >= 0 seconds, got {linger}")
         self.target = target
         self.experiment = experiment

@@ -139,6 +139,14 @@ def create_app(
             "computed_at": snap.computed_at,
         }
 
+    async def snapshot_async(key: RunKey, step: int | None, fresh: bool) -> dict:
+        # a cached snapshot is answered on the event loop (no thread hop, no lock);
+        # computing one goes to the thread pool
+        out = snapshot_dict(key, step, fresh, wait=False)
+        if out is None:
+            out = await run_in_threadpool(snapshot_dict, key, step, fresh)
+        return out
+
     @router.get("/{experiment}/arms/{arm}/metrics", response_model=models.MetricsSnapshot)
     async def get_metrics(
         experiment: str,
@@ -153,13 +161,7 @@ def create_app(
         Values come from a cache refreshed when state changed; ``stale`` says a
         newer one is being computed; ``fresh=true`` waits for it.
         """
-        key = RunKey(experiment, arm, task, phase)
-        # a cached snapshot is answered on the event loop (no thread hop, no lock);
-        # computing one goes to the thread pool
-        out = snapshot_dict(key, step, fresh, wait=False)
-        if out is None:
-            out = await run_in_threadpool(snapshot_dict, key, step, fresh)
-        return _json(out)
+        return _json(await snapshot_async(RunKey(experiment, arm, task, phase), step, fresh))
 
     @router.get("/{experiment}/compare", response_model=models.Comparison)
     async def compare(
@@ -176,12 +178,7 @@ def create_app(
         ]
         if not runs:
             raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
-        arms = {}
-        for r in runs:
-            snap = snapshot_dict(r.key, step, fresh, wait=False)
-            if snap is None:
-                snap = await run_in_threadpool(snapshot_dict, r.key, step, fresh)
-            arms[r.key.arm] = snap
+        arms = {r.key.arm: await snapshot_async(r.key, step, fresh) for r in runs}
         if baseline not in arms:
             raise NotFound(
                 f"baseline arm {baseline!r} has no {phase} run of task {task!r}"

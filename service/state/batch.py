@@ -73,17 +73,6 @@ class Batch:
         """Number of samples (rows) in the batch."""
         return int(self.labels.shape[0])
 
-    @property
-    def segments(self) -> list[tuple[int, int]]:
-        """``(step, samples)`` of each step's samples, in order (one when not segmented).
-
-        >>> import torch
-        >>> b = Batch("p", 1, RunKey("e", "a", "t", "train"), 7, torch.zeros(3), torch.zeros(3))
-        >>> b.segments
-        [(7, 3)]
-        """
-        return self.step_segments or [(self.step, self.num_samples)]
-
     def rows(self, lo: int, hi: int, step: int | None = None) -> Batch:
         """Rows ``lo:hi`` as a batch of one step (views of the tensors, no copies).
 
@@ -235,11 +224,9 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
             raise InvalidBatch("segments: every step must be >= 0")
         if any(count == 0 for _, count in segments):
             raise InvalidBatch("segments: every segment must hold at least one sample")
-        if sum(count for _, count in segments) != n:
-            raise InvalidBatch(
-                f"length mismatch: {n} labels but the segments hold "
-                f"{sum(count for _, count in segments)} samples"
-            )
+        held = sum(count for _, count in segments)
+        if held != n:
+            raise InvalidBatch(f"length mismatch: {n} labels but the segments hold {held} samples")
     return Batch(
         producer_id=msg.producer_id,
         sequence=msg.sequence,

@@ -181,22 +181,26 @@ class Run:
         """Bytes of per-sample state this run retains (0 for train runs)."""
         return self.samples * (self.bytes_per_sample or 0.0)
 
-    def probe_bytes_per_sample(self, batch: Batch) -> float:
-        """Bytes per sample the run's metrics retain, measured on fresh metrics fed the
-        first rows of a checked ``batch`` (the run's state is not touched).
+    def cost_per_sample(self, batch: Batch) -> float:
+        """Bytes per sample the run's metrics retain: measured once, on fresh metrics fed
+        the first rows of a checked ``batch`` (the run's state is not touched), then kept.
 
         Exact AUC keeps a float32 prediction and label per sample, grouped AUC those and
         an int64 key, binned and summed metrics nothing: a declaration's cost is read off
         the metric objects rather than kept in a table here.
         """
+        if self.bytes_per_sample is not None:
+            return self.bytes_per_sample
         if self.key.phase != "eval":
+            self.bytes_per_sample = 0.0
             return 0.0
         part = batch.rows(0, min(batch.num_samples, PROBE_ROWS))
         metrics = _build(self.key.phase, self.configs)
         cpu = torch.device("cpu")
         for name, metric in metrics.items():
             metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
-        return retained_nbytes(metrics.values()) / part.num_samples
+        self.bytes_per_sample = retained_nbytes(metrics.values()) / part.num_samples
+        return self.bytes_per_sample
 
     def check(self, batch: Batch) -> None:
         """Raise unless ``batch`` can be applied; changes nothing."""

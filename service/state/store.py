@@ -169,10 +169,8 @@ class MetricStore:
     def _check_caps(self, run: Run, batch: Batch) -> None:
         if run.key.phase != "eval":
             return
-        if run.bytes_per_sample is None:
-            run.bytes_per_sample = run.probe_bytes_per_sample(batch)
         n = batch.num_samples
-        more = n * run.bytes_per_sample
+        more = n * run.cost_per_sample(batch)
         if self._retained_bytes + more > self.max_retained_bytes:
             raise CapacityExceeded(
                 f"the service would retain {(self._retained_bytes + more) / 2**20:.1f} MiB of"
@@ -199,7 +197,7 @@ class MetricStore:
         points = run.apply(batch)
         if run.key.phase == "eval":
             self._retained += batch.num_samples
-            self._retained_bytes += batch.num_samples * (run.bytes_per_sample or 0.0)
+            self._retained_bytes += batch.num_samples * run.cost_per_sample(batch)
         if points:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
@@ -359,8 +357,6 @@ class MetricStore:
         if run is None:
             run = Run.create(batch, self.device)
         run.check(batch)
-        if run.key.phase == "eval" and run.bytes_per_sample is None:
-            run.bytes_per_sample = run.probe_bytes_per_sample(batch)
         self._apply(run, batch, new)  # acknowledged once: replayed whatever the caps are now
 
     def _wal_due(self) -> bool:

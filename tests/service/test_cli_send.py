@@ -16,13 +16,33 @@ from sklearn.metrics import roc_auc_score
 from tests.service.test_service_api import ref_gauc
 
 
-def rankboard(*args: str) -> subprocess.CompletedProcess:
+def rankboard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "rankboard.service.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
+
+
+def send_args(path: Path, target: str, *extra: str) -> list[str]:
+    """``rankboard send`` of ``path`` into run e/a/t/eval, plus ``extra`` flags."""
+    return [
+        "send",
+        str(path),
+        "--target",
+        target,
+        "--experiment",
+        "e",
+        "--arm",
+        "a",
+        "--task",
+        "t",
+        "--phase",
+        "eval",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -87,22 +107,7 @@ def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
 def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("prediction,label\n0.5,1\n0.2,3\n")
-    out = rankboard(
-        "send",
-        str(path),
-        "--target",
-        service.grpc_target,
-        "--experiment",
-        "e",
-        "--arm",
-        "a",
-        "--task",
-        "t",
-        "--phase",
-        "eval",
-        "--metrics",
-        "auc {}",
-    )
+    out = rankboard(*send_args(path, service.grpc_target, "--metrics", "auc {}"))
     assert out.returncode == 1
     assert "rejected by the service" in out.stderr
     assert "target must be 0 or 1" in out.stderr
@@ -112,20 +117,7 @@ def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> No
 def test_send_missing_column(service, tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("p,label\n0.5,1\n")
-    out = rankboard(
-        "send",
-        str(path),
-        "--target",
-        service.grpc_target,
-        "--experiment",
-        "e",
-        "--arm",
-        "a",
-        "--task",
-        "t",
-        "--phase",
-        "eval",
-    )
+    out = rankboard(*send_args(path, service.grpc_target))
     assert out.returncode != 0
     assert "no column" in out.stderr and "prediction" in out.stderr
 
@@ -142,45 +134,13 @@ def test_tokens_from_the_environment(tmp_path: Path) -> None:
     try:
         path = tmp_path / "p.csv"
         path.write_text("prediction,label\n0.5,1\n0.2,0\n0.7,1\n")
-        target = f"127.0.0.1:{svc.gport}"
-        args = [
-            "send",
-            str(path),
-            "--target",
-            target,
-            "--experiment",
-            "e",
-            "--arm",
-            "a",
-            "--task",
-            "t",
-            "--phase",
-            "eval",
-        ]
+        args = send_args(path, f"127.0.0.1:{svc.gport}")
         no_token = {k: v for k, v in os.environ.items() if k != "RANKBOARD_TOKEN"}
-        denied = subprocess.run(
-            [sys.executable, "-m", "rankboard.service.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=no_token,
-        )
+        denied = rankboard(*args, env=no_token)
         assert denied.returncode != 0 and "UNAUTHENTICATED" in denied.stderr.upper()
-        wrong = subprocess.run(
-            [sys.executable, "-m", "rankboard.service.cli", *args, "--token", "nope"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=no_token,
-        )
+        wrong = rankboard(*args, "--token", "nope", env=no_token)
         assert wrong.returncode != 0
-        ok = subprocess.run(
-            [sys.executable, "-m", "rankboard.service.cli", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**no_token, "RANKBOARD_TOKEN": "w-env"},
-        )
+        ok = rankboard(*args, env={**no_token, "RANKBOARD_TOKEN": "w-env"})
         assert ok.returncode == 0, ok.stderr
         url = f"http://127.0.0.1:{svc.hport}/v1/experiments"
         assert httpx.get(url).status_code == 401

@@ -239,6 +239,12 @@ def test_drop_policy_counts_dropped_records(server: Server, store: Store) -> Non
     assert store.samples == 800 == st.applied_samples
 
 
+@pytest.mark.parametrize("linger", [-0.1, float("nan")])
+def test_bad_linger_is_a_clear_error(linger: float) -> None:
+    with pytest.raises(ValueError, match="linger must be >= 0"):
+        MetricsStream("127.0.0.1:1", experiment="e", arm="a", producer_id="p", linger=linger)
+
+
 def test_linger_coalesces_steps_into_one_message_until_flush(server: Server, store: Store) -> None:
     with stream(server, linger=30.0) as s:
         for step in range(8):
