@@ -211,7 +211,6 @@ DENSE = [
             "weight_decay": 0.0,
             "dampening": 0.0,
             "nesterov": True,
-            "fused": False,
         },
     ),
     (
@@ -239,7 +238,8 @@ DENSE = [
     (
         "adadelta_optimizer { lr: 1 }",
         torch.optim.Adadelta,
-        {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+        # tzrec's defaults (tzrec/protos/optimizer.proto AdadeltaOptimizer): rho 0.95
+        {"lr": 1.0, "rho": 0.95, "eps": 1e-6, "weight_decay": 0.0},
     ),
     (
         "rmsprop_optimizer { lr: 0.01 centered: true }",

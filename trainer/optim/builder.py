@@ -203,7 +203,8 @@ def create_dense_optimizer(
 ) -> tuple[OptimizerClass, dict]:
     """The ``torch.optim`` class and kwargs for a dense (or part) optimizer config.
 
-    ``beta1``/``beta2`` become ``betas``; ``fused`` is passed only when set,
+    ``beta1``/``beta2`` become ``betas``; ``fused`` is passed only when true
+    (tzrec passes its default ``false``, which torch treats as unset),
     ``dampening`` only with momentum and ``nesterov`` only when true.
 
     >>> from rankboard.protos import optimizer_pb2, parse_text
@@ -215,6 +216,8 @@ def create_dense_optimizer(
     kwargs = config_to_kwargs(getattr(cfg, name))
     if "beta1" in kwargs:
         kwargs["betas"] = (kwargs.pop("beta1"), kwargs.pop("beta2"))
+    if not kwargs.get("fused", True):
+        kwargs.pop("fused")
     if name == "sgd_optimizer":
         if kwargs["momentum"] == 0:
             kwargs.pop("dampening")
