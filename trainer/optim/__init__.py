@@ -5,6 +5,7 @@
 - :mod:`.lr_scheduler`: closed-form schedules registered by config message name;
 - :mod:`.fused`: sparse optimizers fused into fbgemm embedding kernels;
 - :mod:`.wrapper`: gradient accumulation and AMP loss scaling;
+- :mod:`.ema`: tzrec's dense EMA (``dense_optimizer { ema {} }``);
 - :mod:`.train_optimizers`: :func:`build_optimizers`, all of the above from a TrainConfig.
 
 Example::
@@ -28,7 +29,7 @@ from rankboard.trainer.optim.builder import (
     keyed_optimizer,
     sparse_initial_accumulator_value,
 )
-from rankboard.trainer.optim.ema import ExponentialMovingAverage
+from rankboard.trainer.optim.ema import DenseEMA, EMAOptimizer
 from rankboard.trainer.optim.fused import (
     apply_sparse_optimizer,
     dense_named_parameters,
@@ -44,19 +45,26 @@ from rankboard.trainer.optim.lr_scheduler import (
     ExponentialDecayLR,
     ManualStepLR,
 )
-from rankboard.trainer.optim.train_optimizers import TrainOptimizers, build_optimizers
+from rankboard.trainer.optim.train_optimizers import (
+    GRAD_CLIPPING_TYPES,
+    TrainOptimizers,
+    build_optimizers,
+    check_train_config,
+)
 from rankboard.trainer.optim.wrapper import MIXED_PRECISION_DTYPES, TrainStepOptimizer
 
 __all__ = [
     "CPU_SPARSE_OPTIMIZERS",
+    "GRAD_CLIPPING_TYPES",
     "MIXED_PRECISION_DTYPES",
     "SCHEDULERS",
     "BaseLR",
     "ConstantLR",
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestartsLR",
+    "DenseEMA",
+    "EMAOptimizer",
     "ExponentialDecayLR",
-    "ExponentialMovingAverage",
     "ManualStepLR",
     "TrainOptimizers",
     "TrainStepOptimizer",
@@ -64,6 +72,7 @@ __all__ = [
     "build_optimizers",
     "build_part_optimizers",
     "check_sparse_optimizer_device",
+    "check_train_config",
     "config_to_kwargs",
     "create_dense_optimizer",
     "create_part_optim_schedulers",

@@ -18,6 +18,11 @@ Example (a plain dense model; see :func:`build_optimizers` for a sharded one)::
     True
     >>> [g["lr"] for g in opts.optimizer.param_groups]
     [0.005, 0.05]
+
+With ``dense_optimizer { ema {} }`` the dense weights are averaged after every
+optimizer step (:class:`~rankboard.trainer.optim.ema.DenseEMA`); evaluate under
+``with opts.ema.average_parameters(): ...``. rankboard's former
+``train_config.ema_config`` is refused with a pointer to it.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
 
-from rankboard.protos import train_pb2
+from rankboard.protos import ConfigError, train_pb2
 from rankboard.trainer.optim.builder import (
     build_part_optimizers,
     create_dense_optimizer,
@@ -40,12 +46,12 @@ from rankboard.trainer.optim.builder import (
     keyed_optimizer,
     sparse_initial_accumulator_value,
 )
-from rankboard.trainer.optim.ema import ExponentialMovingAverage
+from rankboard.trainer.optim.ema import DenseEMA, EMAOptimizer
 from rankboard.trainer.optim.fused import dense_named_parameters, set_initial_accumulator
 from rankboard.trainer.optim.lr_scheduler import BaseLR
 from rankboard.trainer.optim.wrapper import TrainStepOptimizer
 
-__all__ = ["TrainOptimizers", "build_optimizers"]
+__all__ = ["GRAD_CLIPPING_TYPES", "TrainOptimizers", "build_optimizers", "check_train_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +65,16 @@ class TrainOptimizers:
     optimizers, in that order; ``schedulers`` has one schedule per member, in
     the same order. Drive it with :meth:`zero_grad`, :meth:`backward`,
     :meth:`step` every training step and :meth:`end_epoch` after each epoch.
-    With ``ema_config``, ``ema`` averages the dense weights after each optimizer
-    step; evaluate under ``with opts.ema.average_parameters(): ...``.
+    With ``dense_optimizer { ema {} }``, ``ema`` averages the dense weights after
+    each optimizer step that updates them; evaluate under
+    ``with opts.ema.average_parameters(): ...``.
     """
 
     optimizer: CombinedOptimizer
     schedulers: list[BaseLR]
     wrapper: TrainStepOptimizer
     members: list[tuple[str, torch.optim.Optimizer]] = field(default_factory=list)
-    ema: ExponentialMovingAverage | None = None
+    ema: DenseEMA | None = None
 
     @property
     def optimizer_steps(self) -> int:
@@ -86,8 +93,6 @@ class TrainOptimizers:
         """Optimizer step at the end of a window, then the per-step schedules."""
         stepped = self.wrapper.step()
         if stepped:
-            if self.ema is not None:
-                self.ema.update(self.optimizer_steps)
             for scheduler in self.schedulers:
                 if not scheduler.by_epoch:
                     scheduler.step()
@@ -98,6 +103,86 @@ class TrainOptimizers:
         for scheduler in self.schedulers:
             if scheduler.by_epoch:
                 scheduler.step()
+
+
+GRAD_CLIPPING_TYPES: dict[str, GradientClipping] = {
+    "none": GradientClipping.NONE,
+    "norm": GradientClipping.NORM,
+    "value": GradientClipping.VALUE,
+}
+"""``TrainConfig.grad_clipping.clipping_type`` values (case-insensitive, as in tzrec)."""
+
+# TrainConfig fields that steer only tzrec's own job (checkpoint files, tensorboard,
+# profiling, embedding dumps): parsed so that tzrec configs load, not acted on here.
+_JOB_ONLY_FIELDS = (
+    "keep_checkpoint_max",
+    "save_checkpoints_timestamp_interval",
+    "save_checkpoints_timestamps",
+    "save_checkpoints_timestamp_quorum",
+    "delta_embedding_dump_config",
+)
+
+
+def check_train_config(train_config: train_pb2.TrainConfig) -> None:
+    """Refuse what rankboard retired; log the tzrec job fields its trainer does not use.
+
+    >>> from rankboard.protos import parse_text, train_pb2
+    >>> try:
+    ...     check_train_config(parse_text("ema_config { decay: 0.99 }", train_pb2.TrainConfig()))
+    ... except ValueError as err:
+    ...     message = str(err)
+    >>> message.startswith("train_config.ema_config (rankboard's own EMA, field 1001) is retired")
+    True
+    >>> "`dense_optimizer { ema { decay: 0.99 } }`" in message
+    True
+    """
+    if train_config.HasField("ema_config"):
+        old = train_config.ema_config
+        extra = ""
+        if old.update_interval != 1 or old.start_step != 0:
+            extra = (
+                " (update_interval and start_step have no counterpart: the average is "
+                "updated after every optimizer step and its first update copies the weights)"
+            )
+        raise ConfigError(
+            "train_config.ema_config (rankboard's own EMA, field 1001) is retired: use "
+            f"tzrec's `dense_optimizer {{ ema {{ decay: {_f32(old.decay)} }} }}` instead, "
+            "whose first update copies the weights rather than averaging them with the "
+            f"initial ones{extra}"
+        )
+    unused = [name for name in _JOB_ONLY_FIELDS if _is_set(train_config, name)]
+    if unused:
+        logger.info("train_config fields not used by rankboard's trainer: %s", ", ".join(unused))
+
+
+def _f32(value: float) -> float:
+    return float(f"{value:.7g}")
+
+
+def _is_set(msg: train_pb2.TrainConfig, name: str) -> bool:
+    field = msg.DESCRIPTOR.fields_by_name[name]
+    return len(getattr(msg, name)) > 0 if field.is_repeated else msg.HasField(name)
+
+
+def _clipping_optimizer(optimizer: KeyedOptimizer, cfg: train_pb2.GradClipping) -> KeyedOptimizer:
+    """``optimizer`` wrapped in torchrec's GradientClippingOptimizer per ``cfg`` (as tzrec)."""
+    kind = GRAD_CLIPPING_TYPES.get(cfg.clipping_type.lower())
+    if kind is None:
+        raise ConfigError(
+            f"grad_clipping.clipping_type must be one of {', '.join(GRAD_CLIPPING_TYPES)}, "
+            f"got {cfg.clipping_type!r}"
+        )
+    if kind == GradientClipping.NONE:
+        return optimizer
+    if cfg.max_gradient <= 0:
+        raise ConfigError(f"grad_clipping.max_gradient must be > 0, got {cfg.max_gradient}")
+    return GradientClippingOptimizer(
+        optimizer,
+        clipping=kind,
+        max_gradient=_f32(cfg.max_gradient),
+        norm_type=_f32(cfg.norm_type),
+        enable_global_grad_clip=cfg.enable_global_grad_clip,
+    )
 
 
 def _infer_device(model: nn.Module) -> torch.device:
@@ -124,6 +209,7 @@ def build_optimizers(
     sparse Adagrad's accumulators are set to ``initial_accumulator_value``:
     build before loading a checkpoint.
     """
+    check_train_config(train_config)
     members: list[tuple[str, torch.optim.Optimizer]] = []
     schedulers: list[BaseLR] = []
 
@@ -175,14 +261,20 @@ def build_optimizers(
 
     if not members:
         raise ValueError("the model has no parameters to optimize")
-    ema = None
-    if train_config.HasField("ema_config"):
-        if not dense_params:
-            raise ValueError("train_config has an ema_config but the model has no dense weights")
-        ema = ExponentialMovingAverage.from_config(dense_params, train_config.ema_config)
     combined = CombinedOptimizer([opt for _, opt in members])
+    stepped: KeyedOptimizer = combined
+    if train_config.HasField("grad_clipping"):
+        stepped = _clipping_optimizer(stepped, train_config.grad_clipping)
+    ema = None
+    if train_config.HasField("dense_optimizer") and train_config.dense_optimizer.HasField("ema"):
+        if not dense_params:
+            raise ValueError(
+                "dense_optimizer has an ema but the model has no dense weights to average"
+            )
+        ema = DenseEMA.from_config(dense_params, train_config.dense_optimizer.ema)
+        stepped = EMAOptimizer(stepped, ema)
     wrapper = TrainStepOptimizer.from_config(
-        combined, train_config, device if device is not None else _infer_device(model)
+        stepped, train_config, device if device is not None else _infer_device(model)
     )
     if wrapper.grad_scaler is not None and members[0][0] == "sparse":
         logger.warning(
