@@ -20,11 +20,13 @@ from rankboard.service.metrics.builder import (
     create_train_metric,
     create_train_metrics,
     metric_key,
+    normalize_config,
 )
 from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
+from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
 from rankboard.service.metrics.train import DecayAUC, TrainMetricWrapper
 from rankboard.service.metrics.xauc import XAUC
 
@@ -41,10 +43,13 @@ __all__ = [
     "NormalizedEntropy",
     "RankMetric",
     "RecallAtK",
+    "RelativeL1",
     "TrainMetricWrapper",
+    "UniqueRatio",
     "create_metric",
     "create_metrics",
     "create_train_metric",
     "create_train_metrics",
     "metric_key",
+    "normalize_config",
 ]

@@ -3,7 +3,12 @@
 The key of a metric is its oneof field name (``auc``, ``grouped_auc``, ...); a task that
 declares the same metric again gets ``auc_2``, ``auc_3``, ... Proto2 presence
 (``HasField``) decides the XAUC modes: sampling only where ``sample_ratio`` /
-``max_pairs`` / ``max_pairs_per_group`` are set explicitly.
+``max_pairs`` / ``max_pairs_per_group`` are set explicitly. ``auc { thresholds: T }``
+means ``T`` threshold points (tzrec's meaning); ``auc { bins: B }`` equal-width bins.
+
+Train configs written by older rankboard clients carry ``decay_rate`` / ``decay_step``
+under the numbers 100 / 101 (now ``legacy_decay_rate`` / ``legacy_decay_step``);
+:func:`normalize_config` moves them to tzrec's fields (20 / 21).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
+from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
 from rankboard.service.metrics.train import DecayAUC, TrainMetricWrapper
 from rankboard.service.metrics.xauc import XAUC
 
@@ -27,6 +33,7 @@ __all__ = [
     "create_train_metric",
     "create_train_metrics",
     "metric_key",
+    "normalize_config",
 ]
 
 AnyMetricConfig = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
@@ -50,11 +57,49 @@ def _grouping_key(msg: Any, what: str) -> str:
     return str(msg.grouping_key)
 
 
+def normalize_config(cfg: AnyMetricConfig) -> AnyMetricConfig:
+    """``cfg`` with legacy train fields moved to tzrec's (in place; returned for chaining).
+
+    A ``TrainMetricConfig`` decoded from an older rankboard message has ``decay_rate`` /
+    ``decay_step`` in ``legacy_decay_rate`` / ``legacy_decay_step``; they become the tzrec
+    fields unless those are set. Other configs are returned unchanged.
+
+    >>> old = metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC(), legacy_decay_step=5)
+    >>> normalize_config(old).decay_step, old.HasField("legacy_decay_step")
+    (5, False)
+    """
+    if isinstance(cfg, metric_pb2.TrainMetricConfig):
+        for legacy, field in (
+            ("legacy_decay_rate", "decay_rate"),
+            ("legacy_decay_step", "decay_step"),
+        ):
+            if cfg.HasField(legacy):
+                if not cfg.HasField(field):
+                    setattr(cfg, field, getattr(cfg, legacy))
+                cfg.ClearField(legacy)
+    return cfg
+
+
+def _auc_binning(msg: Any) -> dict[str, int | None]:
+    if msg.HasField("bins"):
+        if msg.HasField("thresholds"):
+            raise ValueError(
+                "auc: set thresholds (threshold points, tzrec's meaning) or bins "
+                "(equal-width bins), not both"
+            )
+        return {"thresholds": 0, "bins": msg.bins}
+    return {"thresholds": msg.thresholds, "bins": 0}
+
+
+def _seed(msg: Any) -> int | None:
+    return msg.seed if msg.HasField("seed") else None
+
+
 def _build(name: str, msg: Any, train: bool) -> RankMetric:
     if name == "auc":
-        return DecayAUC(thresholds=msg.thresholds) if train else AUC(thresholds=msg.thresholds)
+        return DecayAUC(**_auc_binning(msg)) if train else AUC(**_auc_binning(msg))
     if name == "multiclass_auc":
-        return MulticlassAUC(thresholds=msg.thresholds, average=msg.average)
+        return MulticlassAUC(**_auc_binning(msg), average=msg.average)
     if name == "recall_at_k":
         return RecallAtK(top_k=msg.top_k)
     if name == "mean_absolute_error":
@@ -70,6 +115,7 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
             sample_ratio=msg.sample_ratio if msg.HasField("sample_ratio") else None,
             max_pairs=msg.max_pairs if msg.HasField("max_pairs") else None,
             in_batch=msg.in_batch,
+            seed=_seed(msg),
         )
     if name == "grouped_xauc":
         return GroupedXAUC(
@@ -77,9 +123,14 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
             max_pairs_per_group=(
                 msg.max_pairs_per_group if msg.HasField("max_pairs_per_group") else None
             ),
+            seed=_seed(msg),
         )
     if name == "normalized_entropy":
         return NormalizedEntropy(eta=msg.eta)
+    if name == "relative_l1":
+        return RelativeL1(epsilon=msg.epsilon)
+    if name == "unique_ratio":
+        return UniqueRatio()
     raise ValueError(f"unsupported metric {name!r}")
 
 
@@ -102,6 +153,7 @@ def create_train_metric(cfg: metric_pb2.TrainMetricConfig) -> TrainMetricWrapper
     ('DecayAUC', 10, 0.9)
     """
     name = metric_key(cfg)
+    normalize_config(cfg)
     metric = _build(name, getattr(cfg, name), train=True)
     return TrainMetricWrapper(metric, decay_rate=cfg.decay_rate, decay_step=cfg.decay_step)
 

@@ -17,6 +17,7 @@ from rankboard.service.metrics.functional.xauc import (
     grouped_xauc_stats,
     sampled_grouped_xauc,
 )
+from rankboard.service.metrics.xauc import PairSampler
 
 __all__ = ["GroupedAUC", "GroupedXAUC"]
 
@@ -98,9 +99,10 @@ class GroupedAUC(_GroupedSamples):
 class GroupedXAUC(_GroupedSamples):
     """XAUC of every group with at least two samples, averaged weighted by group size.
 
-    Exact unless ``max_pairs_per_group`` is given (the reference's estimate from at most
-    that many random pairs per group, seeded so that repeated computes agree). NaN when
-    no group has two samples.
+    Exact unless ``max_pairs_per_group`` is given (tzrec's estimate from at most that many
+    random pairs per group; the generator is seeded once per metric by ``seed``, random
+    when None, and advances at every compute, as :class:`~rankboard.service.metrics.XAUC`).
+    NaN when no group has two samples.
 
     >>> m = GroupedXAUC(grouping_key="user_id")
     >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.9, 0.5]), torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0]),
@@ -115,17 +117,24 @@ class GroupedXAUC(_GroupedSamples):
         self,
         grouping_key: str = "",
         max_pairs_per_group: int | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(grouping_key, **kwargs)
         if max_pairs_per_group is not None and max_pairs_per_group < 1:
             raise ValueError("GroupedXAUC: max_pairs_per_group must be >= 1")
         self.max_pairs_per_group = max_pairs_per_group
+        self.sampler = PairSampler(seed) if max_pairs_per_group is not None else None
 
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         preds, target, keys = self._samples()
-        if self.max_pairs_per_group is not None:
-            return sampled_grouped_xauc(
-                preds, target, keys, max_pairs_per_group=self.max_pairs_per_group
-            )
+        if self.max_pairs_per_group is not None and self.sampler is not None:
+            with self.sampler.lock:
+                return sampled_grouped_xauc(
+                    preds,
+                    target,
+                    keys,
+                    max_pairs_per_group=self.max_pairs_per_group,
+                    generator=self.sampler.generator,
+                )
         return grouped_xauc_from_stats(grouped_xauc_stats(preds, target, keys))

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from rankboard.service.metrics.auc import AUC
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.metrics.functional.auc import add_binned_counts, auc_from_histogram
 
 __all__ = ["DecayAUC", "TrainMetricWrapper"]
 
@@ -32,7 +31,11 @@ class DecayAUC(AUC):
 
     ``compute()`` is the AUC of the (decayed) main state: NaN before the first decay.
 
-    >>> m = DecayAUC(thresholds=10)
+    ``thresholds`` are threshold points as in tzrec's ``DecayAUC`` (torchmetrics'
+    meaning), ``bins`` equal-width bins (see :class:`AUC`). tzrec's DecayAUC reads 0.0
+    before its first decay; rankboard reads NaN (no value yet, not a bad model).
+
+    >>> m = DecayAUC(bins=10)
     >>> m.update(torch.tensor([0.1, 0.45, 0.4, 0.8]), torch.tensor([0, 0, 1, 1]))
     >>> m.compute().isnan().item()
     True
@@ -41,11 +44,13 @@ class DecayAUC(AUC):
     0.875
     """
 
-    def __init__(self, thresholds: int = 200, **kwargs: Any) -> None:
-        if thresholds < 1:
-            raise ValueError(f"DecayAUC needs binned thresholds >= 1, got {thresholds}")
-        super().__init__(thresholds=thresholds, **kwargs)
-        zeros = torch.zeros(2 * self.thresholds, dtype=torch.float64)
+    def __init__(self, thresholds: int | None = None, bins: int = 0, **kwargs: Any) -> None:
+        if thresholds is not None and thresholds < 1 and bins < 1:
+            raise ValueError(
+                f"DecayAUC needs binned thresholds >= 2 (or bins >= 1), got {thresholds}"
+            )
+        super().__init__(thresholds=thresholds, bins=bins, **kwargs)
+        zeros = torch.zeros(2 * self.num_buckets, dtype=torch.float64)
         self.add_state("buffer", zeros, dist_reduce_fx="sum", persistent=True)
 
     def update(
@@ -60,7 +65,7 @@ class DecayAUC(AUC):
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
-        add_binned_counts(self.buffer, b.preds, b.target, self.thresholds, b.weights)
+        self._add_histogram(b, self.buffer)
 
     def decay(self, decay: float) -> None:
         """Fold the buffer into the state and clear it."""
@@ -71,7 +76,7 @@ class DecayAUC(AUC):
 
     def compute(self) -> Tensor:
         """AUC of the decayed state, 0-d float64."""
-        return auc_from_histogram(self.hist)
+        return self._auc_of(self.hist)
 
 
 class TrainMetricWrapper(RankMetric):
@@ -85,7 +90,7 @@ class TrainMetricWrapper(RankMetric):
     decay step. The value and counters are persistent states, so ``state_dict`` round-trips
     the whole wrapper (the wrapped metric's states are under ``metric.``).
 
-    >>> w = TrainMetricWrapper(DecayAUC(thresholds=10), decay_rate=0.9, decay_step=2)
+    >>> w = TrainMetricWrapper(DecayAUC(bins=10), decay_rate=0.9, decay_step=2)
     >>> w.update(torch.tensor([0.1, 0.8]), torch.tensor([0, 1]))
     False
     >>> w.update(torch.tensor([0.45, 0.4]), torch.tensor([0, 1]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import secrets
+import threading
 from typing import Any
 
 import torch
@@ -11,7 +13,43 @@ from torch import Tensor
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional.xauc import grouped_xauc_stats, sampled_xauc
 
-__all__ = ["XAUC"]
+__all__ = ["XAUC", "PairSampler"]
+
+
+class PairSampler:
+    """The random generator of a sampling metric: seeded once, advanced by every draw.
+
+    Copies of a metric (``copy.copy`` / ``copy.deepcopy``, as the service makes to compute
+    a snapshot outside its lock) share the one sampler, so the sequence of values does not
+    repeat. ``seed=None`` draws a seed from the OS; :attr:`seed` holds the one in use.
+
+    >>> a, b = PairSampler(7), PairSampler(7)
+    >>> x = torch.randint(0, 100, (3,), generator=a.generator)
+    >>> torch.equal(x, torch.randint(0, 100, (3,), generator=b.generator))
+    True
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> PairSampler:
+        return self
+
+    def __copy__(self) -> PairSampler:
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"seed": self.seed, "gen": self.generator.get_state()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.seed = state["seed"]
+        self.generator = torch.Generator()
+        self.generator.set_state(state["gen"])
+        self.lock = threading.Lock()
 
 
 class XAUC(RankMetric):
@@ -21,10 +59,13 @@ class XAUC(RankMetric):
 
     * default, exact: over all ``n (n - 1) / 2`` pairs, ties in either counting as
       disagreement; ``O(n log n)`` at compute; keeps float32 preds and targets.
-    * ``sample_ratio`` and/or ``max_pairs`` given: the reference's estimate from random
-      pairs, seeded for repeatable values: ``max_pairs`` of them when it is given
-      (``sample_ratio`` is then ignored, as in the reference; capped at the
-      ``n (n - 1) / 2`` pairs there are), else ``n (n - 1) / 2 * sample_ratio``.
+    * ``sample_ratio`` and/or ``max_pairs`` given: tzrec's estimate from random pairs:
+      ``max_pairs`` of them when it is given (``sample_ratio`` is then ignored, as in
+      tzrec; capped at the ``n (n - 1) / 2`` pairs there are), else
+      ``max(1, n (n - 1) / 2 * sample_ratio)``, uniform among the pairs, with
+      replacement. The generator (:class:`PairSampler`) is seeded once per metric by
+      ``seed`` (random when None) and advances at every compute: repeated computes are
+      independent draws, as in tzrec, and a given seed replays the same sequence.
     * ``in_batch=True``: the mean of the exact XAUC of every batch of >= 2 samples (state:
       two float64 / int64 sums).
 
@@ -44,6 +85,7 @@ class XAUC(RankMetric):
         sample_ratio: float | None = None,
         max_pairs: int | None = None,
         in_batch: bool = False,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -55,6 +97,7 @@ class XAUC(RankMetric):
         self.sampling = not self.in_batch and (sample_ratio is not None or max_pairs is not None)
         self.sample_ratio = 1e-3 if sample_ratio is None else float(sample_ratio)
         self.max_pairs = max_pairs
+        self.sampler = PairSampler(seed) if self.sampling else None
         if self.in_batch:
             self.add_state(
                 "batch_sum", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True
@@ -98,9 +141,14 @@ class XAUC(RankMetric):
         n = int(preds.numel())
         if n < 2:
             return nan
-        if self.sampling:
-            return sampled_xauc(
-                preds, target, sample_ratio=self.sample_ratio, max_pairs=self.max_pairs
-            )
+        if self.sampler is not None:
+            with self.sampler.lock:
+                return sampled_xauc(
+                    preds,
+                    target,
+                    sample_ratio=self.sample_ratio,
+                    max_pairs=self.max_pairs,
+                    generator=self.sampler.generator,
+                )
         conc = grouped_xauc_stats(preds, target).concordant.sum()
         return conc.to(torch.float64) / (n * (n - 1) // 2)

@@ -1,10 +1,24 @@
 """Binary and multiclass AUC: binned (one bucketize-and-count pass) or exact.
 
-Binned mode puts a probability ``p`` in bin ``clamp(floor(p * bins), 0, bins - 1)`` and
-keeps a histogram of negatives (first ``bins`` entries) and positives (last ``bins``).
-The AUC of a histogram counts pairs in the same bin one half, which is the trapezoidal
-AUC of the ROC curve through the bin edges. Exact mode sorts and uses tie-aware rank sums
-(see :mod:`.grouped_auc`), equal to sklearn's ``roc_auc_score``.
+Two binned modes keep the same state, a histogram of negatives (first ``T`` entries)
+and positives (last ``T``) over ``T`` buckets:
+
+* **threshold points** (``thresholds: T`` of a tzrec config, torchmetrics' meaning):
+  the ``T`` points ``torch.linspace(0, 1, T)``; a prediction ``p`` falls in bucket
+  ``k`` = the index of the largest point ``<= p`` (:func:`bin_indices`), so that
+  "``p >= point j``" is "bucket ``>= j``". The AUC is torchmetrics' trapezoid over the
+  ``T`` ROC points (``p >= point j`` predicted positive), which starts at the point of
+  the last threshold (1.0), not at (0, 0): positive/negative pairs that both predict
+  exactly 1.0 add nothing (:func:`auc_from_threshold_histogram`).
+* **equal-width bins** (rankboard's ``bins: B``): bin ``clamp(floor(p * B), 0, B - 1)``;
+  pairs in one bin count one half, the trapezoidal AUC through the bin edges
+  (:func:`auc_from_histogram`).
+
+Both updates are one ``O(n)`` pass (a multiply, a floor, a one-step correction against
+the points, a bincount). ``T`` and ``B`` are bounded by :data:`MAX_THRESHOLDS` (the
+state is ``2 x T`` float64 per metric, and per class for multiclass AUC).
+Exact mode sorts and uses tie-aware rank sums (see :mod:`.grouped_auc`), equal to
+sklearn's ``roc_auc_score``.
 """
 
 from __future__ import annotations
@@ -19,15 +33,159 @@ from rankboard.service.metrics.functional._validation import to_numpy, validate_
 from rankboard.service.metrics.functional.grouped_auc import grouped_auc_stats
 
 __all__ = [
+    "MAX_THRESHOLDS",
     "add_binned_counts",
+    "add_threshold_counts",
     "auc_from_histogram",
+    "auc_from_threshold_histogram",
+    "bin_indices",
     "binary_auc",
     "binned_histogram",
+    "check_thresholds",
     "exact_auc",
     "multiclass_auc",
     "multiclass_auc_from_histogram",
     "multiclass_histogram",
+    "threshold_points",
 ]
+
+
+MAX_THRESHOLDS = 100_000
+"""Upper bound on ``thresholds`` / ``bins`` (a histogram of ``2 x 100,000`` float64 is
+1.6 MB per metric, per class for multiclass AUC; issue 15 item 6)."""
+
+
+def check_thresholds(value: int, what: str, *, points: bool) -> int:
+    """``value`` as an int if it is a valid ``thresholds`` (``points``) or ``bins`` setting.
+
+    0 means exact; threshold points need at least 2 (one point has no ROC area); both are
+    at most :data:`MAX_THRESHOLDS`. Raises ``ValueError`` naming ``what`` otherwise.
+
+    >>> check_thresholds(200, "AUC", points=True)
+    200
+    >>> check_thresholds(10**9, "AUC", points=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: AUC: thresholds must be at most 100000 (0 = exact), got 1000000000
+    """
+    name = "thresholds" if points else "bins"
+    v = int(value)
+    if v < 0:
+        raise ValueError(f"{what}: {name} must be >= 0, got {v}")
+    if v > MAX_THRESHOLDS:
+        raise ValueError(f"{what}: {name} must be at most {MAX_THRESHOLDS} (0 = exact), got {v}")
+    if points and v == 1:
+        raise ValueError(
+            f"{what}: thresholds must be 0 (exact) or at least 2 threshold points, got 1"
+        )
+    return v
+
+
+_points_cache: dict[int, np.ndarray] = {}
+
+
+def threshold_points(thresholds: int) -> Tensor:
+    """The ``thresholds`` points of a tzrec/torchmetrics config: ``linspace(0, 1, T)``, float32.
+
+    >>> threshold_points(5).tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    return torch.from_numpy(_points_np(thresholds).copy())
+
+
+def _points_np(thresholds: int) -> np.ndarray:
+    pts = _points_cache.get(thresholds)
+    if pts is None:
+        # torch's linspace, not numpy's: the float32 points torchmetrics compares against
+        pts = torch.linspace(0, 1, thresholds, dtype=torch.float32).numpy()
+        pts.setflags(write=False)
+        if len(_points_cache) > 64:
+            _points_cache.clear()
+        _points_cache[thresholds] = pts
+    return pts
+
+
+def bin_indices(preds: Tensor, thresholds: int) -> Tensor:
+    """Bucket of every prediction among ``thresholds`` threshold points (int64, ``(n,)``).
+
+    The bucket is the index of the largest point of ``linspace(0, 1, thresholds)`` that
+    is ``<= p`` (``searchsorted(points, p, right=True) - 1``), so a prediction is counted
+    positive at threshold ``j`` (torchmetrics: ``p >= point j``) exactly when its bucket
+    is ``>= j``. Predictions must lie in [0, 1] (unchecked). ``O(n)``: a multiply and a
+    floor, then a one-step correction against the float32 points.
+
+    >>> bin_indices(torch.tensor([0.0, 0.24, 0.25, 0.6, 0.99, 1.0]), 5).tolist()
+    [0, 0, 1, 2, 3, 4]
+    """
+    t = int(thresholds)
+    if preds.device.type == "cpu":
+        return torch.from_numpy(_bin_indices_np(to_numpy(preds), t))
+    pts = threshold_points(t).to(preds.device)
+    p = preds.to(torch.float32)
+    k = torch.clamp((p * (t - 1)).to(torch.int64), 0, t - 1)
+    k -= (pts[k] > p).to(torch.int64)
+    k = torch.clamp(k, 0, t - 1)
+    nxt = torch.clamp(k + 1, max=t - 1)
+    k += ((k < t - 1) & (pts[nxt] <= p)).to(torch.int64)
+    return k
+
+
+def _bin_indices_np(p: np.ndarray, t: int) -> np.ndarray:
+    pts = _points_np(t)
+    key = p * np.float32(t - 1)
+    np.clip(key, 0, t - 1, out=key)
+    k = key.astype(np.intp)
+    k -= pts[k] > p
+    np.maximum(k, 0, out=k)
+    nxt = np.minimum(k + 1, t - 1)
+    k += (pts[nxt] <= p) & (nxt > k)
+    return k
+
+
+def add_threshold_counts(
+    hist: Tensor, preds: Tensor, target: Tensor, thresholds: int, weights: Tensor | None = None
+) -> None:
+    """Add the negatives / positives of every threshold bucket into ``hist`` in place.
+
+    ``hist`` is float64 ``(2 * thresholds,)``: negatives by bucket (:func:`bin_indices`),
+    then positives.
+
+    >>> h = torch.zeros(6, dtype=torch.float64)
+    >>> add_threshold_counts(h, torch.tensor([0.1, 0.5, 1.0]), torch.tensor([0.0, 1.0, 1.0]), 3)
+    >>> h.tolist()
+    [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    t = int(thresholds)
+    if hist.device.type == "cpu" and preds.device.type == "cpu" and hist.is_contiguous():
+        idx = _bin_indices_np(to_numpy(preds), t)
+        idx += (to_numpy(target) != 0).astype(np.intp) * t
+        w = None if weights is None else to_numpy(weights)
+        h = hist.numpy()
+        h += np.bincount(idx, weights=w, minlength=2 * t)
+        return
+    idx = bin_indices(preds, t) + target.to(torch.int64) * t
+    w = None if weights is None else weights.to(torch.float64)
+    hist += torch.bincount(idx, weights=w, minlength=2 * t).to(torch.float64)
+
+
+def auc_from_threshold_histogram(hist: Tensor) -> Tensor:
+    """torchmetrics' binned AUC of a ``(..., 2 * T)`` threshold-bucket histogram.
+
+    The ROC points are ``(FPR_j, TPR_j)`` at ``p >= point j`` for ``j = 0 .. T-1``; the
+    area is their trapezoid, ``sum_{j < T-1} neg_j (pos_{>j} + pos_j / 2) / (N P)``. NaN
+    without positives or negatives (torchmetrics: 0 with a warning).
+
+    >>> auc_from_threshold_histogram(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])).item()
+    1.0
+    """
+    hist = hist.to(torch.float64)
+    t = hist.shape[-1] // 2
+    neg, pos = hist[..., :t], hist[..., t:]
+    above = pos.sum(-1, keepdim=True) - torch.cumsum(pos, -1)  # positives in buckets > j
+    u = (neg[..., :-1] * (above[..., :-1] + 0.5 * pos[..., :-1])).sum(-1)
+    p, n = pos.sum(-1), neg.sum(-1)
+    ok = (p > 0) & (n > 0)
+    return torch.where(ok, u / torch.where(ok, p * n, torch.ones_like(p)), math.nan)
 
 
 def binned_histogram(
@@ -105,37 +263,59 @@ def binary_auc(
     *,
     weights: Tensor | None = None,
     thresholds: int = 0,
+    bins: int = 0,
 ) -> Tensor:
-    """Checked binary AUC: exact when ``thresholds == 0``, else binned into that many bins.
+    """Checked binary AUC: exact by default, binned with ``thresholds`` or ``bins``.
 
-    Binned mode needs probabilities in [0, 1]. Returns a 0-d float64 tensor, NaN when the
-    data has no positive or no negative.
+    ``thresholds=T``: ``T`` threshold points as in torchmetrics / tzrec;
+    ``bins=B``: ``B`` equal-width bins (see the module docstring). Binned modes need
+    probabilities in [0, 1]. Returns a 0-d float64 tensor, NaN when the data has no
+    positive or no negative.
 
     >>> y = torch.tensor([0, 0, 1, 1])
     >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y).item()
     0.75
-    >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y, thresholds=2).item()
+    >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y, bins=2).item()
+    0.5
+    >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y, thresholds=3).item()
     0.5
     """
+    thresholds = check_thresholds(thresholds, "auc", points=True)
+    bins = check_thresholds(bins, "auc", points=False)
+    if thresholds and bins:
+        raise ValueError("auc: give thresholds (threshold points) or bins (equal width), not both")
     b = validate_batch(
         preds,
         target,
         label_kind="binary",
         weights=weights,
         supports_weights=True,
-        prob_preds=thresholds > 0,
+        prob_preds=thresholds > 0 or bins > 0,
         metric_name="auc",
     )
     if thresholds > 0:
-        return auc_from_histogram(binned_histogram(b.preds, b.target, thresholds, b.weights))
+        h = torch.zeros(2 * thresholds, dtype=torch.float64, device=b.preds.device)
+        add_threshold_counts(h, b.preds, b.target, thresholds, b.weights)
+        return auc_from_threshold_histogram(h)
+    if bins > 0:
+        return auc_from_histogram(binned_histogram(b.preds, b.target, bins, b.weights))
     return exact_auc(b.preds, b.target, b.weights)
 
 
-def multiclass_histogram(preds: Tensor, target: Tensor, bins: int) -> Tensor:
-    """One-vs-rest histograms, shape ``(C, 2 * bins)``, of ``(n, C)`` probabilities."""
+def multiclass_histogram(
+    preds: Tensor, target: Tensor, bins: int, *, points: bool = False
+) -> Tensor:
+    """One-vs-rest histograms, shape ``(C, 2 * bins)``, of ``(n, C)`` probabilities.
+
+    ``points``: buckets between ``bins`` threshold points (:func:`bin_indices`), else
+    equal-width bins.
+    """
     c = preds.shape[1]
     classes = torch.arange(c, device=preds.device)
-    idx = torch.clamp(preds * bins, 0, bins - 1).to(torch.int64)
+    if points:
+        idx = bin_indices(preds.reshape(-1), bins).reshape(preds.shape)
+    else:
+        idx = torch.clamp(preds * bins, 0, bins - 1).to(torch.int64)
     idx += (target.unsqueeze(1) == classes).to(torch.int64) * bins + classes * (2 * bins)
     counts = torch.bincount(idx.reshape(-1), minlength=c * 2 * bins)
     return counts.to(torch.float64).reshape(c, 2 * bins)
@@ -153,10 +333,14 @@ def _average(per_class: Tensor, support: Tensor, average: str) -> Tensor:
     return torch.where(cnt > 0, val, math.nan)
 
 
-def multiclass_auc_from_histogram(hist: Tensor, average: str = "macro") -> Tensor:
-    """Average of one-vs-rest AUCs from ``(C, 2 * bins)`` histograms."""
+def multiclass_auc_from_histogram(
+    hist: Tensor, average: str = "macro", *, points: bool = False
+) -> Tensor:
+    """Average of one-vs-rest AUCs from ``(C, 2 * bins)`` histograms (``points``: threshold
+    buckets, see :func:`auc_from_threshold_histogram`)."""
     bins = hist.shape[-1] // 2
-    return _average(auc_from_histogram(hist), hist[:, bins:].sum(-1), average)
+    per_class = auc_from_threshold_histogram(hist) if points else auc_from_histogram(hist)
+    return _average(per_class, hist[:, bins:].sum(-1), average)
 
 
 def multiclass_auc(
@@ -165,12 +349,14 @@ def multiclass_auc(
     *,
     thresholds: int = 0,
     average: str = "macro",
+    bins: int = 0,
 ) -> Tensor:
     """One-vs-rest AUC of ``(n, C)`` probabilities against integer class ids.
 
-    ``average="macro"``: mean over the classes whose AUC is defined (both present);
-    ``"weighted"``: weighted by each class's support (its number of samples). NaN when no
-    class is defined.
+    Exact by default; ``thresholds`` threshold points or ``bins`` equal-width bins as in
+    :func:`binary_auc`. ``average="macro"``: mean over the classes whose AUC is defined
+    (both present); ``"weighted"``: weighted by each class's support (its number of
+    samples). NaN when no class is defined.
 
     >>> p = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.4, 0.4, 0.2]])
     >>> multiclass_auc(p, torch.tensor([0, 1, 2, 1])).item()
@@ -178,18 +364,22 @@ def multiclass_auc(
     """
     if average not in ("macro", "weighted"):
         raise ValueError(f"multiclass_auc: average must be 'macro' or 'weighted', got {average!r}")
+    thresholds = check_thresholds(thresholds, "multiclass_auc", points=True)
+    bins = check_thresholds(bins, "multiclass_auc", points=False)
+    if thresholds and bins:
+        raise ValueError("multiclass_auc: give thresholds or bins, not both")
     b = validate_batch(
         preds,
         target,
         label_kind="multiclass",
         multiclass_preds=True,
-        prob_preds=thresholds > 0,
+        prob_preds=thresholds > 0 or bins > 0,
         metric_name="multiclass_auc",
     )
-    if thresholds > 0:
-        return multiclass_auc_from_histogram(
-            multiclass_histogram(b.preds, b.target, thresholds), average
-        )
+    if thresholds or bins:
+        pts = thresholds > 0
+        hist = multiclass_histogram(b.preds, b.target, thresholds or bins, points=pts)
+        return multiclass_auc_from_histogram(hist, average, points=pts)
     return exact_multiclass_auc(b.preds, b.target, average)
 
 

@@ -211,13 +211,16 @@ def sampled_xauc(
     sample_ratio: float = 1e-3,
     max_pairs: int | None = None,
     seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """The reference's estimate: the concordant fraction of random distinct pairs.
 
     As the reference counts them: ``max_pairs`` pairs when it is given (``sample_ratio``
     is then ignored; at most the ``n (n - 1) / 2`` pairs there are), else
-    ``max(1, floor(n (n - 1) / 2 * sample_ratio))``. Pairs are drawn uniformly, with
-    replacement, by a generator seeded by ``seed`` so that the value is reproducible.
+    ``max(1, floor(n (n - 1) / 2 * sample_ratio))``. Pairs are drawn uniformly among the
+    ``n (n - 1) / 2`` unordered pairs, with replacement (tzrec's distribution), by
+    ``generator`` (a CPU generator, advanced by the draw) or else by a new generator
+    seeded by ``seed``.
 
     >>> p = torch.arange(100.0); round(sampled_xauc(p, p, sample_ratio=0.1).item(), 3)
     1.0
@@ -232,7 +235,7 @@ def sampled_xauc(
         k = max(1, min(int(max_pairs), total))
     else:
         k = max(1, int(total * sample_ratio))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     i = torch.randint(0, n, (k,), generator=gen)
     j = (i + torch.randint(1, n, (k,), generator=gen)) % n
     i, j = i.to(preds.device), j.to(preds.device)
@@ -246,9 +249,11 @@ def sampled_grouped_xauc(
     *,
     max_pairs_per_group: int,
     seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grouped XAUC estimated from ``min(max_pairs_per_group, n_g (n_g - 1) / 2)`` random
-    distinct pairs per group (all groups at once), weighted by group size."""
+    distinct pairs per group (all groups at once), weighted by group size; pairs drawn
+    by ``generator`` (advanced) or a new generator seeded by ``seed``."""
     n = int(preds.numel())
     dev = preds.device
     if n == 0:
@@ -266,7 +271,7 @@ def sampled_grouped_xauc(
     k = torch.where(valid, torch.clamp(_pairs(sizes), max=int(max_pairs_per_group)), 0)
     pair_group = torch.repeat_interleave(torch.arange(g, device=dev), k)
     m = int(pair_group.numel())
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     u1 = torch.rand(m, generator=gen, dtype=torch.float64).to(dev)
     u2 = torch.rand(m, generator=gen, dtype=torch.float64).to(dev)
     sz = sizes[pair_group]

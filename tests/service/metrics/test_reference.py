@@ -62,19 +62,20 @@ def test_exact_auc_matches_sklearn(rng, kernel, n, weighted):
 
 @pytest.mark.parametrize("bins", [1, 7, 200])
 def test_binned_auc_equals_exact_auc_of_bin_indices(rng, bins):
+    """Equal-width bins (rankboard's ``bins``): sklearn's AUC of the bin indices."""
     p, y = _binary(rng, 5000, ties=False)
     p[:5] = [0.0, 1.0, 0.5, 1 / bins, 0.999999]
     w = rng.random(5000).astype(np.float32)
-    m = AUC(thresholds=bins)
+    m = AUC(bins=bins)
     _feed(m, 4, p, y, weights=w)
     binned = np.minimum(np.floor(p * np.float32(bins)), bins - 1)
     expected = roc_auc_score(y, binned, sample_weight=w) if bins > 1 else 0.5
     assert m.compute().item() == pytest.approx(expected, abs=1e-9)
 
 
-@pytest.mark.parametrize("thresholds", [0, 50])
+@pytest.mark.parametrize("thresholds", [0, 50, None])
 def test_auc_degenerate_is_nan(thresholds):
-    m = AUC(thresholds=thresholds)
+    m = AUC(thresholds=thresholds) if thresholds is not None else AUC(bins=50)
     assert math.isnan(m.compute().item())
     m.update(torch.tensor([0.2, 0.3]), torch.tensor([1, 1]))
     assert math.isnan(m.compute().item())
@@ -196,7 +197,7 @@ def test_multiclass_auc_matches_sklearn(rng, average, thresholds):
     p = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
     p = np.round(p, 2).astype(np.float32)
     y = rng.integers(0, c, n)
-    m = MulticlassAUC(thresholds=thresholds, average=average)
+    m = MulticlassAUC(thresholds=0, bins=thresholds, average=average)
     _feed(m, 3, p, y)
     if thresholds:
         binned = np.minimum(np.floor(p * np.float32(thresholds)), thresholds - 1)

@@ -1,0 +1,156 @@
+"""tzrec's semantic-ID (SID) model metrics: RelativeL1 and UniqueRatio.
+
+Definitions follow tzrec's ``tzrec/metrics/relative_l1.py`` and ``unique_ratio.py``
+(written here from their documented definitions). Both take real-valued predictions of
+shape ``(n,)`` or ``(n, D)`` (an embedding, or a row of SID codes per sample).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
+
+__all__ = ["RelativeL1", "UniqueRatio"]
+
+
+def _real_2d(x: Any, name: str, who: str) -> Tensor:
+    t = x if isinstance(x, Tensor) else torch.as_tensor(x)
+    t = t.detach()
+    if t.dim() not in (1, 2) or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{who}: {name} must be real numbers of shape (n,) or (n, D)")
+    if t.numel() and not bool(torch.isfinite(t.to(torch.float64)).all()):
+        raise ValueError(f"{who}: {name} contain NaN or infinite values")
+    return t
+
+
+class RelativeL1(RankMetric):
+    """Mean symmetric relative-L1 error ``|t - p| / (max(|t|, |p|) + epsilon)``.
+
+    tzrec's reconstruction metric for SID models: 0 is exact, towards 1 unrelated. The
+    mean is over all elements seen (element-weighted across batches, not a mean of
+    batch means). ``preds`` and ``target`` have one shape, ``(n,)`` or ``(n, D)``. NaN
+    before any element.
+
+    >>> m = RelativeL1()
+    >>> m.update(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]))
+    >>> round(m.compute().item(), 6)  # (1 / (1 + 1e-4) + 2 / (2 + 1e-4)) / 2
+    0.999925
+    """
+
+    label_kind = "real"
+    higher_is_better = False
+
+    def __init__(self, epsilon: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not (math.isfinite(epsilon) and epsilon >= 0):
+            raise ValueError(f"RelativeL1: epsilon must be finite and >= 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("sum_rel", zero, dist_reduce_fx="sum", persistent=True)
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
+        who = type(self).__name__
+        if weights is not None:
+            raise ValueError(f"{who} does not support per-sample weights")
+        if grouping_key is not None:
+            raise ValueError(f"{who} does not take a grouping key")
+        p = _real_2d(preds, "preds", who)
+        t = _real_2d(target, "target", who)
+        if p.shape != t.shape:
+            raise ValueError(
+                f"{who}: preds {tuple(p.shape)} and target {tuple(t.shape)} differ in shape"
+            )
+        return Batch(p.to(torch.float32), t.to(torch.float32), None, None)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add a batch of reconstructions ``preds`` and inputs ``target`` (same shape)."""
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        p, t = b.preds.to(torch.float64), b.target.to(torch.float64)
+        rel = (t - p).abs() / (torch.maximum(t.abs(), p.abs()) + self.epsilon)
+        self.sum_rel += rel.sum()
+        self.count += rel.numel()
+
+    def compute(self) -> Tensor:
+        """Mean relative-L1 error over all elements, 0-d float64 (NaN before any)."""
+        c = self.count
+        return torch.where(c > 0, self.sum_rel / c.clamp(min=1), math.nan)
+
+
+class UniqueRatio(RankMetric):
+    """Mean over batches of the fraction of distinct rows of ``preds`` in the batch.
+
+    tzrec's SID diversity proxy (distinct semantic-ID rows / batch size, averaged over
+    non-empty batches). It depends on how samples are batched: a row repeated in two
+    batches counts as distinct in each, and smaller batches read closer to 1; in the
+    service a batch is one ingested batch (segment). ``target`` is not used (pass
+    anything with ``n`` rows). NaN before a non-empty batch.
+
+    >>> m = UniqueRatio()
+    >>> m.update(torch.tensor([[1, 1], [1, 1]]), torch.zeros(2))
+    >>> m.update(torch.tensor([[1, 1], [2, 2]]), torch.zeros(2))
+    >>> m.compute().item()
+    0.75
+    """
+
+    label_kind = "real"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("ratio_sum", zero, dist_reduce_fx="sum", persistent=True)
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
+        who = type(self).__name__
+        if weights is not None:
+            raise ValueError(f"{who} does not support per-sample weights")
+        if grouping_key is not None:
+            raise ValueError(f"{who} does not take a grouping key")
+        p = _real_2d(preds, "preds", who)
+        t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+        if t.dim() < 1 or t.shape[0] != p.shape[0]:
+            raise ValueError(f"{who}: target must have {p.shape[0]} rows")
+        return Batch(p, t, None, None)
+
+    def update(
+        self,
+        preds: Any,
+        target: Any = None,
+        *,
+        weights: Any | None = None,
+        grouping_key: Any | None = None,
+    ) -> None:
+        """Add one batch's ratio of distinct rows of ``preds`` (``(n,)`` or ``(n, L)``)."""
+        if target is None:
+            target = torch.zeros(len(preds))
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        rows = b.preds.cpu().numpy()
+        if rows.ndim == 1:
+            rows = rows[:, None]
+        distinct = len(np.unique(np.ascontiguousarray(rows), axis=0))
+        self.ratio_sum += distinct / rows.shape[0]
+        self.count += 1
+
+    def compute(self) -> Tensor:
+        """Mean distinct-row ratio over non-empty batches, 0-d float64 (NaN before any)."""
+        c = self.count
+        return torch.where(c > 0, self.ratio_sum / c.clamp(min=1), math.nan)
