@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
 from rankboard.service.errors import ServiceError, ShuttingDown
 from rankboard.service.state.store import MetricStore
+from rankboard.service.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -56,7 +57,9 @@ def _ingest_handler(servicer: IngestServicer) -> grpc.GenericRpcHandler:
         SERVICE_NAME,
         {
             "Stream": grpc.stream_stream_rpc_method_handler(
-                servicer.Stream, request_deserializer=RawBatch.parse, response_serializer=ack
+                TELEMETRY.counted_stream(servicer.Stream),  # telemetry (DASHBOARD)
+                request_deserializer=RawBatch.parse,
+                response_serializer=ack,
             ),
             "Send": grpc.unary_unary_rpc_method_handler(
                 servicer.Send, request_deserializer=RawBatch.parse, response_serializer=ack
@@ -200,7 +203,9 @@ def build_grpc_server(
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    server.add_generic_rpc_handlers((_ingest_handler(IngestServicer(store, draining)),))
+    servicer = IngestServicer(store, draining)
+    servicer._ack = TELEMETRY.counted_ack(servicer._ack)  # telemetry: outcomes (DASHBOARD)
+    server.add_generic_rpc_handlers((_ingest_handler(servicer),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (SERVICE_NAME, ""):

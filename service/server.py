@@ -62,6 +62,8 @@ class ServiceConfig:
     drain_timeout_s: float = 10.0
     torch_threads: int | None = None
     store: dict = field(default_factory=dict)
+    metrics_public: bool = False  # GET /metrics without the read token
+    prometheus_max_series: int = 2000  # cap on metric-value series in GET /metrics
 
 
 class Service:
@@ -94,7 +96,13 @@ class Service:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((config.host, config.http_port))
         self.http_port = self._sock.getsockname()[1]
-        app = create_app(self.store, read_token=config.read_token, write_token=config.token)
+        app = create_app(
+            self.store,
+            read_token=config.read_token,
+            write_token=config.token,
+            metrics_public=config.metrics_public,
+            prometheus_max_series=config.prometheus_max_series,
+        )
         self._http = uvicorn.Server(
             uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         )

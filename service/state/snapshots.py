@@ -24,6 +24,7 @@ import torch
 from torchmetrics import Metric
 
 from rankboard.service.state.batch import RunKey
+from rankboard.service.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 SnapshotKey = tuple[RunKey, int]
@@ -137,6 +138,7 @@ class SnapshotCache:
                 compute_seconds=time.perf_counter() - start,
             )
             self._cache[key] = snap
+            TELEMETRY.snapshot_compute.observe(snap.compute_seconds)  # telemetry (DASHBOARD)
             return snap
 
     def invalidate(self, experiment: str) -> None:

@@ -1,0 +1,228 @@
+"""The A/B dashboard at ``/`` and the offline API pages ``/docs`` and ``/redoc``.
+
+Everything the browser loads comes from this package (``rankboard/service/rest/static``:
+the page, its script and style, and the vendored uPlot, Swagger UI and ReDoc with
+their licences, see ``static/vendor/VERSIONS.md``): nothing is fetched from the
+network, so the pages work on an offline cluster and from a wheel install.
+
+The static files are public and hold no data. The data comes from the read-token
+protected API: the page asks for the token once (kept in the tab's
+``sessionStorage``) and sends it as ``Authorization: Bearer`` (never in a URL); the
+same holds for ``/openapi.json``, which the ``/docs`` and ``/redoc`` shells fetch with
+the token. One data route is added for the page: ``GET
+/v1/experiments/{experiment}/histories`` gives every arm's history of every metric of a
+task and phase in one response, in columns, thinned to ``max_points`` per series, so
+that a page with 50 arms × 20 metrics draws after one request.
+
+Example::
+
+    >>> compact([0.123456789, None, 3.0])
+    [0.123457, None, 3.0]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from rankboard.service.errors import NotFound
+from rankboard.service.state.batch import RunKey
+from rankboard.service.state.store import MetricStore
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("rankboard.service.rest") / "static"
+#: significant digits of history values sent to the page (charts need no more)
+DIGITS = 6
+#: most points per series a caller may ask for
+MAX_POINTS = 5000
+
+
+def static_dir() -> str:
+    """The folder of the packaged static files (a real folder: the package is not zipped).
+
+    >>> import os; os.path.isfile(os.path.join(static_dir(), "index.html"))
+    True
+    """
+    return str(STATIC)
+
+
+def compact(values: list[float | None]) -> list[float | None]:
+    """``values`` rounded to :data:`DIGITS` significant digits (None and non-finite: None)."""
+    out: list[float | None] = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(None)
+        elif v == 0:
+            out.append(0.0)
+        else:
+            out.append(round(v, DIGITS - 1 - math.floor(math.log10(abs(v)))))
+    return out
+
+
+def downsample(points: list[dict[str, Any]], max_points: int | None) -> list[dict[str, Any]]:
+    """At most ``max_points`` points, evenly spaced by index, first and last kept.
+
+    The query layer's ``thin`` when it exists (the history route uses it), else the same
+    rule here.
+
+    >>> [p["step"] for p in downsample([{"step": s} for s in range(10)], 4)]
+    [0, 3, 6, 9]
+    """
+    if max_points is None or len(points) <= max_points:
+        return points
+    if max_points < 2:
+        return points[-1:]
+    n = len(points)
+    idx = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return [points[i] for i in idx]
+
+
+def _history_points(
+    store: MetricStore, key: RunKey, metric: str, max_points: int
+) -> list[dict[str, Any]]:
+    try:
+        from rankboard.service.state import query
+    except ImportError:  # the query layer is not there: values without intervals
+        query = None  # type: ignore[assignment]
+    if query is not None and hasattr(query, "history"):
+        return query.history(store, key, metric, max_points)
+    return downsample(
+        [{"step": s, "value": v, "low": None, "high": None} for s, v in store.history(key, metric)],
+        max_points,
+    )
+
+
+def histories(
+    store: MetricStore, experiment: str, task: str, phase: str, max_points: int
+) -> dict[str, Any]:
+    """Every arm's history of every metric of ``task``/``phase``, in columns."""
+    runs = [
+        r
+        for r in store.runs()
+        if r.key.experiment == experiment and (r.key.task, r.key.phase) == (task, phase)
+    ]
+    if not runs:
+        raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
+    series = []
+    for run in runs:
+        for metric in run.metric_keys:
+            try:
+                points = _history_points(store, run.key, metric, max_points)
+            except NotFound:  # deleted meanwhile
+                continue
+            low = [p.get("low") for p in points]
+            high = [p.get("high") for p in points]
+            series.append(
+                {
+                    "arm": run.key.arm,
+                    "metric": metric,
+                    "steps": [p["step"] for p in points],
+                    "values": compact([p["value"] for p in points]),
+                    "low": compact(low) if any(x is not None for x in low) else None,
+                    "high": compact(high) if any(x is not None for x in high) else None,
+                }
+            )
+    return {
+        "experiment": experiment,
+        "task": task,
+        "phase": phase,
+        "max_points": max_points,
+        "series": series,
+    }
+
+
+_DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rankboard API</title>
+<link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
+<link rel="icon" href="data:,"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/vendor/swagger-ui/swagger-ui-bundle.js"></script>
+<script src="/static/token.js"></script>
+<script>
+rankboardSpec().then(function (spec) {
+  window.ui = SwaggerUIBundle({
+    spec: spec, dom_id: "#swagger-ui", deepLinking: true,
+    requestInterceptor: function (req) {
+      var t = rankboardToken.get();
+      if (t && !req.headers.Authorization) { req.headers.Authorization = "Bearer " + t; }
+      return req;
+    },
+  });
+});
+</script></body></html>
+"""
+
+_REDOC_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rankboard API</title>
+<link rel="icon" href="data:,"></head>
+<body><div id="redoc"></div>
+<script src="/static/vendor/redoc/redoc.standalone.js"></script>
+<script src="/static/token.js"></script>
+<script>
+rankboardSpec().then(function (spec) {
+  Redoc.init(spec, {}, document.getElementById("redoc"));
+});
+</script></body></html>
+"""
+
+
+def add_ui_routes(
+    app: FastAPI, store: MetricStore, read: Any, *, docs_public: bool = False
+) -> None:
+    """Mount the dashboard, its static files, ``/docs``, ``/redoc``, ``/openapi.json``
+    (behind ``read`` unless ``docs_public``) and the dashboard's history route.
+
+    The app must be created with ``docs_url=None, redoc_url=None, openapi_url=None``.
+    """
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get(
+        "/openapi.json",
+        include_in_schema=False,
+        dependencies=[] if docs_public else [read],
+    )
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_DOCS_HTML)
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return HTMLResponse(_REDOC_HTML)
+
+    router = APIRouter(prefix="/v1/experiments", tags=["dashboard"], dependencies=[read])
+
+    @router.get("/{experiment}/histories")
+    async def get_histories(
+        experiment: str,
+        task: Annotated[str, Query(min_length=1, max_length=128)],
+        phase: Literal["train", "eval"] = "eval",
+        max_points: Annotated[int, Query(ge=2, le=MAX_POINTS)] = 500,
+    ) -> dict:
+        """Every arm's history of every metric of one task and phase, for charts.
+
+        Columns per (arm, metric): ``steps``, ``values`` and, where intervals exist,
+        ``low`` / ``high`` (else null); at most ``max_points`` points per series, evenly
+        thinned, first and last kept; values to 6 significant digits.
+        """
+        return await run_in_threadpool(histories, store, experiment, task, phase, max_points)
+
+    app.include_router(router)
