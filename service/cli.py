@@ -1,34 +1,61 @@
-"""The ``rankboard`` command: ``serve`` the service, ``send`` a file of predictions.
+"""The ``rankboard`` command: ``serve`` the service, ``send`` a file, ``compare`` arms.
 
 Example::
 
     rankboard serve --grpc-port 50051 --http-port 8000 --data-dir ./rankboard-data
-    rankboard send preds.parquet --target 127.0.0.1:50051 --experiment exp1 \\
-        --arm control --task ctr --phase eval --step 1000 --group-col user_id
+    rankboard send preds.csv --target 127.0.0.1:50051 --experiment exp1 \\
+        --arm-col arm --task ctr --phase eval --step 1000 --group-col user_id
+    rankboard compare --url http://127.0.0.1:8000 --experiment exp1 --task ctr \\
+        --baseline control
+
+Arguments are parsed before anything heavy (torch, grpc, numpy) is imported, so
+``--help`` and a mistyped flag answer at once; a subcommand's error shows that
+subcommand's usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
-from rankboard.service.server import ServiceConfig, env_token, run_service
-from rankboard.service.state.store import StateLost
+__all__ = ["build_parser", "main"]
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand parser that reports its own unknown arguments with its own usage.
+
+    (argparse hands a subcommand's unknown flags up to the top-level parser, whose
+    usage line says nothing about the subcommand's flags.)
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def _positive(value: str) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if not number > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return number
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the metrics service (gRPC ingestion + REST)")
+    p = sub.add_parser(
+        "serve",
+        help="run the metrics service (gRPC ingestion + REST)",
+        description="Run the metrics service. The data dir is locked: a second serve on"
+        " it exits at once naming the holder's pid; busy ports are reported before the"
+        " write-ahead log is replayed.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (0: any free one)")
     p.add_argument("--http-port", type=int, default=8000, help="REST port (0: any free one)")
@@ -107,15 +134,46 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="torch intra-op threads (default 1: concurrency comes from streams;"
         " OpenMP threads only contend with them)",
     )
+    p.add_argument(
+        "--prometheus-max-series",
+        type=int,
+        default=2000,
+        help="cap on metric-value series in GET /metrics (default 2000; the series left"
+        " out are counted in rankboard_metric_series_left_out_total)",
+    )
+    p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics without the read token (for a scraper on a trusted network)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=serve)
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run until SIGTERM / SIGINT, then drain and exit 0."""
+    """Run until SIGTERM / SIGINT, then drain and exit 0.
+
+    Before anything is replayed: the data dir is locked (exit 2 naming the pid
+    that holds it), the ports are checked, and ``--device cuda`` needs a GPU.
+    """
+    import logging
+    import signal
+    import threading
+
+    from rankboard.service.datadir_lock import StartupError, preflight
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        lock = preflight(args.data_dir, args.host, (args.grpc_port, args.http_port), args.device)
+    except StartupError as err:
+        print(f"rankboard serve: {err}", file=sys.stderr, flush=True)
+        return 2
+
+    from rankboard.service.server import ServiceConfig, env_token, run_service
+    from rankboard.service.state.store import StateLost
+
     config = ServiceConfig(
         host=args.host,
         grpc_port=args.grpc_port,
@@ -128,6 +186,8 @@ def serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         drain_timeout_s=args.drain_timeout,
         torch_threads=args.torch_threads,
+        metrics_public=args.metrics_public,
+        prometheus_max_series=args.prometheus_max_series,
         store={
             "checkpoint_interval_s": args.checkpoint_interval,
             "max_samples_per_run": args.max_samples_per_run,
@@ -142,26 +202,56 @@ def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        with run_service(config) as svc:
+        with lock, run_service(config) as svc:
             print(f"rankboard: gRPC on {svc.grpc_target}, REST on {svc.http_url}", flush=True)
             stop.wait()
             print("rankboard: draining", flush=True)
     except StateLost as err:
         print(f"rankboard: cannot start: {err}", file=sys.stderr, flush=True)
         return 2
+    except (OSError, ValueError) as err:  # a port taken meanwhile, a dir gone read-only
+        print(f"rankboard serve: cannot start: {err}", file=sys.stderr, flush=True)
+        return 2
     print("rankboard: stopped", flush=True)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rankboard`` console script."""
-    parser = argparse.ArgumentParser(prog="rankboard", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+def build_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The ``rankboard`` argument parser.
+
+    Light by default: ``repair`` (whose module loads torch) is listed by a
+    placeholder; ``full=True`` (what :func:`main` uses when the command is
+    ``repair``) registers its real parser.
+
+    >>> build_parser().parse_args(["compare", "--experiment", "e", "--task", "t",
+    ...                            "--baseline", "a"]).alpha
+    0.05
+    """
+    from rankboard.service.compare import add_compare_parser
     from rankboard.service.send import add_send_parser
 
+    parser = argparse.ArgumentParser(
+        prog="rankboard",
+        description="rankboard: serve the metrics service, send a file of predictions,"
+        " compare the arms of an experiment.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
+    _serve_parser(sub)
     add_send_parser(sub)
-    args = parser.parse_args(argv)
+    if full:
+        from rankboard.service.state.repair import add_repair_parser  # RELIABILITY
+
+        add_repair_parser(sub)
+    else:
+        sub.add_parser("repair", help="check or repair a data dir (rankboard repair --help)")
+    add_compare_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rankboard`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(full=bool(argv) and argv[0] == "repair").parse_args(argv)
     return args.func(args)
 
 

@@ -104,13 +104,14 @@ def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
     assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
 
 
-def test_send_rejected_exits_nonzero_with_message(service, tmp_path: Path) -> None:
+def test_send_rejected_exits_nonzero_with_message_once(service, tmp_path: Path) -> None:
+    """With --metrics and no --kind the service judges the labels; its refusal is said once."""
     path = tmp_path / "bad.csv"
     path.write_text("prediction,label\n0.5,1\n0.2,3\n")
     out = rankboard(*send_args(path, service.grpc_target, "--metrics", "auc {}"))
     assert out.returncode == 1
     assert "rejected by the service" in out.stderr
-    assert "target must be 0 or 1" in out.stderr
+    assert out.stderr.count("target must be 0 or 1") == 1, out.stderr
     assert httpx.get(f"{service.http_url}/v1/experiments").json() == {"experiments": []}
 
 
