@@ -1,4 +1,4 @@
-"""Losses from tzrec ``LossConfig`` messages: BCE, softmax CE, L2, binary focal, JRC.
+"""Losses from tzrec ``LossConfig`` messages: BCE, softmax CE, L2, binary focal, JRC, SID.
 
 Example::
 
@@ -9,19 +9,26 @@ Example::
 """
 
 from rankboard.trainer.loss.builder import create_loss, loss_name
-from rankboard.trainer.loss.jrc import JRCLoss, jrc_loss
+from rankboard.trainer.loss.jrc import JRC_REDUCTIONS, JRCLoss, jrc_loss
 from rankboard.trainer.loss.losses import (
+    REDUCTIONS,
     BinaryCrossEntropyLoss,
     BinaryFocalLoss,
     L2Loss,
     SoftmaxCrossEntropyLoss,
 )
+from rankboard.trainer.loss.sid import SidCommitmentLoss, SidContrastiveLoss, SidReconLoss
 
 __all__ = [
+    "JRC_REDUCTIONS",
+    "REDUCTIONS",
     "BinaryCrossEntropyLoss",
     "BinaryFocalLoss",
     "JRCLoss",
     "L2Loss",
+    "SidCommitmentLoss",
+    "SidContrastiveLoss",
+    "SidReconLoss",
     "SoftmaxCrossEntropyLoss",
     "create_loss",
     "jrc_loss",

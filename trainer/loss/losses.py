@@ -1,5 +1,9 @@
 """Pointwise losses on logits: BCE and softmax CE with label smoothing, L2, binary focal.
 
+Every loss takes tzrec's ``reduction``: ``"mean"`` (the default), ``"sum"``, or
+``"none"`` for the per-sample losses (tzrec builds its losses with ``"none"``
+when the model has sample weights, then takes ``mean(loss * weight)``).
+
 Example::
 
     >>> import torch
@@ -14,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BinaryCrossEntropyLoss", "BinaryFocalLoss", "L2Loss", "SoftmaxCrossEntropyLoss"]
+__all__ = [
+    "REDUCTIONS",
+    "BinaryCrossEntropyLoss",
+    "BinaryFocalLoss",
+    "L2Loss",
+    "SoftmaxCrossEntropyLoss",
+]
 
 
 def _check_same_shape(logits: torch.Tensor, labels: torch.Tensor, what: str) -> None:
@@ -23,6 +33,23 @@ def _check_same_shape(logits: torch.Tensor, labels: torch.Tensor, what: str) -> 
             f"{what}: logits and labels must have the same shape, "
             f"got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
+
+
+REDUCTIONS = ("none", "mean", "sum")
+"""The ``reduction`` values of the pointwise losses."""
+
+
+def _check_reduction(reduction: str, what: str, allowed: tuple[str, ...] = REDUCTIONS) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"{what}.reduction must be one of {', '.join(allowed)}, got {reduction!r}")
+
+
+def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
 
 
 def _check_smoothing(label_smoothing: float) -> None:
@@ -38,10 +65,12 @@ class BinaryCrossEntropyLoss(nn.Module):
     0.1269
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
         super().__init__()
         _check_smoothing(label_smoothing)
+        _check_reduction(reduction, "BinaryCrossEntropyLoss")
         self.label_smoothing = label_smoothing
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` against 0/1 (or soft) ``labels`` of the same shape."""
@@ -49,7 +78,7 @@ class BinaryCrossEntropyLoss(nn.Module):
         target = labels.to(logits.dtype)
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
-        return F.binary_cross_entropy_with_logits(logits, target)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction=self.reduction)
 
 
 class SoftmaxCrossEntropyLoss(nn.Module):
@@ -60,10 +89,12 @@ class SoftmaxCrossEntropyLoss(nn.Module):
     1.3863
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
         super().__init__()
         _check_smoothing(label_smoothing)
+        _check_reduction(reduction, "SoftmaxCrossEntropyLoss")
         self.label_smoothing = label_smoothing
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``(n, c)`` logits against ``(n,)`` integer labels."""
@@ -72,7 +103,9 @@ class SoftmaxCrossEntropyLoss(nn.Module):
                 "SoftmaxCrossEntropyLoss: expected logits (n, c) and labels (n,), got "
                 f"{tuple(logits.shape)} and {tuple(labels.shape)}"
             )
-        return F.cross_entropy(logits, labels.long(), label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits, labels.long(), label_smoothing=self.label_smoothing, reduction=self.reduction
+        )
 
 
 class L2Loss(nn.Module):
@@ -83,31 +116,41 @@ class L2Loss(nn.Module):
     2.5
     """
 
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        _check_reduction(reduction, "L2Loss")
+        self.reduction = reduction
+
     def forward(self, preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean of ``(preds - labels) ** 2``."""
+        """``(preds - labels) ** 2``, reduced."""
         _check_same_shape(preds, labels, "L2Loss")
-        return F.mse_loss(preds, labels.to(preds.dtype))
+        return F.mse_loss(preds, labels.to(preds.dtype), reduction=self.reduction)
 
 
 class BinaryFocalLoss(nn.Module):
     """Focal loss on logits: BCE weighted by ``alpha y (1-p)^g + (1-alpha)(1-y) p^g``.
 
-    The weight is detached (no gradient flows through it); the loss is the mean.
+    The weight is detached (no gradient flows through it). ``reduction="none"``
+    gives the per-sample losses, whose mean is the ``"mean"`` loss.
 
     >>> import torch
     >>> loss = BinaryFocalLoss(gamma=0.0, alpha=0.5)
     >>> round(loss(torch.tensor([0.0]), torch.tensor([1.0])).item(), 4)
     0.3466
+    >>> BinaryFocalLoss(gamma=0.0, reduction="none")(torch.zeros(2), torch.ones(2)).shape
+    torch.Size([2])
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float = 0.5) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.5, reduction: str = "mean") -> None:
         super().__init__()
+        _check_reduction(reduction, "BinaryFocalLoss")
         if gamma < 0:
             raise ValueError(f"BinaryFocalLoss.gamma must be >= 0, got {gamma}")
         if not 0 < alpha < 1:
             raise ValueError(f"BinaryFocalLoss.alpha must be in (0, 1), got {alpha}")
         self.gamma = gamma
         self.alpha = alpha
+        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` against 0/1 ``labels`` of the same shape."""
@@ -119,4 +162,4 @@ class BinaryFocalLoss(nn.Module):
                 p**self.gamma
             )
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-        return (weight * bce).mean()
+        return _reduce(weight * bce, self.reduction)
