@@ -149,6 +149,32 @@ class RankMetric(Metric):
                 )
         return out
 
+    def compute_interval(
+        self, alpha: float = 0.05, cluster_key: str | None = None
+    ) -> tuple[float, float, float] | None:
+        """``(value, low, high)``: the value and its ``1 - alpha`` interval from the
+        samples this metric retains (:mod:`rankboard.service.metrics.stats`); None when
+        no standard error can be estimated (e.g. fewer than two units).
+
+        ``cluster_key``: a grouped metric's own grouping key (its groups are always the
+        units); other metrics keep no key column, so only None. Metrics that keep only
+        sums (NE, MSE, MAE, accuracy, ...) raise ``ValueError``: use
+        ``rankboard.service.metrics.stats.arm_stats`` with the samples, or the service.
+
+        >>> from rankboard.service.metrics import AUC
+        >>> m = AUC(thresholds=0)
+        >>> p = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.3, 0.7])
+        >>> m.update(p, torch.tensor([0, 0, 1, 1, 0, 1]))
+        >>> [round(x, 4) for x in m.compute_interval()]
+        [0.8889, 0.5809, 1.1969]
+        """
+        from rankboard.service.metrics import stats
+
+        cols = stats.columns_from_metric(self)
+        s = stats.arm_stats(self, cols, name=type(self).__name__, cluster=cluster_key)
+        iv = stats.interval(s, alpha=alpha)
+        return None if iv is None else (s.value, iv[0], iv[1])
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)
         # a loaded metric counts as updated: no "compute before update" warning
