@@ -103,16 +103,20 @@ def _fsync_dir(folder: Path) -> None:
 def write_file(final: Path, obj: Any) -> int:
     """Stream ``obj`` to ``final`` atomically (magic, crc32, torch.save); return its size."""
     tmp = final.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_MAGIC + b"\0\0\0\0")
-        out = _CrcWriter(f)
-        torch.save(obj, out)  # streamed: no second copy of the state in memory
-        f.seek(len(_MAGIC))
-        f.write(struct.pack("<I", out.crc))
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.seek(0, os.SEEK_END)
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + b"\0\0\0\0")
+            out = _CrcWriter(f)
+            torch.save(obj, out)  # streamed: no second copy of the state in memory
+            f.seek(len(_MAGIC))
+            f.write(struct.pack("<I", out.crc))
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+        os.replace(tmp, final)
+    except BaseException:  # disk full, I/O error: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return size
 
 
@@ -141,20 +145,24 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
     arrays = [c.contiguous().numpy() for c in chunks]
     index = pickle.dumps([(a.dtype.str, a.shape) for a in arrays])
     tmp = final.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
-        crc = zlib.crc32(index)
-        f.write(index)
-        for a in arrays:
-            view = memoryview(a).cast("B")
-            crc = zlib.crc32(view, crc)
-            f.write(view)
-        f.seek(0)
-        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
-        f.flush()
-        os.fsync(f.fileno())
-        size = f.seek(0, os.SEEK_END)
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
+            crc = zlib.crc32(index)
+            f.write(index)
+            for a in arrays:
+                view = memoryview(a).cast("B")
+                crc = zlib.crc32(view, crc)
+                f.write(view)
+            f.seek(0)
+            f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+        os.replace(tmp, final)
+    except BaseException:  # disk full, I/O error: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return size
 
 
@@ -237,17 +245,27 @@ class Checkpoints:
         return size
 
     def _collect_garbage(self) -> None:
-        """Keep the newest :data:`KEEP` manifests and the chunk files they refer to."""
+        """Keep the newest :data:`KEEP` manifests that read back, and the chunk files they use.
+
+        Manifests that do not read back do not count: the newest good checkpoint (and
+        the log from it, see :meth:`oldest_kept`) is never dropped for a bad newer one.
+        """
         manifests = list_checkpoints(self.folder)
-        for old in manifests[:-KEEP]:
-            _manifest_path(self.folder, old).unlink(missing_ok=True)
         needed: set[int] = set()
-        for index in manifests[-KEEP:]:
+        good = 0
+        cut = 0  # manifests before this position are dropped
+        for pos in range(len(manifests) - 1, -1, -1):
+            if good >= KEEP:
+                cut = pos + 1
+                break
             try:
-                needed.update(read_file(_manifest_path(self.folder, index))["chunk_files"])
+                needed.update(read_file(_manifest_path(self.folder, manifests[pos]))["chunk_files"])
+                good += 1
             except Exception:  # noqa: BLE001 - an unreadable manifest protects nothing
-                continue
-        oldest = manifests[-KEEP:][0] if manifests else 0
+                log.warning("checkpoint %d does not read back; older ones are kept", manifests[pos])
+        for old in manifests[:cut]:
+            _manifest_path(self.folder, old).unlink(missing_ok=True)
+        oldest = manifests[cut] if manifests else 0
         for index in _indices(self.folder, "chunks"):
             # chunk files newer than the kept manifests belong to a checkpoint in progress
             if index not in needed and index < oldest:
@@ -280,6 +298,11 @@ class Checkpoints:
 
         remember(manifest["state"])
         return state
+
+    def oldest_kept(self) -> int | None:
+        """The oldest checkpoint kept (the log from its index on must be kept), or None."""
+        kept = list_checkpoints(self.folder)
+        return kept[0] if kept else None
 
     def load_latest(self) -> tuple[int, dict[str, Any]] | None:
         """``(wal_index, state)`` of the newest checkpoint that reads back whole, or None."""

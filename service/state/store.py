@@ -41,9 +41,15 @@ from rankboard.service.errors import CapacityExceeded, NotFound, ShuttingDown
 from rankboard.service.state import checkpoint
 from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, Batch, RunKey, decode_batch
 from rankboard.service.state.registry import Registry
+from rankboard.service.state.repair import describe_record
 from rankboard.service.state.run import Run
 from rankboard.service.state.snapshots import Snapshot, SnapshotCache
-from rankboard.service.state.wal import RECORD_BATCH, RECORD_DELETE_EXPERIMENT, WriteAheadLog
+from rankboard.service.state.wal import (
+    RECORD_BATCH,
+    RECORD_DELETE_EXPERIMENT,
+    StateLost,  # raised here too; defined beside the log, which raises it first
+    WriteAheadLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,9 @@ class MetricStore:
         self._ckpt_dir = self.data_dir / "checkpoints"
         self._checkpoints = checkpoint.Checkpoints(self._ckpt_dir)
         self._ckpt_lock = threading.Lock()  # one checkpoint at a time
-        self._wal = WriteAheadLog(self.data_dir / "wal", config.fsync, config.fsync_interval_s)
+        self._wal = WriteAheadLog(
+            self.data_dir / "wal", config.fsync, config.fsync_interval_s, describe_record
+        )
         try:
             self._ckpt_index = self._recover()
         except BaseException:
@@ -426,10 +434,6 @@ class MetricStore:
         self._ckpt_thread.join(timeout=10)
         self.snapshots.close()
         self.registry.close()
-
-
-class StateLost(RuntimeError):
-    """The data dir cannot be recovered exactly (the service refuses to start)."""
 
 
 def checkpoint_due(log_bytes: int, last_written: int, min_bytes: int) -> bool:

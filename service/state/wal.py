@@ -5,9 +5,15 @@ the CRC covers kind and payload). Segments are files ``<index>.wal`` in one
 folder; a checkpoint names the segment from which replay starts, and older
 segments are removed once they are covered by two checkpoints.
 
-A torn or corrupt tail (a crash in the middle of a write) is detected by its
-length or checksum when the log is opened: the segment is truncated at the last
-good record and everything after it is ignored.
+Repair rule (as Prometheus TSDB's wlog and etcd's WAL): **only the torn tail of
+the last segment is cut**, and only when no valid record follows the bad bytes (a
+crash in the middle of a write leaves a prefix of one record and nothing after it).
+A bad record followed by a valid one, a bad record in any earlier segment, or a
+missing segment is corruption, not a torn write: opening or replaying the log then
+raises :class:`LogCorrupt`, naming the segment, the offset and the batches that
+would be lost, and the service refuses to start. Replay never crosses a gap. The
+explicit ``rankboard repair`` command (:mod:`rankboard.service.state.repair`) cuts
+the log at the first bad record and reports the lost batches.
 
 Example::
 
@@ -28,11 +34,15 @@ import mmap
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 from rankboard.service.errors import ShuttingDown
+from rankboard.service.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +50,88 @@ RECORD_BATCH = 1
 RECORD_DELETE_EXPERIMENT = 2
 _HEADER = struct.Struct("<IIB")
 MAX_RECORD = 1 << 30
+KINDS = (RECORD_BATCH, RECORD_DELETE_EXPERIMENT)
 # crc32 of the kind byte, the start of every record's checksum (kind + payload)
 _KIND_CRC = [zlib.crc32(bytes([k])) for k in range(256)]
+
+# names a record for an operator: (producer, sequence) of a batch, None for others
+Describe = Callable[[int, bytes], "tuple[str, int] | None"]
+
+
+class StateLost(RuntimeError):
+    """The data dir cannot be recovered exactly (the service refuses to start)."""
+
+
+class LogCorrupt(StateLost):
+    """Corruption the log may not repair by itself: a bad record with valid ones after it,
+    a bad record in a segment that is not the last, or a missing segment.
+
+    ``segment`` and ``offset`` locate the first bad byte; ``lost`` lists the
+    ``(producer, sequence)`` of the valid batches after it (those a cut would lose),
+    ``damaged`` the record at the bad offset when its payload still parses (its
+    checksum failed, so it is a guess), ``other`` the count of lost records that are
+    not batches (experiment deletions).
+    """
+
+    def __init__(
+        self,
+        why: str,
+        segment: int,
+        offset: int,
+        lost: list[tuple[str, int]],
+        damaged: tuple[str, int] | None = None,
+        other: int = 0,
+    ) -> None:
+        self.why = why
+        self.segment = segment
+        self.offset = offset
+        self.lost = lost
+        self.damaged = damaged
+        self.other = other
+        parts = [f"write-ahead log segment {segment:012d}.wal, offset {offset}: {why}"]
+        if damaged is not None:
+            parts.append(
+                f"the damaged record reads as batch {damaged[1]} of producer {damaged[0]!r}"
+            )
+        parts.append(
+            f"{len(lost)} valid acknowledged batches follow it: {format_batches(lost)}"
+            if lost
+            else "no readable acknowledged batch follows it"
+        )
+        if other:
+            parts.append(f"and {other} other records")
+        parts.append(
+            "nothing was changed; stop here to restore the data dir from a backup, or run"
+            " `rankboard repair --data-dir <dir> --dry-run` to see what a repair keeps and loses"
+        )
+        super().__init__("; ".join(parts))
+
+
+def format_batches(batches: list[tuple[str, int]], limit: int = 8) -> str:
+    """``producer: first-last, ...`` runs of sequences, at most ``limit`` producers shown.
+
+    >>> format_batches([("a", 1), ("a", 2), ("a", 3), ("b", 7), ("a", 5)])
+    "'a' 1-3, 5; 'b' 7"
+    """
+    by: dict[str, list[int]] = {}
+    for producer, seq in batches:
+        by.setdefault(producer, []).append(seq)
+    out = []
+    for producer, seqs in list(by.items())[:limit]:
+        seqs.sort()
+        spans: list[str] = []
+        lo = hi = seqs[0]
+        for s in [*seqs[1:], None]:
+            if s is not None and s == hi + 1:
+                hi = s
+                continue
+            spans.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
+            if s is not None:
+                lo = hi = s
+        out.append(f"{producer!r} {', '.join(spans)}")
+    if len(by) > limit:
+        out.append(f"and {len(by) - limit} more producers")
+    return "; ".join(out)
 
 
 class LogFailed(ShuttingDown):
@@ -68,17 +158,24 @@ class WriteAheadLog:
     both.
     """
 
-    def __init__(self, folder: str | Path, fsync: str = "batch", interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        fsync: str = "batch",
+        interval_s: float = 0.05,
+        describe: Describe | None = None,
+    ) -> None:
         if fsync not in ("batch", "interval", "none"):
             raise ValueError(f"fsync policy must be batch, interval or none, not {fsync!r}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.interval_s = interval_s
+        self.describe = describe
         self._lock = threading.Lock()
         segments = self.segments()
-        for seg in segments:
-            self._repair(self._path(seg))
+        if segments:
+            self._cut_torn_tail(segments[-1])  # earlier segments are checked by replay
         self.index = segments[-1] if segments else 0
         self._file = open(self._path(self.index), "ab")  # noqa: SIM115
         self.current_bytes = self._file.tell()
@@ -120,6 +217,7 @@ class WriteAheadLog:
             self._file.flush()
             size = len(header) + len(payload)
             self.current_bytes += size
+            TELEMETRY.wal_bytes.inc(size)  # telemetry (DASHBOARD)
             self.lsn += size
             lsn = self.lsn
         if self.fsync == "batch":
@@ -176,8 +274,10 @@ class WriteAheadLog:
                 return False
             target = self.lsn
             fd = os.dup(self._file.fileno())  # rotate() may close the file meanwhile
+        started = time.perf_counter()  # telemetry (DASHBOARD)
         try:
             os.fdatasync(fd)
+            TELEMETRY.wal_fsync.observe(time.perf_counter() - started)  # telemetry (DASHBOARD)
         except OSError as err:
             log.critical("write-ahead log sync failed: %s; no more acks", err)
             with self._durable:
@@ -242,29 +342,163 @@ class WriteAheadLog:
             self._syncer.join(timeout=5)
 
     def replay(self, start: int) -> Iterator[tuple[int, int, bytes]]:
-        """Yield ``(segment, kind, payload)`` of every good record from segment ``start``."""
-        for seg in self.segments():
-            if seg < start:
-                continue
-            for kind, payload, _ in _read_records(self._path(seg)):
-                yield seg, kind, payload
+        """Yield ``(segment, kind, payload)`` of every record from segment ``start`` on.
 
-    def _repair(self, path: Path) -> None:
+        Raises :class:`LogCorrupt` (after yielding the records before it) at the first
+        bad record or missing segment: replay never crosses a gap. Segment ``start``
+        must exist when ``start > 0`` (a checkpoint names the segment it rotated to,
+        created before the checkpoint was written).
+        """
+        segments = [s for s in self.segments() if s >= start]
+        expected = start if start > 0 else (segments[0] if segments else 0)
+        for seg in segments:
+            if seg != expected:
+                raise self._corrupt(expected, 0, f"segment {expected:012d}.wal is missing")
+            expected += 1
+            path = self._path(seg)
+            end = 0
+            for kind, payload, end in _read_records(path):  # noqa: B007 - end used after
+                yield seg, kind, payload
+            if end < path.stat().st_size:  # the last segment's torn tail was cut at open
+                raise self._corrupt(seg, end, "a record fails its length or checksum check")
+        if start > 0 and not segments:
+            raise self._corrupt(start, 0, f"segment {start:012d}.wal is missing")
+
+    def _corrupt(self, segment: int, offset: int, why: str) -> LogCorrupt:
+        """The :class:`LogCorrupt` error of bad bytes at ``(segment, offset)``."""
+        scan = scan_after(self.folder, segment, offset, self.describe)
+        return LogCorrupt(why, segment, offset, scan.lost, scan.damaged, scan.other)
+
+    def _cut_torn_tail(self, seg: int) -> None:
+        """Cut the last segment's torn tail; raise :class:`LogCorrupt` if it is not one."""
+        path = self._path(seg)
         good = 0
-        for _, _, end in _read_records(path):
-            good = end
+        for _, _, good in _read_records(path):  # noqa: B007 - the last end is wanted
+            pass
         size = path.stat().st_size
-        if good < size:
-            log.warning(
-                "write-ahead log %s: cutting a torn or corrupt tail of %d bytes at %d",
-                path.name,
-                size - good,
-                good,
+        if good == size:
+            return
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            after = find_valid_record(data, good + 1)
+        if after is not None:
+            raise self._corrupt(
+                seg, good, f"a bad record with a valid one after it (at offset {after})"
             )
-            with open(path, "r+b") as f:
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
+        log.warning(
+            "write-ahead log %s: cutting a torn tail of %d bytes at offset %d"
+            " (no valid record after it: a write the crash interrupted, never acknowledged)",
+            path.name,
+            size - good,
+            good,
+        )
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class AfterScan:
+    """What lies after bad bytes: the batches a cut there loses (see :func:`scan_after`)."""
+
+    def __init__(self) -> None:
+        self.lost: list[tuple[str, int]] = []
+        self.damaged: tuple[str, int] | None = None
+        self.other = 0
+        self.records = 0
+
+
+def scan_after(
+    folder: Path, segment: int, offset: int, describe: Describe | None = None
+) -> AfterScan:
+    """Every valid record after ``offset`` of ``segment`` and in the later segments.
+
+    Past each bad stretch the scan resynchronizes on the next valid record (header,
+    known kind, length inside the file and a matching crc32), so it finds what a cut at
+    ``offset`` would drop. ``damaged`` is the record at ``offset`` read without its
+    checksum, when its payload still describes.
+    """
+    out = AfterScan()
+    wal_dir = Path(folder)
+
+    def name(kind: int, payload: bytes) -> tuple[str, int] | None:
+        if describe is None:
+            return None
+        try:
+            return describe(kind, payload)
+        except Exception:  # noqa: BLE001 - a record that does not parse names nothing
+            return None
+
+    def note(kind: int, payload: bytes) -> None:
+        out.records += 1
+        named = name(kind, payload)
+        if named is None:
+            out.other += 1
+        else:
+            out.lost.append(named)
+
+    for seg in sorted(int(p.stem) for p in wal_dir.glob("*.wal") if p.stem.isdigit()):
+        if seg < segment:
+            continue
+        path = wal_dir / f"{seg:012d}.wal"
+        if path.stat().st_size == 0:
+            continue
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            pos = 0
+            if seg == segment:
+                if offset + _HEADER.size <= len(data):
+                    length, _, kind = _HEADER.unpack_from(data, offset)
+                    end = offset + _HEADER.size + length
+                    if kind in KINDS and end <= len(data):
+                        out.damaged = name(kind, bytes(data[offset + _HEADER.size : end]))
+                found = find_valid_record(data, offset + 1)
+                if found is None:
+                    continue
+                pos = found
+            while pos is not None and pos < len(data):
+                end = pos
+                for kind, payload, end in _scan(data, pos):  # noqa: B007 - end used after
+                    note(kind, payload)
+                pos = find_valid_record(data, end + 1) if end < len(data) else None
+    return out
+
+
+def find_valid_record(data: mmap.mmap | bytes, start: int) -> int | None:
+    """Offset of the first valid record at or after ``start``, or None.
+
+    A candidate needs a known kind byte and a length that fits the file, then a
+    matching crc32 (false positives: 2**-32 per candidate). Vectorized filter first,
+    so a scan over a long bad stretch stays cheap.
+
+    >>> rec = _HEADER.pack(3, zlib.crc32(b"abc", _KIND_CRC[1]), 1) + b"abc"
+    >>> find_valid_record(b"junk" + rec, 0), find_valid_record(b"junk" + rec, 5)
+    (4, None)
+    """
+    size = len(data)
+    window = 1 << 22
+    base = start
+    while base + _HEADER.size <= size:
+        hi = min(size, base + window + _HEADER.size)
+        arr = np.frombuffer(data, np.uint8, count=hi - base, offset=base)
+        n = len(arr) - _HEADER.size + 1
+        if n <= 0:
+            return None
+        kinds = arr[8 : 8 + n]
+        cand = np.flatnonzero(np.isin(kinds, KINDS))
+        if len(cand):
+            b = arr.astype(np.uint32)
+            length = b[cand] | (b[cand + 1] << 8) | (b[cand + 2] << 16) | (b[cand + 3] << 24)
+            ends = base + cand.astype(np.int64) + _HEADER.size + length.astype(np.int64)
+            for c in cand[(length <= MAX_RECORD) & (ends <= size)]:
+                pos = base + int(c)
+                length_, crc, kind = _HEADER.unpack_from(data, pos)
+                payload_start = pos + _HEADER.size
+                if (
+                    zlib.crc32(data[payload_start : payload_start + length_], _KIND_CRC[kind])
+                    == crc
+                ):
+                    return pos
+        base += n
+    return None
 
 
 def _read_records(path: Path) -> Iterator[tuple[int, bytes, int]]:
@@ -276,8 +510,7 @@ def _read_records(path: Path) -> Iterator[tuple[int, bytes, int]]:
         yield from _scan(data)
 
 
-def _scan(data: mmap.mmap) -> Iterator[tuple[int, bytes, int]]:
-    pos = 0
+def _scan(data: mmap.mmap, pos: int = 0) -> Iterator[tuple[int, bytes, int]]:
     while pos + _HEADER.size <= len(data):
         length, crc, kind = _HEADER.unpack_from(data, pos)
         start = pos + _HEADER.size
