@@ -1,0 +1,197 @@
+"""The dashboard's routes on a real service: packaged static files, offline API pages,
+the read token (issue 15 item 5) and the bulk history route the page draws from."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from rankboard.protos import ingest_pb2_grpc
+from rankboard.service.rest.dashboard import compact, downsample
+from tests.service.conftest import make_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC_FILES = [
+    "index.html",
+    "app.js",
+    "app.css",
+    "token.js",
+    "vendor/VERSIONS.md",
+    "vendor/uplot/uPlot.iife.min.js",
+    "vendor/uplot/uPlot.min.css",
+    "vendor/uplot/LICENSE",
+    "vendor/swagger-ui/swagger-ui-bundle.js",
+    "vendor/swagger-ui/swagger-ui.css",
+    "vendor/swagger-ui/LICENSE",
+    "vendor/redoc/redoc.standalone.js",
+    "vendor/redoc/LICENSE",
+]
+
+
+def _send_runs(
+    svc, arms=("control", "treatment"), steps=(1, 2, 3), n=400, seed=0, token=None, exp="exp"
+) -> None:
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    rng = np.random.default_rng(seed)
+    with grpc.insecure_channel(svc.grpc_target) as channel:
+        stub = ingest_pb2_grpc.IngestStub(channel)
+        for i, arm in enumerate(arms):
+            for step in steps:
+                y = rng.integers(0, 2, n).astype(np.float32)
+                p = np.clip(0.3 + (0.3 + 0.05 * i) * y + rng.normal(0, 0.2, n), 0, 1)
+                ack = stub.Send(
+                    make_batch(
+                        preds=p,
+                        labels=y,
+                        producer=arm,
+                        seq=step,
+                        experiment=exp,
+                        arm=arm,
+                        step=step,
+                    ),
+                    timeout=30,
+                    metadata=metadata,
+                )
+                assert not ack.error_code, ack.error_message
+
+
+def test_static_files_are_package_data() -> None:
+    """Every static file is in the package and matched by pyproject's package-data."""
+    static = resources.files("rankboard.service.rest") / "static"
+    for name in STATIC_FILES:
+        assert (static / name).is_file(), name
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["package-data"]["rankboard.service.rest"]
+    base = ROOT / "service" / "rest"
+    files = [p.relative_to(base).as_posix() for p in (base / "static").rglob("*") if p.is_file()]
+    assert files
+    for rel in files:
+        # setuptools globs: "*" does not cross "/"
+        assert any(
+            fnmatch.fnmatch(rel, pat) and rel.count("/") == pat.count("/") for pat in patterns
+        ), f"{rel} is not declared as package data"
+
+
+def test_pages_are_public_and_hold_no_data_while_data_needs_the_token(service_factory) -> None:
+    svc = service_factory(read_token="r3ad", token="wr1te")
+    _send_runs(svc, arms=("secretarm",), steps=(1,), token="wr1te", exp="hiddenexp")
+    auth = {"Authorization": "Bearer r3ad"}
+    with httpx.Client(base_url=svc.http_url, timeout=30) as http:
+        for path in ("/", "/static/app.js", "/static/token.js", "/docs", "/redoc"):
+            r = http.get(path)
+            assert r.status_code == 200, path
+            assert "secretarm" not in r.text and "hiddenexp" not in r.text
+        for path in (
+            "/v1/experiments",
+            "/openapi.json",
+            "/metrics",
+            "/v1/experiments/hiddenexp/histories?task=ctr",
+        ):
+            assert http.get(path).status_code == 401, path
+            assert http.get(path, headers=auth).status_code == 200, path
+        spec = http.get("/openapi.json", headers=auth).json()
+        assert "/v1/experiments/{experiment}/histories" in spec["paths"]
+        assert "/metrics" in spec["paths"]
+
+
+def test_pages_load_nothing_from_the_network(service) -> None:
+    """Every script, style and link of /, /docs and /redoc is served by the service."""
+    with httpx.Client(base_url=service.http_url, timeout=30) as http:
+        for page in ("/", "/docs", "/redoc"):
+            html = http.get(page).text
+            refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+            assert refs, page
+            for ref in refs:
+                if ref.startswith("data:") or not ref.startswith("/static/"):
+                    assert not re.match(r"^(https?:)?//", ref), (page, ref)
+                    continue
+                r = http.get(ref)
+                assert r.status_code == 200 and r.content, (page, ref)
+        # the vendored bundles do not fetch fonts or scripts from a CDN at start
+        redoc = http.get("/redoc").text
+        assert "fonts.googleapis" not in redoc and "cdn.jsdelivr" not in redoc
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"Bearer \xc3\xa9", b"Bearer \xff\xfe", "Bearer r3ád".encode(), b"\xe2\x82\xac"],
+)
+def test_non_ascii_authorization_is_401_not_500(service_factory, header: bytes) -> None:
+    svc = service_factory(read_token="r3ad", token="wr1te")
+    with httpx.Client(base_url=svc.http_url, timeout=30) as http:
+        for method, path in (
+            ("GET", "/v1/experiments"),
+            ("GET", "/openapi.json"),
+            ("GET", "/metrics"),
+            ("DELETE", "/v1/experiments/exp"),
+        ):
+            r = http.request(method, path, headers={"Authorization": header})
+            assert r.status_code == 401, (path, r.status_code, r.text)
+
+
+def test_a_non_ascii_token_works_when_sent_as_utf8(service_factory) -> None:
+    svc = service_factory(read_token="lé-jeton")
+    with httpx.Client(base_url=svc.http_url, timeout=30) as http:
+        ok = {"Authorization": "Bearer lé-jeton".encode()}
+        assert http.get("/v1/experiments", headers=ok).status_code == 200
+        latin1 = {"Authorization": "Bearer lé-jeton".encode("latin-1")}
+        assert http.get("/v1/experiments", headers=latin1).status_code == 401
+
+
+def test_histories_equal_each_arms_history(service) -> None:
+    """One response holds every (arm, metric) series, equal to the history route's."""
+    _send_runs(service, steps=(1, 2, 3, 4, 5))
+    with httpx.Client(base_url=service.http_url, timeout=30) as http:
+        body = http.get(
+            "/v1/experiments/exp/histories", params={"task": "ctr", "max_points": 1000}
+        ).json()
+        runs = http.get("/v1/experiments/exp").json()["runs"]
+        expected_pairs = {(r["arm"], m) for r in runs if r["phase"] == "eval" for m in r["metrics"]}
+        got = {(s["arm"], s["metric"]): s for s in body["series"]}
+        assert set(got) == expected_pairs
+        for (arm, metric), series in got.items():
+            points = http.get(
+                f"/v1/experiments/exp/arms/{arm}/history",
+                params={"task": "ctr", "metric": metric},
+            ).json()["points"]
+            assert series["steps"] == [p["step"] for p in points]
+            for v, p in zip(series["values"], points, strict=True):
+                assert v == pytest.approx(p["value"], rel=1e-5, abs=1e-12)
+            for side in ("low", "high"):
+                want = [p.get(side) for p in points]
+                if all(w is None for w in want):
+                    assert series[side] is None
+                else:
+                    assert series[side] == pytest.approx(want, rel=1e-5)
+        thin = http.get(
+            "/v1/experiments/exp/histories", params={"task": "ctr", "max_points": 2}
+        ).json()
+        for series in thin["series"]:
+            assert series["steps"] == [1, 5]
+        assert http.get("/v1/experiments/exp/histories", params={"task": "nope"}).status_code == 404
+
+
+def test_downsample_and_compact_follow_their_definitions() -> None:
+    points = [{"step": s} for s in range(1, 1001)]
+    for k in (2, 3, 7, 100, 999, 1000, 5000):
+        got = [p["step"] for p in downsample(points, k)]
+        want = (
+            sorted({1 + round(i * 999 / (k - 1)) for i in range(k)})
+            if k < 1000
+            else list(range(1, 1001))
+        )
+        assert got == want
+        assert got[0] == 1 and got[-1] == 1000 and len(got) <= k
+    assert downsample(points, None) == points
+    for v in (0.123456789, -98765.4321, 1.5e-7, 3.0, 0.0):
+        c = compact([v])[0]
+        assert c == float(f"{v:.6g}")
+    assert compact([float("nan"), float("inf"), None]) == [None, None, None]
