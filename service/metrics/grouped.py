@@ -125,6 +125,8 @@ class GroupedXAUC(_GroupedSamples):
             raise ValueError("GroupedXAUC: max_pairs_per_group must be >= 1")
         self.max_pairs_per_group = max_pairs_per_group
         self.sampler = PairSampler(seed) if max_pairs_per_group is not None else None
+        if self.sampler is not None:
+            self.compute_with_cache = False  # every compute is a new draw
 
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         preds, target, keys = self._samples()

@@ -98,6 +98,8 @@ class XAUC(RankMetric):
         self.sample_ratio = 1e-3 if sample_ratio is None else float(sample_ratio)
         self.max_pairs = max_pairs
         self.sampler = PairSampler(seed) if self.sampling else None
+        if self.sampler is not None:
+            self.compute_with_cache = False  # every compute is a new draw
         if self.in_batch:
             self.add_state(
                 "batch_sum", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True

@@ -120,6 +120,11 @@ def bin_indices(preds: Tensor, thresholds: int) -> Tensor:
     t = int(thresholds)
     if preds.device.type == "cpu":
         return torch.from_numpy(_bin_indices_np(to_numpy(preds), t))
+    return _bin_indices_torch(preds, t)
+
+
+def _bin_indices_torch(preds: Tensor, t: int) -> Tensor:
+    """:func:`bin_indices` in torch ops (any device)."""
     pts = threshold_points(t).to(preds.device)
     p = preds.to(torch.float32)
     k = torch.clamp((p * (t - 1)).to(torch.int64), 0, t - 1)
