@@ -175,14 +175,25 @@ rankboardSpec().then(function (spec) {
 
 
 def add_ui_routes(
-    app: FastAPI, store: MetricStore, read: Any, *, docs_public: bool = False
+    app: FastAPI,
+    store: MetricStore,
+    read: Any,
+    *,
+    token_required: bool = False,
+    docs_public: bool = False,
 ) -> None:
     """Mount the dashboard, its static files, ``/docs``, ``/redoc``, ``/openapi.json``
     (behind ``read`` unless ``docs_public``) and the dashboard's history route.
 
-    The app must be created with ``docs_url=None, redoc_url=None, openapi_url=None``.
+    ``token_required`` tells the page (``/dashboard/config.json``, public) to ask for the
+    read token before its first data request. The app must be created with
+    ``docs_url=None, redoc_url=None, openapi_url=None``.
     """
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+
+    @app.get("/dashboard/config.json", include_in_schema=False)
+    def dashboard_config() -> dict:
+        return {"token_required": token_required}
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

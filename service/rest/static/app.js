@@ -10,6 +10,8 @@
 (function () {
   var REFRESH_MS = 5000;
   var POINT_BUDGET = 40000;  // history points per page load, over all series
+  var STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2500, 5e3, 1e4, 2e4,
+    25e3, 5e4, 1e5, 2e5, 25e4, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8, 1e9];  // steps are integers
   var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
     "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
@@ -410,7 +412,7 @@
         width: chartWidth(),
         height: 240,
         scales: { x: { time: false } },
-        axes: [{ label: c.phase === "train" ? "step (decayed)" : "eval step" }, { size: 60 }],
+        axes: [{ label: c.phase === "train" ? "step (decayed)" : "eval step", incrs: STEP_INCRS }, { size: 60 }],
         series: series,
         bands: bands,
         legend: { live: true },

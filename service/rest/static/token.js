@@ -57,7 +57,26 @@ var rankboardAskToken = (function () {
   };
 })();
 
+// Whether the service wants a token: asked before the first data request, so that a
+// normal page load makes no request that is refused (public, holds no data).
+var rankboardReady = (function () {
+  var ready = null;
+  return function () {
+    if (!ready) {
+      ready = fetch("/dashboard/config.json", { cache: "no-store" })
+        .then(function (r) { return r.ok ? r.json() : { token_required: false }; })
+        .catch(function () { return { token_required: false }; })
+        .then(function (cfg) {
+          if (cfg.token_required && !rankboardToken.get()) { return rankboardAskToken(null); }
+          return null;
+        });
+    }
+    return ready;
+  };
+})();
+
 async function rankboardFetch(url, options) {
+  await rankboardReady();
   for (var attempt = 0; ; attempt++) {
     var headers = {};
     var t = rankboardToken.get();
