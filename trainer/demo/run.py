@@ -254,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  {url}/v1/experiments/{EXPERIMENT}/arms/control/history?task=ctr&phase=train&metric=auc"
     )
+    serve = "make serve" + ("" if data_dir == Path(".demo/state") else f" SERVE_DIR={data_dir}")
+    print(f"Dashboard: `{serve}`, then open http://127.0.0.1:8000/?experiment={EXPERIMENT}")
     print(f"rankboard demo: done in {time.monotonic() - start:.0f} s")
     from torch import distributed as dist
 
