@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/*.proto)
 GEN    := protos/.generated
 
-.PHONY: all venv protos test demo lint bench clean
+.PHONY: all venv protos test demo lint bench clean serve browser-deps
 
 all: test
 
@@ -34,6 +34,26 @@ test: protos
 
 demo: protos
 	$(BIN)/python -m rankboard.trainer.demo
+
+# `make serve`: the state `make demo` left, with the dashboard at http://127.0.0.1:8000/
+SERVE_DIR       ?= .demo/state
+SERVE_HTTP_PORT ?= 8000
+SERVE_GRPC_PORT ?= 50051
+serve: protos
+	@test -d "$(SERVE_DIR)" || { echo "no state in $(SERVE_DIR): run \`make demo\` first (or make serve SERVE_DIR=...)"; exit 2; }
+	@echo ">> dashboard: http://127.0.0.1:$(SERVE_HTTP_PORT)/  (API: /docs; gRPC 127.0.0.1:$(SERVE_GRPC_PORT); Ctrl-C stops)"
+	$(BIN)/rankboard serve --data-dir "$(SERVE_DIR)" --http-port $(SERVE_HTTP_PORT) --grpc-port $(SERVE_GRPC_PORT)
+
+# Headless Chromium + chromedriver for the dashboard's browser test (Debian packages;
+# installed only when missing, and only as root: CI). Elsewhere the test skips and says so.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo ">> chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo ">> chromium/chromedriver missing: as root run apt-get install -y chromium chromium-driver"; \
+	fi
 
 lint: protos
 	$(BIN)/ruff check .
