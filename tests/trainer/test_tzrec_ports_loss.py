@@ -446,3 +446,56 @@ def test_contrastive_temperatures_are_learnable_parameters() -> None:
         assert math.isclose(p.item(), math.log(1 / 0.07), rel_tol=1e-6)
     loss_fn(**features(4, 8), pair_mask=torch.ones(4, dtype=torch.bool)).backward()
     assert all(p.grad is not None and p.grad.abs() > 0 for p in params.values())
+
+
+_RANK_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from rankboard.trainer.loss import SidContrastiveLoss
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+torch.manual_seed(0)
+full = [torch.randn(8, 6) for _ in range(4)]
+mask = torch.tensor([True, True, False, True, True, False, True, True])
+local = [t[4 * rank : 4 * rank + 4].clone().requires_grad_(True) for t in full]
+loss = SidContrastiveLoss()(*local, pair_mask=mask[4 * rank : 4 * rank + 4])
+loss.backward()
+torch.save({"loss": loss.detach(), "grad_a": local[0].grad}, out)
+dist.destroy_process_group()
+"""
+
+
+def test_contrastive_two_ranks_all_gather(tmp_path) -> None:
+    """tzrec/loss/sid_contrastive_loss_test.py::SidContrastiveDistTest (2 gloo ranks): every
+    rank's rows meet all ranks' columns, so with 3 pairs per rank the mean of the two ranks'
+    losses is the one-process loss of the whole batch, and the gradient flows back through
+    the all-gather (each rank's gradient of its own rows: its share of the whole batch's)."""
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RANK_SCRIPT,
+                str(r),
+                str(tmp_path / "store"),
+                str(tmp_path / f"{r}.pt"),
+            ]
+        )
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    full = [torch.randn(8, 6) for _ in range(4)]
+    full[0].requires_grad_(True)
+    mask = torch.tensor([True, True, False, True, True, False, True, True])
+    whole = SidContrastiveLoss()(*full, pair_mask=mask)
+    whole.backward()
+    mean = (ranks[0]["loss"] + ranks[1]["loss"]) / 2
+    torch.testing.assert_close(mean, whole.detach(), rtol=1e-5, atol=1e-6)
+    # d(whole)/d(rows of rank r) = 1/2 * sum over ranks of d(loss_k)/d(rows of r); gloo's
+    # differentiable all_gather sums the ranks' gradients into each rank's rows
+    grads = torch.cat([ranks[0]["grad_a"], ranks[1]["grad_a"]])
+    torch.testing.assert_close(grads / 2, full[0].grad, rtol=1e-4, atol=1e-6)
