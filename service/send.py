@@ -733,6 +733,11 @@ def _stream(
     import inspect
     import logging
 
+    try:  # before the client (and torch) load: an unreachable service answers in seconds
+        _check_reachable(args.target, args.timeout)
+    except SendInputError as err:
+        _say(str(err))
+        return 2
     from rankboard.trainer.client import (
         FlushTimeout,
         MetricsStream,
@@ -744,11 +749,6 @@ def _stream(
     logging.getLogger("rankboard.trainer.client").setLevel(logging.CRITICAL)
     if "sample_ids" in data and "sample_ids" not in inspect.signature(MetricsStream.log).parameters:
         _say("--sample-id-col: this version of the client cannot send sample ids")
-        return 2
-    try:
-        _check_reachable(args.target, args.timeout)
-    except SendInputError as err:
-        _say(str(err))
         return 2
     from tqdm import tqdm
 
@@ -848,7 +848,7 @@ def _send_part(
     args: argparse.Namespace, data: dict[str, np.ndarray], part: _Part, bar: Any, before: int
 ) -> str | None:
     """Log one arm's rows batch by batch; the bar follows acknowledged samples."""
-    from rankboard.trainer.client import MetricsStreamError, RejectedBatchesError
+    from rankboard.trainer.client import FlushTimeout, MetricsStreamError, RejectedBatchesError
 
     stream = part.stream
     rows = part.rows
@@ -867,13 +867,14 @@ def _send_part(
             bar.n = before + done
             bar.refresh()
         s = stream.stats
-        if s.rejected_batches:
-            try:
-                stream.flush(timeout=args.timeout)
-            except RejectedBatchesError as err:
-                return _rejection_text(err)
-            except MetricsStreamError as err:
-                return str(err)
+        try:  # a fatal error (authentication) or a refused batch ends the send at once
+            stream.flush(timeout=args.timeout if s.rejected_batches else 0)
+        except FlushTimeout:
+            pass
+        except RejectedBatchesError as err:
+            return _rejection_text(err)
+        except MetricsStreamError as err:
+            return str(err)
         if s.pending_samples and time.monotonic() - last_progress > args.timeout:
             return (
                 f"the service at {args.target} stopped acknowledging (no progress for"

@@ -99,8 +99,7 @@ def test_same_file_twice_is_a_no_op_and_replace_sends_again(service, tmp_path, c
     code, err = run_send(capsys, service.grpc_target, path, *args, "--replace")
     assert code == 0, err
     assert f"{n:,} samples applied" in err
-    got = metrics(service.http_url, "control")
-    assert got["samples"] == 2 * n
+    assert metrics(service.http_url, "control", fresh="true")["samples"] == 2 * n
 
 
 def test_a_different_file_to_the_same_run_is_not_a_duplicate(service, tmp_path, capsys) -> None:
@@ -272,28 +271,21 @@ def test_where_filter_on_numbers_and_text(service, tmp_path, capsys) -> None:
 
 
 # ------------------------------------------------------------------ item 8
-def test_progress_counts_acknowledged_samples(tmp_path: Path) -> None:
+def test_progress_counts_acknowledged_samples(
+    service_factory, tmp_path, capsys, monkeypatch
+) -> None:
     """Refused for its token, the bar never claims the samples went through."""
-    import os
-
-    from tests.service.test_crash_recovery import ServiceProcess
-
-    svc = ServiceProcess(tmp_path / "data", env={**os.environ, "RANKBOARD_TOKEN": "w"})
-    svc.start()
-    try:
-        path = write_csv(tmp_path / "p.csv", {"prediction": [0.5] * 2000, "label": [0, 1] * 1000})
-        env = {k: v for k, v in os.environ.items() if k != "RANKBOARD_TOKEN"}
-        out = subprocess.run(
-            [sys.executable, "-m", "rankboard.service.cli", "send", str(path), "--target",
-             f"127.0.0.1:{svc.gport}", "--experiment", "e", "--arm", "a", "--task", "t",
-             "--batch-size", "500", "--timeout", "20"],
-            capture_output=True, text=True, timeout=120, env=env,
-        )  # fmt: skip
-        assert out.returncode == 1
-        assert out.stderr.upper().count("UNAUTHENTICATED") == 1, out.stderr
-        assert "100%" not in out.stderr and "2.00k/2.00k" not in out.stderr
-    finally:
-        assert svc.stop() == 0
+    monkeypatch.delenv("RANKBOARD_TOKEN", raising=False)
+    svc = service_factory(token="w")
+    path = write_csv(tmp_path / "p.csv", {"prediction": [0.5] * 2000, "label": [0, 1] * 1000})
+    code = main(
+        ["send", str(path), "--target", svc.grpc_target, "--experiment", "e", "--arm", "a",
+         "--task", "t", "--batch-size", "500", "--timeout", "20"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.upper().count("UNAUTHENTICATED") == 1, err
+    assert "0/2.00k" in err and "100%" not in err and "2.00k/2.00k" not in err
 
 
 # ------------------------------------------------------------------ item 11
