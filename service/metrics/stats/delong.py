@@ -51,24 +51,66 @@ class AUCInfluence(NamedTuple):
     strata: np.ndarray
 
 
-def _tie_groups(key: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
-    """Per sample, the rank of its tie group (ascending key); and the number of groups."""
-    n = key.size
+def _exact_influence(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> AUCInfluence:
+    """Exact AUC by one packed sort: (prediction key, label, index) in one uint64, so the
+    labels come out in sorted order without a gather and tie groups are runs of equal
+    prediction key; per-group placements, then one scatter of ψ back to sample order."""
+    n = y.size
+    pos = y > 0.5
+    strata = pos.astype(np.int8)
     sh = max(1, int(n - 1).bit_length())
-    if bits + sh <= 64:
-        packed = np.sort((key.astype(np.uint64) << np.uint64(sh)) | np.arange(n, dtype=np.uint64))
+    key = float_key_np(p)
+    if 33 + sh <= 64:
+        packed = (key << np.uint64(1)) | pos.astype(np.uint64)
+        packed <<= np.uint64(sh)
+        packed |= np.arange(n, dtype=np.uint64)
+        packed.sort()
         order = (packed & np.uint64((1 << sh) - 1)).astype(np.intp)
-        sk = packed >> np.uint64(sh)
-    else:  # pragma: no cover - more than 2**32 samples
-        order = np.argsort(key, kind="stable")
-        sk = key[order]
-    change = np.empty(n, dtype=np.int64)
-    change[0] = 0
-    np.not_equal(sk[1:], sk[:-1], out=change[1:], casting="unsafe")
-    rank = np.cumsum(change)
-    tie = np.empty(n, dtype=np.intp)
-    tie[order] = rank
-    return tie, int(rank[-1]) + 1
+        lab = ((packed >> np.uint64(sh)) & np.uint64(1)).astype(np.int64)
+        tk = packed >> np.uint64(sh + 1)
+    else:  # pragma: no cover - more than 2**31 samples
+        order = np.lexsort((pos, key))
+        lab = pos[order].astype(np.int64)
+        tk = key[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(tk[1:], tk[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    gid = np.cumsum(new.astype(np.int64)) - 1
+    bounds = np.append(starts, n)
+    if w is None:
+        cpos = np.concatenate(([0], np.cumsum(lab)))[bounds]
+        pos_g = np.diff(cpos)
+        neg_g = np.diff(bounds) - pos_g
+        n1, n0 = int(cpos[-1]), n - int(cpos[-1])
+        if n1 == 0 or n0 == 0:
+            return AUCInfluence(math.nan, np.zeros(n), strata)
+        cneg = np.cumsum(neg_g) - neg_g
+        u2 = int(np.sum(pos_g * (2 * cneg + neg_g)))
+        w1, w0 = float(n1), float(n0)
+        value = (u2 / 2) / (w1 * w0)
+        pos_f, neg_f, cneg_f = (x.astype(np.float64) for x in (pos_g, neg_g, cneg))
+        ws = None
+    else:
+        ws = np.asarray(w, dtype=np.float64)[order]
+        wp = ws * lab
+        c1 = np.concatenate(([0.0], np.cumsum(wp)))[bounds]
+        c0 = np.concatenate(([0.0], np.cumsum(ws - wp)))[bounds]
+        pos_f, neg_f = np.diff(c1), np.diff(c0)
+        w1, w0 = float(c1[-1]), float(c0[-1])
+        if not (w1 > 0 and w0 > 0):
+            return AUCInfluence(math.nan, np.zeros(n), strata)
+        cneg_f = np.cumsum(neg_f) - neg_f
+        value = float(np.sum(pos_f * (cneg_f + 0.5 * neg_f))) / (w1 * w0)
+    table = np.empty((starts.size, 2))
+    table[:, 1] = (n / w1) * ((cneg_f + 0.5 * neg_f) / w0 - value)  # positives: V10
+    table[:, 0] = (n / w0) * ((w1 - np.cumsum(pos_f) + 0.5 * pos_f) / w1 - value)  # V01
+    psi_sorted = table.reshape(-1)[2 * gid + lab]
+    if ws is not None:
+        psi_sorted *= ws
+    psi = np.empty(n)
+    psi[order] = psi_sorted
+    return AUCInfluence(value, psi, strata)
 
 
 def _influence_from_ties(
@@ -140,8 +182,7 @@ def auc_influence(preds: object, target: object, weights: object | None = None) 
     w = None if weights is None else as_numpy(weights).reshape(-1)
     if p.size == 0:
         return AUCInfluence(math.nan, np.zeros(0), np.zeros(0, dtype=np.int8))
-    tie, groups = _tie_groups(float_key_np(p), 32)
-    return _influence_from_ties(tie, groups, y, w)
+    return _exact_influence(p, y, w)
 
 
 def equal_width_bins(preds: torch.Tensor, bins: int) -> torch.Tensor:
