@@ -47,6 +47,8 @@ def dockerfile(name: str) -> dict[str, list[str]]:
 
 
 SERVICE_DF = dockerfile("Dockerfile.service")
+# services that run a public image, pinned (no build of ours)
+EXTERNAL = {"prometheus", "grafana"}
 TRAINER_DF = dockerfile("Dockerfile.trainer")
 
 
@@ -88,6 +90,8 @@ def test_compose_file_is_valid_against_the_compose_spec() -> None:
 def test_paths_in_compose_and_dockerfiles_exist() -> None:
     for name, svc in COMPOSE["services"].items():
         build = svc.get("build")
+        if build is None and name in EXTERNAL:
+            continue  # a pinned public image (test_external_images_are_pinned)
         if build is None:  # reuses an image built by another service
             assert any(
                 s.get("image") == svc["image"] and "build" in s
@@ -110,11 +114,15 @@ def test_paths_in_compose_and_dockerfiles_exist() -> None:
         for arg in svc.get("command", []):
             if arg.startswith("/app/"):
                 assert (ROOT / arg.removeprefix("/app/")).is_file(), arg
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):  # bind mounts: relative to docker/
+                assert (DOCKER / source).exists(), volume
 
 
 def test_commands_and_ports_match_the_clis() -> None:
     from rankboard.service.cli import main as rankboard_main
-    from rankboard.trainer.demo.report import main as report_main
+    from rankboard.trainer.demo.train import EXPERIMENT
     from rankboard.trainer.demo.train import main as train_main
 
     services = COMPOSE["services"]
@@ -144,7 +152,11 @@ def test_commands_and_ports_match_the_clis() -> None:
         host, port = opt(cmd, "--target").split(":")
         assert host == "rankboard" and port == grpc_port
     report = services["report"]["command"]
-    assert flags(report) <= help_flags(report_main, [])
+    assert services["report"]["entrypoint"] == ["rankboard"]
+    assert services["report"]["image"] == services["rankboard"]["image"]
+    assert report[0] == "compare"
+    assert flags(report) <= help_flags(rankboard_main, ["compare"])
+    assert opt(report, "--experiment") == EXPERIMENT
     url = urlparse(opt(report, "--url"))
     assert (url.hostname, str(url.port)) == ("rankboard", http_port)
     for name in ("control", "treatment"):
@@ -162,7 +174,7 @@ def test_entry_commands_run_outside_docker(tmp_path: Path) -> None:
         "0.0.0.0": "127.0.0.1",
     }
     cmd = [str(BIN / "rankboard"), *(old.get(a, a) for a in serve)]
-    env = {**os.environ, "RANKBOARD_TOKEN": ""}
+    env = {**os.environ, "RANKBOARD_TOKEN": "compose-write", "RANKBOARD_READ_TOKEN": "compose-read"}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
     )
@@ -194,16 +206,130 @@ def test_entry_commands_run_outside_docker(tmp_path: Path) -> None:
             for a in services["report"]["command"]
         ]
         out = subprocess.run(
-            [sys.executable, *services["report"]["entrypoint"][1:], *report, "--arms", "control"],
+            [str(BIN / "rankboard"), *report],
+            env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert out.returncode == 0, out.stderr[-3000:]
-        assert re.search(r"ctr\s+auc\s+0\.\d+", out.stdout), out.stdout
+        assert "experiment demo, task ctr" in out.stdout, out.stdout
+        assert re.search(r"^auc\s+control\s+0\.\d+", out.stdout, re.M), out.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
     assert rc == 0
+
+
+def _default(value: str) -> str:
+    """A compose string with ``${VAR:-default}`` replaced by its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_external_images_are_pinned() -> None:
+    for name in EXTERNAL:
+        image = COMPOSE["services"][name]["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), image
+
+
+def test_compose_is_closed_by_default() -> None:
+    """Issue 16 item 14: ports on loopback unless asked, and no service without tokens."""
+    services = COMPOSE["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            host = _default(str(port)).rsplit(":", 2)[0]
+            assert host == "127.0.0.1", (name, port)
+    env = services["rankboard"]["environment"]
+    for var in ("RANKBOARD_TOKEN", "RANKBOARD_READ_TOKEN"):
+        # ${VAR:?message}: compose refuses to start when the variable is unset or empty
+        assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", env[var]), env[var]
+    for name in ("control", "treatment"):
+        assert services[name]["environment"]["RANKBOARD_TOKEN"] == env["RANKBOARD_TOKEN"]
+    assert services["report"]["environment"]["RANKBOARD_READ_TOKEN"] == env["RANKBOARD_READ_TOKEN"]
+    assert (
+        services["prometheus"]["environment"]["RANKBOARD_READ_TOKEN"] == env["RANKBOARD_READ_TOKEN"]
+    )
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert re.fullmatch(
+        r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    )
+    serve = services["rankboard"]["command"]
+    assert "--metrics-public" not in serve  # Prometheus scrapes with the read token
+
+
+def _promql_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (rankboard's all start with ``rankboard_``)."""
+    return set(re.findall(r"\brankboard_[a-z0-9_]+", expr))
+
+
+def test_grafana_and_prometheus_name_only_what_metrics_serves(tmp_path: Path) -> None:
+    """Every metric the Grafana dashboard queries, and the scrape target, exist in a live
+    scrape of a real service (no panel that can never show data)."""
+    import grpc
+    import httpx
+    import numpy as np
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rankboard.protos import ingest_pb2, ingest_pb2_grpc
+    from rankboard.service.server import ServiceConfig, run_service
+    from rankboard.service.state.batch import encode_array
+
+    prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    services = COMPOSE["services"]
+    serve = services["rankboard"]["command"]
+    assert job["static_configs"][0]["targets"] == [f"rankboard:{opt(serve, '--http-port')}"]
+    assert job["authorization"]["type"] == "Bearer"
+    token_file = job["authorization"]["credentials_file"]
+    assert token_file in " ".join(services["prometheus"]["entrypoint"])
+    datasource = yaml.safe_load(
+        (DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    board = json.loads((DOCKER / "grafana/dashboards/rankboard.json").read_text())
+
+    def walk(panels):
+        for panel in panels:
+            yield panel
+            yield from walk(panel.get("panels", []))
+
+    exprs = [t["expr"] for p in walk(board["panels"]) for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in board["templating"]["list"]]
+    for p in walk(board["panels"]):
+        for t in p.get("targets", []):
+            assert t["datasource"]["uid"] == datasource["uid"]
+    wanted = set().union(*map(_promql_names, exprs))
+    assert (
+        "rankboard_metric_interval_low" in wanted
+        and "rankboard_ack_latency_seconds_bucket" in wanted
+    )
+
+    rng = np.random.default_rng(0)
+    cfg = ServiceConfig(data_dir=tmp_path / "data", device="cpu", read_token="rt", token="wt")
+    with run_service(cfg) as svc, grpc.insecure_channel(svc.grpc_target) as channel:
+        stub = ingest_pb2_grpc.IngestStub(channel)
+        for arm in ("control", "treatment"):
+            y = rng.integers(0, 2, 200).astype(np.float32)
+            p = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.2, 200), 0, 1).astype(np.float32)
+            msg = ingest_pb2.Batch(
+                producer_id=arm,
+                sequence=1,
+                experiment="demo",
+                arm=arm,
+                task="ctr",
+                phase=ingest_pb2.PHASE_EVAL,
+                step=1,
+                predictions=encode_array(p),
+                labels=encode_array(y),
+            )
+            ack = stub.Send(msg, timeout=30, metadata=[("authorization", "Bearer wt")])
+            assert not ack.error_code, ack.error_message
+        with httpx.Client(base_url=svc.http_url, timeout=30) as http:
+            assert http.get(job["metrics_path"]).status_code == 401  # the token is needed
+            text = http.get(job["metrics_path"], headers={"Authorization": "Bearer rt"}).text
+    served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert wanted - served == set()
