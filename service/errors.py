@@ -47,3 +47,9 @@ class ShuttingDown(ServiceError):
     """The service drains and takes no new batches."""
 
     code = "UNAVAILABLE"
+
+
+class InvalidQuery(ServiceError):
+    """A query parameter that cannot be honoured (alpha, cluster column, horizon...)."""
+
+    code = "INVALID_ARGUMENT"

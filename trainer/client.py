@@ -212,6 +212,7 @@ class _Record:
     n: int
     event: Any = None  # a torch.cuda.Event when copied on a side stream
     queued_at: float = field(default_factory=time.monotonic)
+    sample_ids: torch.Tensor | None = None
 
     @property
     def shape_key(self) -> tuple[Any, ...]:
@@ -222,6 +223,7 @@ class _Record:
             self.num_classes,
             self.weights is not None,
             tuple(self.keys),
+            self.sample_ids is not None,
         )
 
 
@@ -485,19 +487,22 @@ class MetricsStream:
         step: int,
         grouping_keys: Mapping[str, torch.Tensor | np.ndarray | Sequence[int]] | None = None,
         weights: torch.Tensor | np.ndarray | Sequence[float] | None = None,
+        sample_ids: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     ) -> bool:
         """Queue one step's samples; returns False when dropped (``when_full="drop"``).
 
         ``predictions`` has n values, or shape (n, C) of class probabilities;
-        ``labels``, ``weights`` and each grouping key column have n values.
-        The tensors are copied, so the caller may reuse them at once.
+        ``labels``, ``weights``, each grouping key column and ``sample_ids`` have n
+        values. ``sample_ids`` (integers, each once per eval step) name the samples of
+        an eval set: when two arms log the same ids, their comparison is paired (far
+        more powerful). The tensors are copied, so the caller may reuse them at once.
         """
         if phase not in _PHASES:
             raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         record = self._make_record(
-            predictions, labels, task, phase, int(step), grouping_keys, weights
+            predictions, labels, task, phase, int(step), grouping_keys, weights, sample_ids
         )
         if record.n == 0:
             return True
@@ -665,6 +670,7 @@ class MetricsStream:
         step: int,
         grouping_keys: Mapping[str, Any] | None,
         weights: Any,
+        sample_ids: Any = None,
     ) -> _Record:
         preds = torch.as_tensor(predictions)
         labs = torch.as_tensor(labels)
@@ -698,7 +704,15 @@ class MetricsStream:
             if w.numel() != n:
                 raise ValueError(f"{task}/{phase}: {n} labels but {w.numel()} weights")
             tensors.append((w, torch.float32))
+        if sample_ids is not None:
+            ids = torch.as_tensor(sample_ids)
+            if ids.numel() != n:
+                raise ValueError(f"{task}/{phase}: {n} labels but {ids.numel()} sample_ids")
+            if ids.is_floating_point():
+                raise ValueError(f"sample_ids must be integers, got {ids.dtype}")
+            tensors.append((ids, torch.int64))
         host, event = self._to_host(tensors)
+        ids_host = host.pop() if sample_ids is not None else None
         keys = dict(zip(key_names, host[2 : 2 + len(key_names)], strict=True))
         return _Record(
             task=task,
@@ -711,6 +725,7 @@ class MetricsStream:
             num_classes=num_classes,
             n=n,
             event=event,
+            sample_ids=ids_host,
         )
 
     def _to_host(
@@ -971,6 +986,7 @@ class MetricsStream:
         labels = cat([r.labels for r in records])
         weights = cat([r.weights for r in records]) if first.weights is not None else None
         keys = {name: cat([r.keys[name] for r in records]) for name in first.keys}
+        ids = cat([r.sample_ids for r in records]) if first.sample_ids is not None else None
         n = labels.shape[0]
         width = max(first.num_classes, 1)
         declared = self._declared.get((first.task, first.phase), [])
@@ -1007,6 +1023,8 @@ class MetricsStream:
                 batch.grouping_keys.add(name=name, keys=_array(col[lo:hi], ingest_pb2.DTYPE_INT64))
             if weights is not None:
                 batch.weights.CopyFrom(_array(weights[lo:hi], ingest_pb2.DTYPE_FLOAT32))
+            if ids is not None:
+                batch.sample_ids.CopyFrom(_array(ids[lo:hi], ingest_pb2.DTYPE_INT64))
             if len(parts) > 1:
                 for step, count in parts:
                     batch.segments.add(step=step, samples=count)

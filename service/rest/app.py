@@ -9,16 +9,19 @@ Routes (OpenAPI at /docs): ``/healthz``; ``/v1/experiments``;
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from rankboard.service.errors import NotFound, ServiceError
 from rankboard.service.rest import models
+from rankboard.service.rest.dashboard import add_ui_routes
+from rankboard.service.rest.prometheus import add_metrics_route
+from rankboard.service.state import query
 from rankboard.service.state.batch import RunKey
+from rankboard.service.state.query import QueryParams
 from rankboard.service.state.store import MetricStore
 
 _STATUS = {"NOT_FOUND": 404, "INVALID_ARGUMENT": 422, "UNAVAILABLE": 503}
@@ -26,19 +29,42 @@ Phase = Literal["train", "eval"]
 NameParam = Annotated[str, Query(min_length=1, max_length=128)]
 
 
-def _json(body: dict) -> Response:
-    """``body`` as JSON, as built (the hot polling routes build exactly their declared
-    model: skipping FastAPI's re-validation halves their cost; NaN is already None)."""
-    return Response(json.dumps(body, allow_nan=False), media_type="application/json")
+def query_params(
+    alpha: Annotated[float, Query(gt=0, le=0.5, description="1 - confidence level")] = 0.05,
+    cluster: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="grouping-key column whose values are the independent units"
+            " (default: the run's only key column, if it has exactly one); `none`:"
+            " independent samples",
+        ),
+    ] = None,
+    sequential: Annotated[
+        bool, Query(description="always-valid confidence sequences (safe to peek)")
+    ] = False,
+    horizon: Annotated[
+        int | None,
+        Query(ge=1, description="planned independent units, tunes sequential intervals"),
+    ] = None,
+    fresh: bool = False,
+) -> QueryParams:
+    return QueryParams(alpha, cluster, sequential, horizon, fresh).checked()
+
+
+Params = Annotated[QueryParams, Depends(query_params)]
 
 
 def _bearer_dependency(token: str | None, what: str):
-    expected = f"Bearer {token}" if token else None
+    # compared as bytes: a str compare_digest raises on non-ASCII (HTTP 500, issue 15);
+    # headers arrive decoded as latin-1, so encoding them back gives the bytes sent
+    expected = f"Bearer {token}".encode() if token else None
 
     async def check(authorization: Annotated[str | None, Header()] = None) -> None:
         if expected is None:
             return
-        if authorization is None or not hmac.compare_digest(authorization, expected):
+        given = authorization.encode("latin-1", "replace") if authorization is not None else b""
+        if authorization is None or not hmac.compare_digest(given, expected):
             raise HTTPException(
                 401, f"missing or wrong {what} token", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -47,9 +73,18 @@ def _bearer_dependency(token: str | None, what: str):
 
 
 def create_app(
-    store: MetricStore, read_token: str | None = None, write_token: str | None = None
+    store: MetricStore,
+    read_token: str | None = None,
+    write_token: str | None = None,
+    *,
+    metrics_public: bool = False,
+    prometheus_max_series: int = 2000,
 ) -> FastAPI:
     """The REST app over ``store``; ``read_token`` guards reads, ``write_token`` deletes.
+
+    The read token also guards ``/openapi.json`` and ``/metrics`` (unless
+    ``metrics_public``); the dashboard's and the API pages' static files are public and
+    hold no data (see :mod:`rankboard.service.rest.dashboard`).
 
     With a read token and no write token, deletes need the read token: a service whose
     reads are guarded never lets an anonymous caller delete.
@@ -59,6 +94,10 @@ def create_app(
         version="1",
         description="Exact metrics of ranking-model experiments: snapshots, histories and"
         " arm-versus-arm comparisons.",
+        # served by rankboard.service.rest.dashboard: packaged assets, token-protected schema
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     read = Depends(_bearer_dependency(read_token, "read"))
     write = Depends(
@@ -90,6 +129,7 @@ def create_app(
             "tasks": sorted({r.key.task for r in runs}),
             "phases": sorted({r.key.phase for r in runs}),
             "samples": sum(r.samples for r in runs),
+            "updated_at": max(r.updated_at for r in runs),
         }
 
     @router.get("", response_model=models.ExperimentList)
@@ -119,95 +159,40 @@ def create_app(
         ]
         return out
 
-    def snapshot_dict(key: RunKey, step: int | None, fresh: bool, wait: bool = True) -> dict | None:
-        got = store.snapshot(key, step, fresh=fresh, wait=wait)
-        if got is None:
-            return None
-        snap, stale = got
-        run = store.run(key)
-        return {
-            "experiment": key.experiment,
-            "arm": key.arm,
-            "task": key.task,
-            "phase": key.phase,
-            "step": snap.step if key.phase == "eval" else run.last_step,
-            "samples": snap.samples,
-            "metrics": snap.metrics,
-            "extras": snap.extras,
-            "version": snap.version,
-            "stale": stale,
-            "computed_at": snap.computed_at,
-        }
-
-    async def snapshot_async(key: RunKey, step: int | None, fresh: bool) -> dict:
-        # a cached snapshot is answered on the event loop (no thread hop, no lock);
-        # computing one goes to the thread pool
-        out = snapshot_dict(key, step, fresh, wait=False)
-        if out is None:
-            out = await run_in_threadpool(snapshot_dict, key, step, fresh)
-        return out
-
     @router.get("/{experiment}/arms/{arm}/metrics", response_model=models.MetricsSnapshot)
     async def get_metrics(
         experiment: str,
         arm: str,
         task: NameParam,
+        q: Params,
         phase: Phase = "eval",
         step: Annotated[int | None, Query(ge=0)] = None,
-        fresh: bool = False,
     ) -> dict:
-        """Metric values of one arm; eval gives the latest step unless ``step`` is set.
+        """Metric values of one arm with standard errors and intervals; eval gives the
+        latest step unless ``step`` is set (train: decayed values, no interval).
 
         Values come from a cache refreshed when state changed; ``stale`` says a
         newer one is being computed; ``fresh=true`` waits for it.
         """
-        return _json(await snapshot_async(RunKey(experiment, arm, task, phase), step, fresh))
+        key = RunKey(experiment, arm, task, phase)
+        return await run_in_threadpool(query.metrics_snapshot, store, key, step, q)
 
     @router.get("/{experiment}/compare", response_model=models.Comparison)
     async def compare(
         experiment: str,
         task: NameParam,
         baseline: NameParam,
+        q: Params,
         phase: Phase = "eval",
         step: Annotated[int | None, Query(ge=0)] = None,
-        fresh: bool = False,
     ) -> dict:
-        """Every arm's metrics side by side, with each arm's delta from the baseline arm."""
-        runs = [
-            r for r in summaries().get(experiment, []) if (r.key.task, r.key.phase) == (task, phase)
-        ]
-        if not runs:
-            raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
-        arms = {r.key.arm: await snapshot_async(r.key, step, fresh) for r in runs}
-        if baseline not in arms:
-            raise NotFound(
-                f"baseline arm {baseline!r} has no {phase} run of task {task!r}"
-                f" (arms: {', '.join(sorted(arms))})"
-            )
-        base = arms[baseline]["metrics"]
-        out = {}
-        for arm, snap in sorted(arms.items()):
-            delta, rel = {}, {}
-            for k, v in snap["metrics"].items():
-                b = base.get(k)
-                delta[k] = None if v is None or b is None else v - b
-                rel[k] = None if delta[k] is None or not b else delta[k] / abs(b)
-            out[arm] = {
-                "step": snap["step"],
-                "samples": snap["samples"],
-                "metrics": snap["metrics"],
-                "delta": delta,
-                "relative_delta": rel,
-                "stale": snap["stale"],
-            }
-        return _json(
-            {
-                "experiment": experiment,
-                "task": task,
-                "phase": phase,
-                "baseline": baseline,
-                "arms": out,
-            }
+        """Every arm against the baseline arm: values, intervals, deltas with intervals,
+        p-values and verdicts (paired when both arms carry the same sample ids).
+
+        Eval arms are compared at one step: ``step``, or the latest every arm has.
+        """
+        return await run_in_threadpool(
+            query.compare, store, experiment, task, baseline, q, phase, step
         )
 
     @router.get("/{experiment}/arms/{arm}/history", response_model=models.History)
@@ -217,17 +202,18 @@ def create_app(
         task: NameParam,
         metric: NameParam,
         phase: Phase = "eval",
+        max_points: Annotated[int | None, Query(ge=2, le=100_000)] = None,
     ) -> dict:
-        """A metric's value over steps: decay steps (train) or eval steps (eval)."""
+        """A metric's value over steps: decay steps (train) or eval steps (eval, with the
+        95 % interval of each step); ``max_points`` thins long histories evenly."""
         key = RunKey(experiment, arm, task, phase)
-        points = store.history(key, metric)
         return {
             "experiment": experiment,
             "arm": arm,
             "task": task,
             "phase": phase,
             "metric": metric,
-            "points": [{"step": s, "value": v} for s, v in points],
+            "points": query.history(store, key, metric, max_points),
         }
 
     app.include_router(router)
@@ -243,6 +229,11 @@ def create_app(
 
         Needs the write token when one is set, else the read token when one is set.
         """
-        return {"experiment": experiment, "runs_deleted": store.delete_experiment(experiment)}
+        deleted = store.delete_experiment(experiment)
+        query.forget(store, experiment)
+        return {"experiment": experiment, "runs_deleted": deleted}
 
+    # dashboard, /docs, /redoc, /openapi.json and /metrics (DASHBOARD)
+    add_ui_routes(app, store, read, token_required=read_token is not None)
+    add_metrics_route(app, store, read, public=metrics_public, max_series=prometheus_max_series)
     return app

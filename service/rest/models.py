@@ -33,6 +33,7 @@ class ExperimentSummary(BaseModel):
     tasks: list[str]
     phases: list[str]
     samples: int
+    updated_at: float = Field(description="time of the last batch (unix seconds)")
 
 
 class ExperimentDetail(ExperimentSummary):
@@ -43,27 +44,65 @@ class ExperimentList(BaseModel):
     experiments: list[ExperimentSummary]
 
 
-class MetricsSnapshot(BaseModel):
-    experiment: str
-    arm: str
-    task: str
-    phase: str
+Interval = list[float] | None
+Intervals = dict[str, Interval]
+
+
+class _Statistics(BaseModel):
+    """Fields shared by a snapshot and an arm of a comparison."""
+
     step: int = Field(description="the eval step (eval) or the last training step seen (train)")
     samples: int = Field(description="samples behind these values")
+    positives: int | None = Field(None, description="samples with label 1 (binary runs)")
+    negatives: int | None = Field(None, description="samples with label 0 (binary runs)")
+    groups: dict[str, int] = Field(
+        default_factory=dict, description="groups counted by each grouped metric"
+    )
     metrics: MetricValues = Field(description="metric key -> value; null for NaN (undefined)")
-    extras: MetricValues = Field(default_factory=dict, description="e.g. groups counted")
-    version: int = Field(description="state version the values were computed at")
+    standard_errors: MetricValues = Field(
+        default_factory=dict, description="standard error of each value (null: none)"
+    )
+    intervals: Intervals = Field(
+        default_factory=dict,
+        description="[low, high] at level 1 - alpha (a confidence sequence when sequential);"
+        " null for train (decayed) metrics and where none can be computed",
+    )
+    methods: dict[str, str] = Field(
+        default_factory=dict,
+        description="how each interval was computed: delong, delong-clustered,"
+        " delta-over-groups, u-statistic, delta, poisson-bootstrap, none, ...",
+    )
     stale: bool = Field(description="true when newer batches arrived; a refresh is under way")
     computed_at: float
 
 
-class ArmComparison(BaseModel):
-    step: int
-    samples: int
-    metrics: MetricValues
+class MetricsSnapshot(_Statistics):
+    experiment: str
+    arm: str
+    task: str
+    phase: str
+    extras: MetricValues = Field(default_factory=dict, description="e.g. groups counted")
+    version: int = Field(description="state version the values were computed at")
+    alpha: float
+    sequential: bool
+    cluster: str | None = Field(description="the key column used as independent units")
+
+
+class ArmComparison(_Statistics):
     delta: MetricValues = Field(description="this arm's value minus the baseline's")
     relative_delta: MetricValues = Field(description="delta / |baseline value|")
-    stale: bool
+    delta_intervals: Intervals = Field(description="interval of the delta (null: baseline)")
+    delta_standard_errors: MetricValues
+    p_values: MetricValues = Field(
+        description="two-sided p-value of H0: no difference (always-valid when sequential)"
+    )
+    verdicts: dict[str, str | None] = Field(
+        description="better | worse | inconclusive by the metric's direction (null: baseline)"
+    )
+    paired: bool = Field(description="deltas paired on shared sample ids")
+    paired_samples: int
+    pairing: str = Field(description="why the comparison is (not) paired")
+    cluster: str | None
 
 
 class Comparison(BaseModel):
@@ -71,12 +110,20 @@ class Comparison(BaseModel):
     task: str
     phase: str
     baseline: str
+    step: int | None = Field(description="the eval step compared (null for train)")
+    note: str | None = Field(description="e.g. arms that have later steps than the one compared")
+    alpha: float
+    sequential: bool
+    horizon: int | None
+    cluster: str | None
     arms: dict[str, ArmComparison]
 
 
 class HistoryPoint(BaseModel):
     step: int
     value: float | None
+    low: float | None = Field(None, description="interval low (eval steps), null where none")
+    high: float | None = None
 
 
 class History(BaseModel):

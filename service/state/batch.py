@@ -35,7 +35,8 @@ _DTYPES: dict[int, np.dtype] = {
 }
 _CODES = {v.str: k for k, v in _DTYPES.items()}
 PHASES = {ingest_pb2.PHASE_TRAIN: "train", ingest_pb2.PHASE_EVAL: "eval"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_SAMPLES_PER_BATCH = 1 << 22
 MAX_SEGMENTS_PER_BATCH = 1024  # each segment is one metric update
 
@@ -67,6 +68,8 @@ class Batch:
     # (step, samples) of each run of consecutive samples of one step, in order;
     # empty means one segment of ``step``
     step_segments: list[tuple[int, int]] = field(default_factory=list)
+    # optional int64 identity of each sample (eval sets scored by several arms: pairing)
+    sample_ids: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -92,6 +95,7 @@ class Batch:
             {name: k[lo:hi] for name, k in self.grouping_keys.items()},
             self.metrics,
             self.train_metrics,
+            sample_ids=None if self.sample_ids is None else self.sample_ids[lo:hi],
         )
 
     def split(self) -> list[Batch]:
@@ -142,7 +146,7 @@ def decode_array(arr: ingest_pb2.Array, what: str) -> np.ndarray:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise InvalidBatch(
             f"{what} {value!r} must be 1-128 characters of letters, digits, '_', '.', '-'"
             " and start with a letter or digit"
@@ -190,18 +194,18 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
     pred_t = torch.from_numpy(preds.astype(np.float32) if preds.dtype.kind == "i" else preds)
     if width > 1:
         pred_t = pred_t.reshape(n, width)
-    if not bool(torch.isfinite(pred_t).all()):
-        raise InvalidBatch("predictions contain NaN or infinite values")
+    _check_float32_range(pred_t, "predictions")
     label_t = torch.from_numpy(labels)
-    if labels.dtype.kind == "f" and not bool(torch.isfinite(label_t).all()):
-        raise InvalidBatch("labels contain NaN or infinite values")
+    if labels.dtype.kind == "f":
+        _check_float32_range(label_t, "labels")
     weights = None
     if msg.HasField("weights"):
         w = decode_array(msg.weights, "weights")
         if w.shape[0] != n:
             raise InvalidBatch(f"length mismatch: {n} labels but {w.shape[0]} weights")
         weights = torch.from_numpy(w.astype(np.float32) if w.dtype.kind == "i" else w)
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        _check_float32_range(weights, "weights")
+        if bool((weights < 0).any()):
             raise InvalidBatch("weights must be finite and >= 0")
     keys: dict[str, torch.Tensor] = {}
     for col in msg.grouping_keys:
@@ -214,6 +218,14 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
         if k.shape[0] != n:
             raise InvalidBatch(f"length mismatch: {n} labels but {k.shape[0]} keys in {name!r}")
         keys[name] = torch.from_numpy(k.astype(np.int64, copy=False))
+    sample_ids = None
+    if msg.HasField("sample_ids"):
+        ids = decode_array(msg.sample_ids, "sample_ids")
+        if ids.dtype.kind != "i":
+            raise InvalidBatch("sample_ids must be INT64 or INT32")
+        if ids.shape[0] != n:
+            raise InvalidBatch(f"length mismatch: {n} labels but {ids.shape[0]} sample_ids")
+        sample_ids = torch.from_numpy(ids.astype(np.int64, copy=False))
     segments = [(int(s.step), int(s.samples)) for s in msg.segments]
     if segments:
         if len(segments) > MAX_SEGMENTS_PER_BATCH:
@@ -239,4 +251,23 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
         metrics=list(msg.metrics),
         train_metrics=list(msg.train_metrics),
         step_segments=segments if len(segments) > 1 else [],
+        sample_ids=sample_ids,
     )
+
+
+def _check_float32_range(values: torch.Tensor, what: str) -> None:
+    """Refuse NaN, infinities and float64 values that become infinite as float32 state.
+
+    >>> _check_float32_range(torch.tensor([1e39], dtype=torch.float64), "labels")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rankboard.service.errors.InvalidBatch: labels contain values beyond float32's range ...
+    """
+    if not bool(torch.isfinite(values).all()):
+        raise InvalidBatch(f"{what} contain NaN or infinite values")
+    if values.dtype == torch.float64 and bool((values.abs() > _FLOAT32_MAX).any()):
+        raise InvalidBatch(
+            f"{what} contain values beyond float32's range (|x| > {_FLOAT32_MAX!r}):"
+            " metric state is float32"
+        )

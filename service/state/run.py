@@ -25,6 +25,7 @@ from rankboard.protos import metric_pb2
 from rankboard.service import metrics as rbm
 from rankboard.service.errors import DeclarationConflict, InvalidBatch
 from rankboard.service.state.batch import Batch, RunKey
+from rankboard.service.state.columns import SampleColumns
 
 Config = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
 
@@ -127,10 +128,15 @@ PROBE_ROWS = 256
 
 @dataclass
 class Window:
-    """The metrics of one eval step (or the single window of a train run)."""
+    """The metrics of one eval step (or the single window of a train run).
+
+    Eval windows also keep their samples' columns (:class:`SampleColumns`) for the A/B
+    statistics; train windows (decayed metrics) do not.
+    """
 
     metrics: dict[str, Metric]
     samples: int = 0
+    columns: SampleColumns | None = None
 
 
 @dataclass
@@ -199,7 +205,12 @@ class Run:
         cpu = torch.device("cpu")
         for name, metric in metrics.items():
             metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
-        self.bytes_per_sample = retained_nbytes(metrics.values()) / part.num_samples
+        columns = SampleColumns()
+        columns.append(
+            part.predictions, part.labels, part.weights, part.grouping_keys, part.sample_ids
+        )
+        nbytes = retained_nbytes(metrics.values()) + columns.nbytes
+        self.bytes_per_sample = nbytes / part.num_samples
         return self.bytes_per_sample
 
     def check(self, batch: Batch) -> None:
@@ -218,23 +229,70 @@ class Run:
                 f"{'' if self.declared else ' (the defaults)'}; a batch may not change it to "
                 f"[{declaration_text(declared).replace(chr(10), '; ')}]"
             )
-        for name, metric in self._prototype.items():
-            kwargs = _inputs(metric, name, batch, torch.device("cpu"))
-            try:
-                metric.check_inputs(batch.predictions, batch.labels, **kwargs)
-            except ValueError as err:
-                raise InvalidBatch(f"metric {name!r}: {err}") from None
+        # against the state each segment will update (e.g. a multi-class step's class
+        # count), or a fresh window's metrics for a new step; a train batch's segments all
+        # go to its one window and are checked at once
+        parts = batch.split() if self.key.phase == "eval" else [batch]
+        for part in parts:
+            window = self.windows.get(part.step if self.key.phase == "eval" else 0)
+            metrics = self._prototype if window is None else window.metrics
+            for name, metric in metrics.items():
+                kwargs = _inputs(metric, name, part, torch.device("cpu"))
+                try:
+                    metric.check_inputs(part.predictions, part.labels, **kwargs)
+                except ValueError as err:
+                    raise InvalidBatch(f"metric {name!r}: {err}") from None
 
     def apply(self, batch: Batch) -> list[tuple[str, int, int, float]]:
-        """Update the metrics with a checked batch, one update per step segment.
+        """Update the metrics with a checked batch, one update per step segment, all or
+        nothing: if any update fails, the run is restored as it was and the error raised.
 
         Returns the train history points this batch produced, as
         ``(metric, point, step, value)``.
         """
-        points: list[tuple[str, int, int, float]] = []
-        for part in batch.split():
-            points.extend(self._apply_segment(part))
+        undo = self.undo_point(batch)
+        try:
+            points: list[tuple[str, int, int, float]] = []
+            for part in batch.split():
+                points.extend(self._apply_segment(part))
+        except BaseException:
+            self.rollback(undo)
+            raise
         return points
+
+    def undo_point(self, batch: Batch) -> dict[str, Any]:
+        """What :meth:`rollback` needs to undo applying ``batch``: the state of the windows
+        it touches (retained chunks by reference, other tensors cloned) and the counters."""
+        steps = {p.step if self.key.phase == "eval" else 0 for p in batch.split()}
+        windows: dict[int, Any] = {}
+        for step in steps:
+            w = self.windows.get(step)
+            windows[step] = (
+                None
+                if w is None
+                else (
+                    w.samples,
+                    {k: m.state_snapshot() for k, m in w.metrics.items()},
+                    None if w.columns is None else w.columns.copy(),
+                )
+            )
+        counters = (self.samples, self.version, self.last_step, self.history_points)
+        return {"windows": windows, "counters": counters, "updated_at": self.updated_at}
+
+    def rollback(self, undo: dict[str, Any]) -> None:
+        """Restore the run as it was at :meth:`undo_point`."""
+        for step, saved in undo["windows"].items():
+            if saved is None:
+                self.windows.pop(step, None)
+                continue
+            samples, states, columns = saved
+            window = self.windows[step]
+            window.samples = samples
+            window.columns = columns
+            for k, m in window.metrics.items():
+                m.load_state_dict(states[k])
+        self.samples, self.version, self.last_step, self.history_points = undo["counters"]
+        self.updated_at = undo["updated_at"]
 
     def _apply_segment(self, batch: Batch) -> list[tuple[str, int, int, float]]:
         step = batch.step if self.key.phase == "eval" else 0
@@ -243,6 +301,8 @@ class Run:
             window = Window(_build(self.key.phase, self.configs))
             for m in window.metrics.values():
                 m.to(self.device)
+            if self.key.phase == "eval":
+                window.columns = SampleColumns()
             self.windows[step] = window
         preds = batch.predictions.to(self.device, non_blocking=True)
         labels = batch.labels.to(self.device, non_blocking=True)
@@ -257,6 +317,14 @@ class Run:
             self.history_points += 1
             for name, metric in window.metrics.items():
                 points.append((name, self.history_points, batch.step, float(metric.compute())))
+        if window.columns is not None:
+            window.columns.append(
+                batch.predictions,
+                batch.labels,
+                batch.weights,
+                batch.grouping_keys,
+                batch.sample_ids,
+            )
         window.samples += batch.num_samples
         self.samples += batch.num_samples
         self.last_step = max(self.last_step, batch.step)
@@ -284,6 +352,23 @@ class Run:
             out[name] = _state_copy(metric)
         return out, window.samples
 
+    def key_columns(self, step: int) -> list[str]:
+        """Names of the grouping-key columns every sample of eval step ``step`` has."""
+        window = self.windows.get(step) if self.key.phase == "eval" else None
+        if window is None or window.columns is None:
+            return []
+        cols = window.columns
+        return sorted(
+            k for k, v in list(cols.keys.items()) if sum(c.numel() for c in v) == cols.samples
+        )
+
+    def columns(self, step: int) -> SampleColumns | None:
+        """A copy (sharing chunks) of eval step ``step``'s sample columns, or None."""
+        window = self.windows.get(step) if self.key.phase == "eval" else None
+        if window is None or window.columns is None:
+            return None
+        return window.columns.copy()
+
     # --- persistence -------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         """Everything needed to rebuild the run, cheap enough to take under the store's lock.
@@ -307,6 +392,7 @@ class Run:
                 step: {
                     "samples": w.samples,
                     "metrics": {k: m.state_snapshot() for k, m in w.metrics.items()},
+                    "columns": None if w.columns is None else w.columns.state(),
                 }
                 for step, w in self.windows.items()
             },
@@ -331,7 +417,10 @@ class Run:
             for k, m in metrics.items():
                 m.load_state_dict(w["metrics"][k])
                 m.to(device)
-            run.windows[step] = Window(metrics, w["samples"])
+            cols = w.get("columns")
+            run.windows[step] = Window(
+                metrics, w["samples"], None if cols is None else SampleColumns.from_state(cols)
+            )
         if run.bytes_per_sample is None and key.phase == "eval" and run.samples:
             # a checkpoint written before the probe existed: measure the state itself
             nbytes = retained_nbytes(m for w in run.windows.values() for m in w.metrics.values())

@@ -40,6 +40,7 @@ from rankboard.protos import ingest_pb2
 from rankboard.service.errors import CapacityExceeded, NotFound, ShuttingDown
 from rankboard.service.state import checkpoint
 from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, Batch, RunKey, decode_batch
+from rankboard.service.state.columns import SampleColumns
 from rankboard.service.state.registry import Registry
 from rankboard.service.state.repair import describe_record
 from rankboard.service.state.run import Run
@@ -50,6 +51,7 @@ from rankboard.service.state.wal import (
     StateLost,  # raised here too; defined beside the log, which raises it first
     WriteAheadLog,
 )
+from rankboard.service.telemetry import TELEMETRY, AckClock
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class MetricStore:
             else default_retained_bytes_cap(self.device)
         )
         self._closed = False
+        self._acks = AckClock()  # telemetry: ack latency (DASHBOARD)
         self.registry = Registry(self.data_dir / "registry.sqlite")
         self._ckpt_dir = self.data_dir / "checkpoints"
         self._checkpoints = checkpoint.Checkpoints(self._ckpt_dir)
@@ -153,26 +156,41 @@ class MetricStore:
                 new = run is None
                 if run is None:
                     run = Run.create(batch, self.device)
-                run.check(batch)
+                run.check(batch)  # against the state it will update: refusals change nothing
                 self._check_caps(run, batch)
-                lsn = self._wal.append(
-                    RECORD_BATCH, raw if raw is not None else msg.SerializeToString(), wait=False
-                )
+                # applied before it is logged, all or nothing (Run.apply rolls itself back),
+                # so the log holds only batches that applied: replay never meets a refusal
+                undo = run.undo_point(batch)
                 self._apply(run, batch, new)
+                try:
+                    lsn = self._wal.append(
+                        RECORD_BATCH,
+                        raw if raw is not None else msg.SerializeToString(),
+                        wait=False,
+                    )
+                except BaseException:
+                    self._unapply(run, batch, new, undo, last)
+                    raise
                 result = IngestResult(batch.sequence, False, batch.num_samples, lsn)
+                self._acks.start(lsn)  # telemetry (DASHBOARD)
         if not result.duplicate and self._wal_due():
             self._ckpt_wake.set()
         if wait:
             self._wal.wait_durable(result.lsn)
+            self._acks.done(result.lsn)  # telemetry (DASHBOARD)
         return result
 
     def is_durable(self, lsn: int) -> bool:
         """Whether the log record at ``lsn`` is durable (see :meth:`ingest`)."""
-        return self._wal.is_durable(lsn)
+        durable = self._wal.is_durable(lsn)
+        if durable:
+            self._acks.done(lsn)  # telemetry (DASHBOARD)
+        return durable
 
     def wait_durable(self, lsn: int) -> None:
         """Block until the log record at ``lsn`` is durable."""
         self._wal.wait_durable(lsn)
+        self._acks.done(lsn)  # telemetry (DASHBOARD)
 
     def _check_caps(self, run: Run, batch: Batch) -> None:
         if run.key.phase != "eval":
@@ -209,6 +227,19 @@ class MetricStore:
         if points:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
+
+    def _unapply(self, run: Run, batch: Batch, new: bool, undo: dict, last: int | None) -> None:
+        """Undo :meth:`_apply` of a batch that could not be logged."""
+        run.rollback(undo)
+        if run.key.phase == "eval":
+            self._retained -= batch.num_samples
+            self._retained_bytes -= batch.num_samples * run.cost_per_sample(batch)
+        if new:
+            self._runs.pop(run.key, None)
+        if last is None:
+            self._producers.pop(batch.producer_id, None)
+        else:
+            self._producers[batch.producer_id] = last
 
     def delete_experiment(self, experiment: str) -> int:
         """Delete an experiment's runs, state and history (durably); return runs removed."""
@@ -296,6 +327,14 @@ class MetricStore:
             run = self.run(key)
             metrics, samples = run.sources(step)
             return metrics, samples, run.version
+
+    def eval_sources(self, key: RunKey, step: int) -> tuple[dict, SampleColumns | None]:
+        """Copies of eval step ``step``'s metrics and sample columns, taken together under
+        the lock (chunks shared, never copied), to compute statistics on without it."""
+        with self._lock:
+            run = self.run(key)
+            metrics, _ = run.sources(step)
+            return metrics, run.columns(step)
 
     def _version_of(self, skey: tuple[RunKey, int]) -> int:
         return self.run(skey[0]).version  # an int attribute: read without the lock
@@ -387,6 +426,7 @@ class MetricStore:
         reference) and rotate the log; writing happens beside ingestion and writes
         only the chunks no earlier checkpoint holds. Returns the checkpoint's index.
         """
+        started = time.perf_counter()  # telemetry (DASHBOARD)
         with self._ckpt_lock:
             with self._lock:
                 state = {
@@ -403,6 +443,7 @@ class MetricStore:
             self._ckpt_index = index
             self._last_ckpt_time = time.monotonic()
             self._last_ckpt_bytes = written
+        TELEMETRY.checkpoint.observe(time.perf_counter() - started)  # telemetry (DASHBOARD)
         log.info("checkpoint %d written (%d bytes)", index, written)
         return index
 

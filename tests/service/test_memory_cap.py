@@ -2,10 +2,11 @@
 
 Exact metrics retain samples: exact AUC a float32 prediction and a float32 label
 (8 bytes), grouped AUC those and an int64 key (16 bytes); normalized entropy and
-binned AUC keep sums only. The service accounts each run's bytes from its
-declaration, refuses a batch that would go over the cap with RESOURCE_EXHAUSTED
-(changing nothing), frees the room when an experiment is deleted, and keeps the
-account through a restart.
+binned AUC keep sums only. Every eval step also keeps its samples' columns for the A/B
+statistics: a float32 prediction and label, and each int64 key column (8 or 16 bytes).
+The service accounts each run's bytes from its declaration, refuses a batch that
+would go over the cap with RESOURCE_EXHAUSTED (changing nothing), frees the room
+when an experiment is deleted, and keeps the account through a restart.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ def runs(http_url: str) -> dict[tuple[str, str], dict]:
 @pytest.mark.parametrize(
     ("declaration", "keys", "per_sample"),
     [
-        (None, True, 8 + 16),  # defaults: exact auc + normalized entropy + grouped_auc
-        (None, False, 8),  # defaults without keys: exact auc + normalized entropy
-        ("metrics { auc { thresholds: 200 } } metrics { normalized_entropy {} }", False, 0),
+        (None, True, 8 + 16 + 16),  # defaults: exact auc + NE + grouped_auc, + columns
+        (None, False, 8 + 8),  # defaults without keys: exact auc + normalized entropy
+        ("metrics { auc { thresholds: 200 } } metrics { normalized_entropy {} }", False, 8),
         (
             'metrics { auc { thresholds: 0 } } metrics { grouped_auc { grouping_key: "u" } }'
             " metrics { auc { thresholds: 0 } }",
             True,
-            8 + 16 + 8,
+            8 + 16 + 8 + 16,
         ),
     ],
 )
@@ -71,8 +72,8 @@ def test_retained_bytes_follow_the_declaration(service, declaration, keys, per_s
 
 
 def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> None:
-    # 24 bytes a sample (defaults with keys): room for 1000 samples
-    svc = service_factory(store={"max_retained_bytes": 24 * 1000})
+    # 40 bytes a sample (defaults with keys, columns included): room for 1000 samples
+    svc = service_factory(store={"max_retained_bytes": 40 * 1000})
     p, y, g = data(1200, seed=2)
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
@@ -86,7 +87,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
             make_batch(preds=p[500:501], labels=y[500:501], keys={"u": g[500:501]}, arm="a", seq=3)
         )
         assert ack.error_code == RESOURCE_EXHAUSTED
-        assert "max-retained-mb" in ack.error_message and "24 bytes a sample" in ack.error_message
+        assert "max-retained-mb" in ack.error_message and "40 bytes a sample" in ack.error_message
         assert httpx.get(f"{svc.http_url}/v1/experiments/exp").json() == before
         # a train run retains nothing: not refused
         ack = stub.Send(
@@ -101,7 +102,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
 
 
 def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
-    cap = {"max_retained_bytes": 24 * 1000}
+    cap = {"max_retained_bytes": 40 * 1000}
     p, y, g = data(800, seed=3)
     svc = service_factory(tmp_path / "d", store=cap)
     with grpc.insecure_channel(svc.grpc_target) as ch:
@@ -121,7 +122,7 @@ def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
         )
     svc.stop()
     svc2 = service_factory(tmp_path / "d", store=cap)
-    assert runs(svc2.http_url)[("control", "ctr")]["retained_bytes"] == 800 * 24
+    assert runs(svc2.http_url)[("control", "ctr")]["retained_bytes"] == 800 * 40
     with grpc.insecure_channel(svc2.grpc_target) as ch:
         ack = ingest_pb2_grpc.IngestStub(ch).Send(
             make_batch(preds=p[:201], labels=y[:201], keys={"u": g[:201]}, seq=3)

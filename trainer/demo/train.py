@@ -149,11 +149,17 @@ def _log_eval(
     stream: MetricsStream,
     step: int,
     batch_size: int,
+    first_row: int = 0,
 ) -> None:
+    """Score the held-out rows and stream them with their row numbers as sample ids:
+    both arms score the same eval set, so the service pairs their comparison."""
     model.eval()
+    row = first_row
     with torch.no_grad():
         for batch in data.batches(batch_size):
             logit, log_watch = model(*model_inputs(batch))
+            ids = torch.arange(row, row + len(batch), dtype=torch.int64)
+            row += len(batch)
             stream.log(
                 torch.sigmoid(logit),
                 batch.click,
@@ -161,6 +167,7 @@ def _log_eval(
                 phase="eval",
                 step=step,
                 grouping_keys={"user": batch.user},
+                sample_ids=ids,
             )
             stream.log(
                 torch.exp(log_watch),
@@ -169,6 +176,7 @@ def _log_eval(
                 phase="eval",
                 step=step,
                 grouping_keys={"user": batch.user},
+                sample_ids=ids,
             )
     model.train()
 
@@ -198,9 +206,8 @@ def train_arm(
         settings.num_samples, settings.num_users, settings.num_items, seed=settings.seed
     )
     train_data, eval_data = data.split(settings.train_fraction)
-    eval_share = eval_data.slice(
-        len(eval_data) * rank // world, len(eval_data) * (rank + 1) // world
-    )
+    eval_first = len(eval_data) * rank // world
+    eval_share = eval_data.slice(eval_first, len(eval_data) * (rank + 1) // world)
     model, opts = build_model(train_config, settings)
     losses = {t: create_loss(parse_text(text, loss_pb2.LossConfig())) for t, text in LOSSES.items()}
     log_watch_target = torch.log(train_data.watch_time)
@@ -243,7 +250,7 @@ def train_arm(
             loss_ctr, loss_wt = float(l_ctr.detach()), float(l_wt.detach())
             if step % settings.eval_every == 0 or step == steps:
                 bar.set_postfix_str(f"loss {loss_ctr:.4f} | eval @ {step}")
-                _log_eval(model, eval_share, stream, step, settings.eval_batch_size)
+                _log_eval(model, eval_share, stream, step, settings.eval_batch_size, eval_first)
             elif step % 10 == 0:
                 bar.set_postfix_str(f"loss {loss_ctr:.4f}")
             bar.update(1)

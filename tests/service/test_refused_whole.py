@@ -1,0 +1,183 @@
+"""Issue 15 items 2-4: a refused batch changes nothing, now and after a restart.
+
+Each test fails on the code before its fix: a multi-class batch whose class count differs
+from its step's state was logged, half applied and answered INTERNAL; float64 values
+beyond float32's range passed as finite and turned metrics into null for good; names
+with a trailing newline were accepted.
+"""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
+from rankboard.service.state.batch import RunKey, decode_batch, encode_array
+from rankboard.service.state.run import Run
+
+MULTI = [
+    parse_text("multiclass_auc { thresholds: 0 }", metric_pb2.MetricConfig()),
+    parse_text("accuracy {}", metric_pb2.MetricConfig()),
+]
+
+
+def multiclass_batch(seq: int, classes: int, n: int = 6, segments=None) -> ingest_pb2.Batch:
+    rng = np.random.default_rng(seq)
+    probs = rng.dirichlet(np.ones(classes), n).astype(np.float32)
+    labels = (np.arange(n) % classes).astype(np.float32)
+    msg = ingest_pb2.Batch(
+        producer_id="p",
+        sequence=seq,
+        experiment="exp",
+        arm="control",
+        task="cls",
+        phase=ingest_pb2.PHASE_EVAL,
+        step=1,
+        predictions=encode_array(probs.reshape(-1)),
+        labels=encode_array(labels),
+        num_classes=classes,
+        metrics=MULTI,
+    )
+    for step, count in segments or []:
+        msg.segments.add(step=step, samples=count)
+    return msg
+
+
+def everything(http: httpx.Client) -> dict:
+    """The REST state of experiment ``exp`` that a refusal must leave byte-identical."""
+    out = {"exp": http.get("/v1/experiments/exp").json()}
+    for run in out["exp"]["runs"]:
+        for step in run["steps"]:
+            r = http.get(
+                f"/v1/experiments/exp/arms/{run['arm']}/metrics",
+                params={"task": run["task"], "phase": run["phase"], "step": step, "fresh": True},
+            )
+            body = r.json()
+            body.pop("computed_at")
+            body.pop("stale")
+            out[(run["task"], step)] = body
+    for v in out.values():
+        if isinstance(v, dict):
+            v.pop("updated_at", None)
+            for e in v.get("experiments", []):
+                e.pop("updated_at", None)
+    return out
+
+
+def test_class_count_change_is_refused_whole_and_stays_refused(service_factory, tmp_path):
+    svc = service_factory()
+    with grpc.insecure_channel(svc.grpc_target) as ch, httpx.Client(base_url=svc.http_url) as h:
+        stub = ingest_pb2_grpc.IngestStub(ch)
+        assert stub.Send(multiclass_batch(1, classes=3)).error_code == 0
+        before = everything(h)
+        # 4 classes into step 1 (3 classes): refused as bad input, nothing applied
+        ack = stub.Send(multiclass_batch(2, classes=4))
+        assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], ack
+        assert "classes" in ack.error_message
+        # two segments: step 1 (refused part) and a new step 2: no step 2 appears
+        ack = stub.Send(multiclass_batch(3, classes=4, segments=[(1, 3), (2, 3)]))
+        assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], ack
+        # the retry of a refused batch is refused again, not applied
+        ack = stub.Send(multiclass_batch(2, classes=4))
+        assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], ack
+        assert everything(h) == before
+        assert before["exp"]["runs"][0]["steps"] == [1]
+    svc.stop()
+    again = service_factory(tmp_path / "data")  # replay must not meet the refusals either
+    with httpx.Client(base_url=again.http_url) as h:
+        assert everything(h) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("labels", np.array([0.0, 1e39], np.float64), "float32"),
+        ("predictions", np.array([0.5, -1e39], np.float64), "float32"),
+        ("weights", np.array([1.0, 1e39], np.float64), "float32"),
+    ],
+)
+def test_values_beyond_float32_are_refused(stub, http, field, value, words):
+    base = dict(
+        producer_id="p",
+        sequence=1,
+        experiment="exp",
+        arm="control",
+        task="ctr",
+        phase=ingest_pb2.PHASE_EVAL,
+        step=1,
+        predictions=encode_array(np.array([0.2, 0.8], np.float32)),
+        labels=encode_array(np.array([0, 1], np.float32)),
+    )
+    good = ingest_pb2.Batch(**base)
+    assert stub.Send(good).error_code == 0
+    before = http.get(
+        "/v1/experiments/exp/arms/control/metrics", params={"task": "ctr", "fresh": True}
+    ).json()
+    bad = ingest_pb2.Batch(**{**base, "sequence": 2})
+    getattr(bad, field).CopyFrom(encode_array(value))
+    ack = stub.Send(bad)
+    assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert words in ack.error_message and field in ack.error_message
+    after = http.get(
+        "/v1/experiments/exp/arms/control/metrics", params={"task": "ctr", "fresh": True}
+    ).json()
+    assert after["metrics"] == before["metrics"] and after["samples"] == 2
+
+
+@pytest.mark.parametrize("name", ["exp\n", "exp\r\n", "\nexp", "ex p"])
+def test_names_must_match_whole(stub, name):
+    msg = ingest_pb2.Batch(
+        producer_id="p",
+        sequence=1,
+        experiment=name,
+        arm="a",
+        task="ctr",
+        phase=ingest_pb2.PHASE_EVAL,
+        predictions=encode_array(np.array([0.2], np.float32)),
+        labels=encode_array(np.array([1], np.float32)),
+    )
+    ack = stub.Send(msg)
+    assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "experiment" in ack.error_message
+
+
+def test_apply_failure_rolls_the_run_back():
+    """The second line of defence: an update that fails after others succeeded leaves the
+    run exactly as it was (windows, counters, columns)."""
+    msg = multiclass_batch(1, classes=3)
+    run = Run.create(decode_batch(msg), torch.device("cpu"))
+    run.apply(decode_batch(msg))
+    before = (run.samples, run.version, sorted(run.windows), run.windows[1].columns.samples)
+    state = {k: m.state_dict() for k, m in run.windows[1].metrics.items()}
+
+    class Boom(RuntimeError):
+        pass
+
+    second = run.windows[1].metrics["accuracy"]
+
+    def fail(*args, **kwargs):
+        raise Boom("disk on fire")
+
+    second.update = fail  # the first metric (multiclass_auc) is updated before this fails
+    msg2 = multiclass_batch(2, classes=3, segments=[(1, 3), (2, 3)])
+    with pytest.raises(Boom):
+        run.apply(decode_batch(msg2))
+    assert (
+        run.samples,
+        run.version,
+        sorted(run.windows),
+        run.windows[1].columns.samples,
+    ) == before
+    for k, m in run.windows[1].metrics.items():
+        for name, value in m.state_dict().items():
+            old = state[k][name]
+            if isinstance(value, list):
+                assert len(value) == len(old) and all(
+                    torch.equal(a, b) for a, b in zip(value, old, strict=True)
+                )
+            else:
+                assert torch.equal(value, old)
+    assert RunKey("exp", "control", "cls", "eval") == run.key
