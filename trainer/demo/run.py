@@ -1,13 +1,20 @@
 """``make demo``: start the service, train both arms, print the service's A/B comparison.
 
-Steps: (1) ``rankboard serve`` as a subprocess on free loopback ports with a
-fresh state folder (default ``.demo/state``, its log in ``.demo/service.log``);
+Steps: (1) ``rankboard serve`` as a subprocess on free loopback ports on the
+demo's state folder (default ``.demo/state``, ``.demo/tiny-state`` with
+``--tiny``; its log in ``service.log`` next to it);
 (2) the ``control`` and ``treatment`` arms train one after the other in this
 process (:func:`rankboard.trainer.demo.train.train_arm`), streaming to it;
 (3) the comparison of the two arms is fetched over REST and printed as a
 table, with the URLs to query; (4) the service is stopped with SIGTERM (it
 drains and exits), so nothing keeps running. Its state stays in the folder:
 ``rankboard serve --data-dir .demo/state`` serves the same numbers again.
+
+The demo never deletes a folder. It marks the folders it creates with a
+``.rankboard-demo`` file (see :func:`prepare_data_dir`); run again on one of
+them, it deletes only its own experiment (``demo``) through the service, so
+other experiments sent there are kept. A non-empty folder without the marker
+(a real service's data dir, say) is refused.
 
 Example of the table (numbers from a real run)::
 
@@ -27,7 +34,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,10 +46,19 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ServiceProcess", "fetch_comparison", "format_comparison", "main", "serve_subprocess"]
+__all__ = [
+    "MARKER",
+    "ServiceProcess",
+    "fetch_comparison",
+    "format_comparison",
+    "main",
+    "prepare_data_dir",
+    "serve_subprocess",
+]
 
 logger = logging.getLogger(__name__)
 
+MARKER = ".rankboard-demo"
 READY = re.compile(r"rankboard: gRPC on (\S+), REST on (\S+)")
 ARMS = ("control", "treatment")
 TASKS = ("ctr", "watch_time")
@@ -129,6 +144,57 @@ def serve_subprocess(
             log_file.close()  # type: ignore[union-attr]
 
 
+class ForeignDataDir(RuntimeError):
+    """The demo was pointed at a folder it did not create."""
+
+
+def prepare_data_dir(data_dir: Path) -> bool:
+    """Make ``data_dir`` the demo's; True when it holds an earlier demo run.
+
+    A missing or empty folder is created and marked with :data:`MARKER`; a
+    marked one is reused as it is; anything else raises :class:`ForeignDataDir`
+    and is left untouched. Nothing is ever deleted here.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     first = prepare_data_dir(Path(tmp) / "state")
+    ...     again = prepare_data_dir(Path(tmp) / "state")
+    ...     (Path(tmp) / "other").mkdir(); _ = (Path(tmp) / "other" / "wal").write_text("x")
+    ...     try:
+    ...         prepare_data_dir(Path(tmp) / "other")
+    ...     except ForeignDataDir:
+    ...         foreign = "refused"
+    >>> first, again, foreign
+    (False, True, 'refused')
+    """
+    marker = data_dir / MARKER
+    if marker.is_file():
+        return True
+    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
+        raise ForeignDataDir(
+            f"{data_dir} exists and was not created by the demo (no {MARKER} file in it);"
+            " the demo never writes into or deletes such a folder: give another --data-dir"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(
+        "created by `python -m rankboard.trainer.demo`; the demo may reuse this folder\n"
+    )
+    return False
+
+
+def delete_demo_experiment(http_url: str, experiment: str) -> int:
+    """Delete ``experiment`` through the service (a re-run replaces its own numbers).
+
+    Returns the number of runs deleted (0 when there was none).
+    """
+    with httpx.Client(base_url=http_url, timeout=60) as client:
+        r = client.delete(f"/v1/experiments/{experiment}")
+        if r.status_code == 404:
+            return 0
+        r.raise_for_status()
+        return int(r.json().get("runs_deleted", 0))
+
+
 def fetch_comparison(
     http_url: str,
     experiment: str,
@@ -195,8 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(".demo/state"),
-        help="service state folder, emptied first (default .demo/state)",
+        default=None,
+        help="service state folder (default .demo/state, .demo/tiny-state with --tiny); one"
+        " the demo created, or a new or empty one; never deleted: a re-run replaces only"
+        " the demo's own experiment",
     )
     p.add_argument("--tiny", action="store_true", help="a few-second run (tests)")
     p.add_argument("--steps", type=int, default=None, help="override the configs' num_steps")
@@ -208,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    data_dir: Path = args.data_dir or Path(".demo/tiny-state" if args.tiny else ".demo/state")
+    try:
+        reused = prepare_data_dir(data_dir)
+    except ForeignDataDir as err:
+        print(f"rankboard demo: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     from rankboard.trainer.demo.train import CONFIG_DIR, EXPERIMENT, DemoSettings, train_arm
@@ -215,15 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = DemoSettings.tiny() if args.tiny else DemoSettings()
     if args.steps:
         settings.steps = args.steps
-    data_dir: Path = args.data_dir
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True)
     log_path = data_dir.parent / "service.log"
     start = time.monotonic()
     print(f"rankboard demo: starting the service (state in {data_dir}, log in {log_path})")
     with serve_subprocess(data_dir, log_path=log_path, extra_args=["--device", args.device]) as svc:
         print(f"rankboard demo: service up: gRPC {svc.grpc_target}, REST {svc.http_url}")
+        if reused and delete_demo_experiment(svc.http_url, EXPERIMENT):
+            print(
+                f"rankboard demo: replaced the previous run of experiment {EXPERIMENT!r} in"
+                f" {data_dir} (other experiments there are kept)"
+            )
         for arm in ARMS:
             train_arm(
                 svc.grpc_target,
