@@ -10,7 +10,11 @@ from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._validation import Batch, validate_batch
-from rankboard.service.metrics.functional.classification import accuracy_counts, recall_counts
+from rankboard.service.metrics.functional.classification import (
+    accuracy_counts,
+    correct_mask,
+    recall_counts,
+)
 
 __all__ = ["Accuracy", "RecallAtK"]
 
@@ -18,9 +22,13 @@ __all__ = ["Accuracy", "RecallAtK"]
 class Accuracy(RankMetric):
     """Fraction of correct predictions.
 
-    Binary with ``(n,)`` probabilities: predicted positive when ``p > threshold``, targets
-    in {0, 1} (``label_kind`` is ``"binary"``). Multiclass with ``(n, C)`` scores: correct
-    when the integer target class is among the ``top_k`` highest scores. NaN if no samples.
+    Binary with ``(n,)`` probabilities: predicted positive when ``p > threshold`` (tzrec;
+    ``inclusive=True``: ``p >= threshold``, torchrec), targets in {0, 1} (``label_kind``
+    is ``"binary"``). Multiclass with ``(n, C)`` scores: correct when the integer target
+    class is among the ``top_k`` highest scores. NaN if no samples.
+
+    Per-sample ``weights`` (torchrec's weighted accuracy): ``sum w [correct] / sum w``;
+    an unweighted batch counts each sample with weight 1 (int64 counts, as before).
 
     >>> m = Accuracy()
     >>> m.update(torch.tensor([0.2, 0.7, 0.6]), torch.tensor([0, 1, 0]))
@@ -33,15 +41,23 @@ class Accuracy(RankMetric):
     """
 
     label_kind = "binary"
+    supports_weights = True
 
-    def __init__(self, threshold: float = 0.5, top_k: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, threshold: float = 0.5, top_k: int = 1, inclusive: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if top_k < 1:
             raise ValueError(f"Accuracy: top_k must be >= 1, got {top_k}")
         self.threshold = float(threshold)
         self.top_k = int(top_k)
+        self.inclusive = bool(inclusive)
         self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
         self.add_state("total", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+        # weighted batches (absent from states saved before weights: loads as 0)
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        self.add_state("weighted_correct", zero.clone(), dist_reduce_fx="sum", persistent=True)
+        self.add_state("weighted_total", zero.clone(), dist_reduce_fx="sum", persistent=True)
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
         multiclass = getattr(preds, "ndim", None) == 2 or (
@@ -54,6 +70,7 @@ class Accuracy(RankMetric):
             weights=weights,
             grouping_key=grouping_key,
             multiclass_preds=multiclass,
+            supports_weights=True,
             metric_name="Accuracy",
         )
 
@@ -69,14 +86,21 @@ class Accuracy(RankMetric):
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
-        c, n = accuracy_counts(b.preds, b.target, self.threshold, self.top_k)
+        if b.weights is not None:
+            w = b.weights.to(torch.float64)
+            ok = correct_mask(b.preds, b.target, self.threshold, self.top_k, self.inclusive)
+            self.weighted_correct += (w * ok).sum()
+            self.weighted_total += w.sum()
+            return
+        c, n = accuracy_counts(b.preds, b.target, self.threshold, self.top_k, self.inclusive)
         self.correct += c
         self.total += n
 
     def compute(self) -> Tensor:
-        """The accuracy, 0-d float64 (NaN without samples)."""
-        t = self.total
-        return torch.where(t > 0, self.correct.double() / t.clamp(min=1), math.nan)
+        """The (weighted) accuracy, 0-d float64 (NaN without samples or weight)."""
+        t = self.total.double() + self.weighted_total
+        c = self.correct.double() + self.weighted_correct
+        return torch.where(t > 0, c / torch.where(t > 0, t, 1.0), math.nan)
 
 
 class RecallAtK(RankMetric):
@@ -85,7 +109,8 @@ class RecallAtK(RankMetric):
     ``preds`` are ``(n, C)`` scores. ``target`` is either ``(n, C)`` relevance (multi-hot
     0/1, or non-negative gains summed as weights) or ``(n,)`` integer class ids (one
     relevant item per row). ``top_k`` larger than C means all C. NaN when nothing is
-    relevant.
+    relevant. Per-sample ``weights`` scale each row's relevance (torchrec's weighted
+    recall: ``sum w hit / sum w`` with one relevant class per row).
 
     >>> m = RecallAtK(top_k=1)
     >>> preds = torch.tensor([[0.9, 0.8, 0.1], [0.1, 0.2, 0.7]])
@@ -97,6 +122,7 @@ class RecallAtK(RankMetric):
     label_kind = "multiclass"
     multiclass_preds = True
     allow_multihot_target = True
+    supports_weights = True
 
     def __init__(self, top_k: int = 5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -119,7 +145,7 @@ class RecallAtK(RankMetric):
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
-        h, r = recall_counts(b.preds, b.target, self.top_k)
+        h, r = recall_counts(b.preds, b.target, self.top_k, b.weights)
         self.hits += h
         self.relevant += r
 

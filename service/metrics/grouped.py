@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rankboard.service.metrics._weights import aligned_weights, fill_missing_weights
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional.grouped_auc import (
     grouped_auc_from_stats,
@@ -16,6 +17,8 @@ from rankboard.service.metrics.functional.xauc import (
     grouped_xauc_from_stats,
     grouped_xauc_stats,
     sampled_grouped_xauc,
+    weighted_grouped_xauc_from_stats,
+    weighted_xauc_stats,
 )
 from rankboard.service.metrics.xauc import PairSampler
 
@@ -23,9 +26,15 @@ __all__ = ["GroupedAUC", "GroupedXAUC"]
 
 
 class _GroupedSamples(RankMetric):
-    """Keeps float32 preds and targets and int64 group keys as cat states."""
+    """Keeps float32 preds, targets and weights and int64 group keys as cat states.
+
+    Weights are kept per update chunk, an empty chunk for an unweighted update (see
+    :mod:`rankboard.service.metrics._weights`); a state saved before weights existed
+    loads as unweighted.
+    """
 
     needs_grouping_key = True
+    supports_weights = True
 
     def __init__(self, grouping_key: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -34,6 +43,13 @@ class _GroupedSamples(RankMetric):
         self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
         self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
         self.add_state("keys", [], dist_reduce_fx="cat", persistent=True)
+        self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        missing = prefix + "weights" not in state_dict  # saved before weights were kept
+        super()._load_from_state_dict(state_dict, prefix, *args)  # (pops the states)
+        if missing:
+            self.weights = fill_missing_weights(self.preds)
 
     def update(
         self,
@@ -43,13 +59,16 @@ class _GroupedSamples(RankMetric):
         weights: Any | None = None,
         grouping_key: Any | None = None,
     ) -> None:
-        """Add a batch: ``preds`` (n,), ``target`` (n,), ``grouping_key`` (n,) integer ids."""
+        """Add a batch: ``preds`` (n,), ``target`` (n,), ``grouping_key`` (n,) integer ids,
+        optional ``weights`` (n,) >= 0."""
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
         self.preds.append(b.preds)
         self.target.append(b.target)
         self.keys.append(b.keys)
+        # an empty chunk stands for unit weights: unweighted streams keep no weights
+        self.weights.append(b.weights if b.weights is not None else b.preds.new_empty(0))
 
     def _samples(self) -> tuple[Tensor, Tensor, Tensor]:
         empty = torch.zeros(0, device=self.device)
@@ -59,6 +78,10 @@ class _GroupedSamples(RankMetric):
             self._cat(self.target, empty),
             self._cat(self.keys, keys),
         )
+
+    def _sample_weights(self) -> Tensor | None:
+        """Weights of all retained samples; None when every update was unweighted."""
+        return aligned_weights(self.preds, self.weights)
 
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         """``(value, number of groups counted)``: 0-d float64 and 0-d int64 tensors."""
@@ -80,6 +103,12 @@ class GroupedAUC(_GroupedSamples):
     has both. :meth:`compute_with_count` also returns the number of groups counted, and
     ``num_groups`` holds it after ``compute()``.
 
+    With per-sample ``weights`` (torchrec's weighted GAUC) a group's AUC is its weighted
+    Mann-Whitney statistic ``sum w_pos w_neg [p_pos > p_neg] / (W_pos W_neg)`` (tied
+    pairs one half), and groups count equally in the mean. ``skip_constant_groups``
+    (torchrec's convention) also skips groups whose predictions are all equal (their AUC
+    is 0.5 by ties; tzrec and rankboard's default count it).
+
     >>> m = GroupedAUC(grouping_key="user_id")
     >>> m.update(torch.tensor([0.9, 0.1, 0.5, 0.5]), torch.tensor([1, 0, 1, 0]),
     ...          grouping_key=torch.tensor([7, 7, 8, 8]))
@@ -91,9 +120,25 @@ class GroupedAUC(_GroupedSamples):
 
     label_kind = "binary"
 
+    def __init__(
+        self, grouping_key: str = "", skip_constant_groups: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(grouping_key, **kwargs)
+        self.skip_constant_groups = bool(skip_constant_groups)
+
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         preds, target, keys = self._samples()
-        return grouped_auc_from_stats(grouped_auc_stats(preds, target, keys))
+        stats = grouped_auc_stats(preds, target, keys, self._sample_weights())
+        keep = None
+        if self.skip_constant_groups and preds.numel():
+            _, gid = torch.unique(keys, return_inverse=True)
+            g = int(stats.u.numel())
+            lo = torch.full((g,), float("inf"), device=preds.device)
+            hi = torch.full((g,), float("-inf"), device=preds.device)
+            lo.scatter_reduce_(0, gid, preds, "amin")
+            hi.scatter_reduce_(0, gid, preds, "amax")
+            keep = hi > lo
+        return grouped_auc_from_stats(stats, keep)
 
 
 class GroupedXAUC(_GroupedSamples):
@@ -102,7 +147,8 @@ class GroupedXAUC(_GroupedSamples):
     Exact unless ``max_pairs_per_group`` is given (tzrec's estimate from at most that many
     random pairs per group; the generator is seeded once per metric by ``seed``, random
     when None, and advances at every compute, as :class:`~rankboard.service.metrics.XAUC`).
-    NaN when no group has two samples.
+    NaN when no group has two samples. With per-sample ``weights`` a pair weighs
+    ``w_i w_j`` and a group its total weight.
 
     >>> m = GroupedXAUC(grouping_key="user_id")
     >>> m.update(torch.tensor([0.1, 0.2, 0.3, 0.9, 0.5]), torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0]),
@@ -130,6 +176,7 @@ class GroupedXAUC(_GroupedSamples):
 
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         preds, target, keys = self._samples()
+        w = self._sample_weights()
         if self.max_pairs_per_group is not None and self.sampler is not None:
             with self.sampler.lock:
                 return sampled_grouped_xauc(
@@ -138,5 +185,8 @@ class GroupedXAUC(_GroupedSamples):
                     keys,
                     max_pairs_per_group=self.max_pairs_per_group,
                     generator=self.sampler.generator,
+                    weights=w,
                 )
+        if w is not None:
+            return weighted_grouped_xauc_from_stats(weighted_xauc_stats(preds, target, keys, w))
         return grouped_xauc_from_stats(grouped_xauc_stats(preds, target, keys))

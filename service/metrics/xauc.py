@@ -10,8 +10,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rankboard.service.metrics._weights import aligned_weights, fill_missing_weights
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.metrics.functional.xauc import grouped_xauc_stats, sampled_xauc
+from rankboard.service.metrics.functional.xauc import (
+    grouped_xauc_stats,
+    sampled_xauc,
+    weighted_grouped_xauc_from_stats,
+    weighted_xauc_stats,
+)
 
 __all__ = ["XAUC", "PairSampler"]
 
@@ -69,6 +75,12 @@ class XAUC(RankMetric):
     * ``in_batch=True``: the mean of the exact XAUC of every batch of >= 2 samples (state:
       two float64 / int64 sums).
 
+    Per-sample ``weights`` (torchrec's weighted XAUC): a pair weighs ``w_i * w_j``, the
+    value is the weight of the concordant pairs over the weight of all pairs (in-batch:
+    per batch, then the mean over batches; sampled: over the sampled pairs). Pairs tied
+    in both prediction and target count as disagreement here and in tzrec, as agreement
+    in torchrec (see docs/metric-conventions.md).
+
     NaN with fewer than two samples (in-batch: no batch of two).
 
     >>> m = XAUC()
@@ -79,6 +91,7 @@ class XAUC(RankMetric):
     """
 
     label_kind = "real"
+    supports_weights = True
 
     def __init__(
         self,
@@ -108,6 +121,13 @@ class XAUC(RankMetric):
         else:
             self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
             self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
+            self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        missing = not self.in_batch and prefix + "weights" not in state_dict
+        super()._load_from_state_dict(state_dict, prefix, *args)  # (pops the states)
+        if missing:  # saved before weights were kept: every sample unweighted
+            self.weights = fill_missing_weights(self.preds)
 
     def update(
         self,
@@ -117,20 +137,30 @@ class XAUC(RankMetric):
         weights: Any | None = None,
         grouping_key: Any | None = None,
     ) -> None:
-        """Add a batch: ``preds`` (n,) and ``target`` (n,) finite reals."""
+        """Add a batch: ``preds`` (n,) and ``target`` (n,) finite reals, ``weights`` (n,)."""
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
         if self.in_batch:
             if b.size < 2:
                 return
-            s = grouped_xauc_stats(b.preds, b.target)
-            pairs = b.size * (b.size - 1) // 2
-            self.batch_sum += s.concordant.sum().to(torch.float64) / pairs
+            if b.weights is not None:
+                value = weighted_grouped_xauc_from_stats(
+                    weighted_xauc_stats(b.preds, b.target, None, b.weights)
+                )[0]
+                if torch.isnan(value):
+                    return  # no pair with positive weight: no batch value
+                self.batch_sum += value
+            else:
+                s = grouped_xauc_stats(b.preds, b.target)
+                pairs = b.size * (b.size - 1) // 2
+                self.batch_sum += s.concordant.sum().to(torch.float64) / pairs
             self.batch_count += 1
         else:
             self.preds.append(b.preds)
             self.target.append(b.target)
+            # an empty chunk stands for unit weights: unweighted streams keep no weights
+            self.weights.append(b.weights if b.weights is not None else b.preds.new_empty(0))
 
     def compute(self) -> Tensor:
         """The XAUC, a 0-d float64 tensor (NaN when undefined)."""
@@ -143,6 +173,7 @@ class XAUC(RankMetric):
         n = int(preds.numel())
         if n < 2:
             return nan
+        w = aligned_weights(self.preds, self.weights)
         if self.sampler is not None:
             with self.sampler.lock:
                 return sampled_xauc(
@@ -151,6 +182,9 @@ class XAUC(RankMetric):
                     sample_ratio=self.sample_ratio,
                     max_pairs=self.max_pairs,
                     generator=self.sampler.generator,
+                    weights=w,
                 )
+        if w is not None:
+            return weighted_grouped_xauc_from_stats(weighted_xauc_stats(preds, target, None, w))[0]
         conc = grouped_xauc_stats(preds, target).concordant.sum()
         return conc.to(torch.float64) / (n * (n - 1) // 2)

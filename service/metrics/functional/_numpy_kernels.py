@@ -16,6 +16,7 @@ __all__ = [
     "float_key_np",
     "grouped_auc_np",
     "grouped_xauc_np",
+    "weighted_xauc_np",
 ]
 
 
@@ -81,9 +82,14 @@ def _dense_rank(key: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def grouped_auc_np(
-    preds: np.ndarray, target: np.ndarray, groups: np.ndarray | None
+    preds: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray | None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-group ``(2 U, positives, negatives)`` as int64 (unweighted), groups ascending."""
+    """Per-group ``(2 U, positives, negatives)``, groups ascending: int64 unweighted,
+    float64 with ``weights`` (the weighted sort needs an argsort: the weights cannot ride
+    in the key)."""
     n = preds.size
     key = float_key_np(preds)
     gbits = 0
@@ -94,15 +100,29 @@ def grouped_auc_np(
             raise OverflowError("too many groups to pack")
         key |= gid << np.uint64(32)
     key = (key << np.uint64(1)) | target.astype(np.uint64)
-    key = np.sort(key)
-    t = (key & np.uint64(1)).astype(np.int64)
-    seg = key >> np.uint64(1)
-    starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
-    cpos = np.concatenate(([0], np.cumsum(t)))
-    ends = np.append(starts[1:], n)
-    pos_s = cpos[ends] - cpos[starts]
-    neg_s = (ends - starts) - pos_s
-    cneg_before = starts - cpos[starts]
+    if weights is None:
+        key = np.sort(key)
+        t = (key & np.uint64(1)).astype(np.int64)
+        seg = key >> np.uint64(1)
+        starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
+        cpos = np.concatenate(([0], np.cumsum(t)))
+        ends = np.append(starts[1:], n)
+        pos_s = cpos[ends] - cpos[starts]
+        neg_s = (ends - starts) - pos_s
+        cneg_before = starts - cpos[starts]
+    else:
+        order = np.argsort(key)
+        key = key[order]
+        w = weights[order].astype(np.float64)
+        pw = np.where((key & np.uint64(1)).astype(bool), w, 0.0)
+        seg = key >> np.uint64(1)
+        starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
+        cpos = np.concatenate(([0.0], np.cumsum(pw)))
+        cw = np.concatenate(([0.0], np.cumsum(w)))
+        ends = np.append(starts[1:], n)
+        pos_s = cpos[ends] - cpos[starts]
+        neg_s = (cw[ends] - cw[starts]) - pos_s
+        cneg_before = cw[starts] - cpos[starts]
     if groups is None:
         u2 = np.array([np.sum(pos_s * (2 * cneg_before + neg_s))])
         return u2, np.array([pos_s.sum()]), np.array([neg_s.sum()])
@@ -115,16 +135,23 @@ def grouped_auc_np(
     u2 = np.bincount(gi, weights=pos_s * (2 * rel + neg_s), minlength=g)
     pos_g = np.add.reduceat(pos_s, first)
     neg_g = np.add.reduceat(neg_s, first)
+    if weights is not None:
+        return u2, pos_g, neg_g
     return u2.astype(np.int64), pos_g, neg_g
 
 
-def count_increasing_pairs_np(r: np.ndarray, g: np.ndarray | None, num_groups: int) -> np.ndarray:
+def count_increasing_pairs_np(
+    r: np.ndarray, g: np.ndarray | None, num_groups: int, w: np.ndarray | None = None
+) -> np.ndarray:
     """Per group, pairs ``i < j`` with ``r[i] < r[j]``; ``g`` non-decreasing group ids.
 
     Radix refinement from the top bit: each element keeps the start and length of its
     segment (same group, same higher bits); a level counts, for every element with bit 1,
     the elements with bit 0 before it in its segment, then stably partitions segments.
+    With weights ``w`` a pair counts ``w[i] * w[j]`` (float64 result).
     """
+    if w is not None:
+        return _weighted_increasing_pairs_np(r, g, num_groups, w.astype(np.float64))
     n = r.size
     out = np.zeros(num_groups, dtype=np.float64)
     if n < 2:
@@ -169,6 +196,89 @@ def count_increasing_pairs_np(r: np.ndarray, g: np.ndarray | None, num_groups: i
     if g is None:
         return np.array([total], dtype=np.int64)
     return np.rint(out).astype(np.int64)
+
+
+def _weighted_increasing_pairs_np(
+    r: np.ndarray, g: np.ndarray | None, num_groups: int, w: np.ndarray
+) -> np.ndarray:
+    n = r.size
+    out = np.zeros(num_groups, dtype=np.float64)
+    if n < 2:
+        return out
+    idx = np.arange(n, dtype=np.int64)
+    if g is None:
+        g = np.zeros(n, dtype=np.int64)
+    gst = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    sizes = np.diff(np.append(gst, n))
+    start = np.repeat(gst, sizes)
+    length = np.repeat(sizes, sizes)
+    cur = r.astype(np.int64)
+    czp = np.zeros(n + 1, dtype=np.int64)
+    cwz = np.zeros(n + 1, dtype=np.float64)
+    for b in range(int(cur.max()).bit_length() - 1, -1, -1):
+        bit = (cur >> b) & 1
+        zero = 1 - bit
+        np.cumsum(zero, out=czp[1:])
+        np.cumsum(w * zero, out=cwz[1:])
+        zs = czp[start]
+        zb = czp[:-1] - zs
+        wzb = cwz[:-1] - cwz[start]  # weight of the zeros before, within the segment
+        out += np.bincount(g, weights=wzb * w * bit, minlength=num_groups)
+        if b == 0:
+            break
+        zseg = czp[start + length] - zs
+        ones = bit.astype(bool)
+        pos = np.where(ones, start + zseg + (idx - start - zb), start + zb)
+        new_start = np.where(ones, start + zseg, start)
+        new_len = np.where(ones, length - zseg, zseg)
+        nxt = np.empty_like(cur)
+        nxt[pos] = cur
+        cur = nxt
+        wn = np.empty_like(w)
+        wn[pos] = w
+        w = wn
+        start = np.empty_like(start)
+        start[pos] = new_start
+        length = np.empty_like(length)
+        length[pos] = new_len
+    return out
+
+
+def weighted_xauc_np(
+    preds: np.ndarray, target: np.ndarray, groups: np.ndarray | None, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group ``(sum of w_i w_j over concordant pairs, over all pairs, sum of w)``
+    (float64), groups ascending; concordant as in :func:`grouped_xauc_np`."""
+    n = preds.size
+    if n == 0:
+        z = np.zeros(0 if groups is not None else 1)
+        return z, z.copy(), z.copy()
+    prank, pm = _dense_rank(float_key_np(preds))
+    rbits = max(1, int(pm - 1).bit_length())
+    desc = np.uint64(pm - 1) - prank.astype(np.uint64)
+    trank, tm = _dense_rank(float_key_np(target))
+    tbits = max(1, int(tm - 1).bit_length())
+    if groups is None:
+        gid, gbits = np.zeros(n, dtype=np.uint64), 0
+    else:
+        gid, bound = dense_ids_np(groups)
+        gbits = max(1, int(bound - 1).bit_length())
+    if gbits + tbits + rbits > 64:
+        raise OverflowError("keys too wide to pack")
+    key = (gid << np.uint64(tbits + rbits)) | (trank.astype(np.uint64) << np.uint64(rbits)) | desc
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    w = weights[order].astype(np.float64)
+    mask = (np.uint64(1) << np.uint64(rbits)) - np.uint64(1)
+    r = (np.uint64(pm - 1) - (key & mask)).astype(np.int64)
+    gs = (key >> np.uint64(tbits + rbits)).astype(np.int64)
+    gstart = np.concatenate(([True], gs[1:] != gs[:-1]))
+    seg = _count_flags(gstart) - 1
+    num = int(seg[-1]) + 1
+    wsum = np.bincount(seg, weights=w, minlength=num)
+    w2 = np.bincount(seg, weights=w * w, minlength=num)
+    conc = _weighted_increasing_pairs_np(r, seg, num, w)
+    return conc, (wsum * wsum - w2) / 2, wsum
 
 
 def grouped_xauc_np(

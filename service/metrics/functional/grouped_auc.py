@@ -56,10 +56,13 @@ def grouped_auc_stats(
     if n == 0:
         z = torch.zeros(0, dtype=torch.float64, device=dev)
         return GroupAUCStats(z, z, z)
-    if dev.type == "cpu" and weights is None and _use_numpy:
+    if dev.type == "cpu" and _use_numpy:
         try:
             u2, p, q = grouped_auc_np(
-                to_numpy(preds), to_numpy(target), None if groups is None else to_numpy(groups)
+                to_numpy(preds),
+                to_numpy(target),
+                None if groups is None else to_numpy(groups),
+                None if weights is None else to_numpy(weights),
             )
         except OverflowError:
             pass
@@ -113,11 +116,14 @@ def grouped_auc(
     preds: Tensor,
     target: Tensor,
     grouping_key: Tensor,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mean exact AUC over the groups that have both classes, and how many those are.
 
     Ties in predictions count one half. Groups with only positives or only negatives
-    are skipped; with no valid group the value is NaN (count 0).
+    are skipped; with no valid group the value is NaN (count 0). ``weights``: each
+    group's AUC is its weighted Mann-Whitney statistic (torchrec's weighted GAUC); groups
+    count equally.
 
     >>> p = torch.tensor([0.9, 0.1, 0.5, 0.5, 0.3, 0.2])
     >>> y = torch.tensor([1, 0, 1, 0, 1, 1])
@@ -132,14 +138,24 @@ def grouped_auc(
         label_kind="binary",
         grouping_key=grouping_key,
         needs_grouping_key=True,
+        weights=weights,
+        supports_weights=True,
         metric_name="grouped_auc",
     )
-    return grouped_auc_from_stats(grouped_auc_stats(b.preds, b.target, b.keys))
+    return grouped_auc_from_stats(grouped_auc_stats(b.preds, b.target, b.keys, b.weights))
 
 
-def grouped_auc_from_stats(stats: GroupAUCStats) -> tuple[Tensor, Tensor]:
-    """Average the per-group AUCs of ``stats`` over valid groups: ``(value, count)``."""
+def grouped_auc_from_stats(
+    stats: GroupAUCStats, keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Average the per-group AUCs of ``stats`` over valid groups: ``(value, count)``.
+
+    A group is valid with positive and negative (weight); ``keep`` (bool per group)
+    restricts the groups further.
+    """
     valid = (stats.pos > 0) & (stats.neg > 0)
+    if keep is not None:
+        valid = valid & keep
     count = valid.sum()
     denom = torch.where(valid, stats.pos * stats.neg, torch.ones_like(stats.pos))
     total = torch.where(valid, stats.u / denom, torch.zeros_like(stats.u)).sum()

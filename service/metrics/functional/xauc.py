@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
-from rankboard.service.metrics.functional._numpy_kernels import grouped_xauc_np
+from rankboard.service.metrics.functional._numpy_kernels import grouped_xauc_np, weighted_xauc_np
 from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
 
 # CPU tensors use the numpy kernels; tests flip this to check the torch path agrees.
@@ -41,6 +41,7 @@ __all__ = [
     "grouped_xauc_stats",
     "sampled_grouped_xauc",
     "sampled_xauc",
+    "weighted_xauc_stats",
     "xauc",
 ]
 
@@ -153,13 +154,65 @@ def _pairs(sizes: Tensor) -> Tensor:
     return sizes * (sizes - 1) // 2
 
 
-def xauc(preds: Tensor, target: Tensor) -> Tensor:
+class WeightedXAUCStats(NamedTuple):
+    """Per group (ascending ids), float64: the weight ``w_i w_j`` of the concordant pairs,
+    of all pairs, and the group's total weight."""
+
+    concordant: Tensor
+    pairs: Tensor
+    weight: Tensor
+
+
+def weighted_xauc_stats(
+    preds: Tensor, target: Tensor, groups: Tensor | None, weights: Tensor
+) -> WeightedXAUCStats:
+    """Weighted concordant pairs of every group (None: one group); a pair weighs
+    ``w_i * w_j`` (torchrec's weighted XAUC), concordant as in :func:`xauc`. Computed by
+    the numpy kernel (``O(n log n)``; tensors on other devices go through the CPU).
+
+    >>> s = weighted_xauc_stats(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([1.0, 3.0, 2.0]),
+    ...                         None, torch.tensor([1.0, 2.0, 1.0]))
+    >>> s.concordant.tolist(), s.pairs.tolist(), s.weight.tolist()
+    ([3.0], [5.0], [4.0])
+    """
+    dev = preds.device
+    c, p, w = weighted_xauc_np(
+        preds.detach().cpu().numpy(),
+        target.detach().cpu().numpy(),
+        None if groups is None else groups.detach().cpu().numpy(),
+        weights.detach().cpu().numpy(),
+    )
+    f = torch.from_numpy
+    return WeightedXAUCStats(f(c).to(dev), f(p).to(dev), f(w).to(dev))
+
+
+def weighted_grouped_xauc_from_stats(stats: WeightedXAUCStats) -> tuple[Tensor, Tensor]:
+    """Mean of the groups' weighted XAUC, each weighted by its total weight (the weighted
+    analogue of group sizes): ``(value, groups counted)``; a group counts when its pairs
+    have positive weight."""
+    valid = stats.pairs > 0
+    per = stats.concordant / torch.where(valid, stats.pairs, 1.0)
+    gw = torch.where(valid, stats.weight, 0.0)
+    total = gw.sum()
+    val = (per * gw).sum() / torch.where(total > 0, total, 1.0)
+    return torch.where(total > 0, val, math.nan), valid.sum()
+
+
+def xauc(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
     """Exact XAUC, a 0-d float64 tensor; NaN with fewer than two samples.
+
+    ``weights``: a pair weighs ``w_i * w_j`` (torchrec's weighted XAUC); NaN when no pair
+    has positive weight.
 
     >>> xauc(torch.tensor([0.1, 0.2, 0.3, 0.3]), torch.tensor([1.0, 3.0, 2.0, 5.0])).item()
     0.6666666666666666
     """
-    b = validate_batch(preds, target, label_kind="real", metric_name="xauc")
+    b = validate_batch(
+        preds, target, label_kind="real", weights=weights, supports_weights=True, metric_name="xauc"
+    )
+    if b.weights is not None:
+        ws = weighted_xauc_stats(b.preds, b.target, None, b.weights)
+        return weighted_grouped_xauc_from_stats(ws)[0]
     s = grouped_xauc_stats(b.preds, b.target)
     pairs = _pairs(s.sizes).sum()
     if int(pairs) == 0:
@@ -178,8 +231,13 @@ def grouped_xauc_from_stats(stats: GroupXAUCStats) -> tuple[Tensor, Tensor]:
     return torch.where(total > 0, val, math.nan), valid.sum()
 
 
-def grouped_xauc(preds: Tensor, target: Tensor, grouping_key: Tensor) -> tuple[Tensor, Tensor]:
+def grouped_xauc(
+    preds: Tensor, target: Tensor, grouping_key: Tensor, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Exact XAUC of every group of >= 2 samples, averaged weighted by group size.
+
+    ``weights``: each group's weighted XAUC (pairs weigh ``w_i w_j``), averaged weighted by
+    the group's total weight.
 
     Returns ``(value, number of groups counted)``; NaN when no group has two samples.
 
@@ -195,13 +253,26 @@ def grouped_xauc(preds: Tensor, target: Tensor, grouping_key: Tensor) -> tuple[T
         label_kind="real",
         grouping_key=grouping_key,
         needs_grouping_key=True,
+        weights=weights,
+        supports_weights=True,
         metric_name="grouped_xauc",
     )
+    if b.weights is not None:
+        ws = weighted_xauc_stats(b.preds, b.target, b.keys, b.weights)
+        return weighted_grouped_xauc_from_stats(ws)
     return grouped_xauc_from_stats(grouped_xauc_stats(b.preds, b.target, b.keys))
 
 
 def _concordant(p: Tensor, t: Tensor, i: Tensor, j: Tensor) -> Tensor:
     return ((p[i] - p[j]).to(torch.float64) * (t[i] - t[j]).to(torch.float64)) > 0
+
+
+def _weighted_mean(conc: Tensor, w: Tensor | None, i: Tensor, j: Tensor) -> Tensor:
+    if w is None:
+        return conc.to(torch.float64).mean()
+    pw = w[i].to(torch.float64) * w[j].to(torch.float64)
+    total = pw.sum()
+    return torch.where(total > 0, (pw * conc).sum() / torch.where(total > 0, total, 1.0), math.nan)
 
 
 def sampled_xauc(
@@ -212,6 +283,7 @@ def sampled_xauc(
     max_pairs: int | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """The reference's estimate: the concordant fraction of random distinct pairs.
 
@@ -220,7 +292,7 @@ def sampled_xauc(
     ``max(1, floor(n (n - 1) / 2 * sample_ratio))``. Pairs are drawn uniformly among the
     ``n (n - 1) / 2`` unordered pairs, with replacement (tzrec's distribution), by
     ``generator`` (a CPU generator, advanced by the draw) or else by a new generator
-    seeded by ``seed``.
+    seeded by ``seed``. With ``weights`` a sampled pair counts ``w_i * w_j``.
 
     >>> p = torch.arange(100.0); round(sampled_xauc(p, p, sample_ratio=0.1).item(), 3)
     1.0
@@ -239,7 +311,7 @@ def sampled_xauc(
     i = torch.randint(0, n, (k,), generator=gen)
     j = (i + torch.randint(1, n, (k,), generator=gen)) % n
     i, j = i.to(preds.device), j.to(preds.device)
-    return _concordant(preds, target, i, j).to(torch.float64).mean()
+    return _weighted_mean(_concordant(preds, target, i, j), weights, i, j)
 
 
 def sampled_grouped_xauc(
@@ -250,10 +322,12 @@ def sampled_grouped_xauc(
     max_pairs_per_group: int,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grouped XAUC estimated from ``min(max_pairs_per_group, n_g (n_g - 1) / 2)`` random
     distinct pairs per group (all groups at once), weighted by group size; pairs drawn
-    by ``generator`` (advanced) or a new generator seeded by ``seed``."""
+    by ``generator`` (advanced) or a new generator seeded by ``seed``. With ``weights``
+    a sampled pair counts ``w_i w_j`` and a group weighs its total weight."""
     n = int(preds.numel())
     dev = preds.device
     if n == 0:
@@ -279,9 +353,20 @@ def sampled_grouped_xauc(
     j = (i + 1 + torch.clamp((u2 * (sz - 1)).to(torch.int64), max=sz - 2)) % sz
     base = offsets[pair_group]
     conc = _concordant(p, t, base + i, base + j).to(torch.float64)
-    hits = torch.zeros(g, dtype=torch.float64, device=dev).index_add_(0, pair_group, conc)
-    per = hits / torch.where(valid, k, 1).to(torch.float64)
-    w = torch.where(valid, sizes, 0).to(torch.float64)
+    if weights is None:
+        hits = torch.zeros(g, dtype=torch.float64, device=dev).index_add_(0, pair_group, conc)
+        per = hits / torch.where(valid, k, 1).to(torch.float64)
+        w = torch.where(valid, sizes, 0).to(torch.float64)
+    else:
+        sw = weights[order].to(torch.float64)
+        pw = sw[base + i] * sw[base + j]
+        zeros = torch.zeros(g, dtype=torch.float64, device=dev)
+        hits = zeros.clone().index_add_(0, pair_group, pw * conc)
+        wpairs = zeros.clone().index_add_(0, pair_group, pw)
+        valid = valid & (wpairs > 0)
+        per = hits / torch.where(valid, wpairs, 1.0)
+        gw = zeros.clone().index_add_(0, seg, sw)
+        w = torch.where(valid, gw, 0.0)
     total = w.sum()
     val = (per * w).sum() / torch.where(total > 0, total, 1.0)
     return torch.where(total > 0, val, math.nan), valid.sum()

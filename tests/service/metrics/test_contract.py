@@ -273,9 +273,9 @@ def test_validation_of_other_metrics():
             torch.tensor([0.1]),
             torch.tensor([1]),
             grouping_key=torch.tensor([1]),
-            weights=torch.tensor([1.0]),
+            weights=torch.tensor([-1.0]),
         )
-    assert g.preds == []
+    assert g.preds == [] and g.weights == []
     with pytest.raises(ValueError, match="class ids"):
         MulticlassAUC().update(torch.tensor([[0.5, 0.5]]), torch.tensor([2]))
     mc = MulticlassAUC()
@@ -311,7 +311,7 @@ def test_empty_batches_are_noops():
 def test_class_attributes_and_device_move():
     assert AUC.supports_weights and not AUC.needs_grouping_key and AUC.label_kind == "binary"
     assert GroupedXAUC.needs_grouping_key and GroupedXAUC.label_kind == "real"
-    assert MulticlassAUC.label_kind == "multiclass" and not GroupedAUC.supports_weights
+    assert MulticlassAUC.label_kind == "multiclass" and GroupedAUC.supports_weights
     g = create_metric(pb.MetricConfig(grouped_auc=pb.GroupedAUC(grouping_key="uid")))
     assert g.grouping_key_name == "uid"
     w = create_train_metric(pb.TrainMetricConfig(grouped_auc=pb.GroupedAUC(grouping_key="uid")))
