@@ -269,3 +269,44 @@ def test_history_has_intervals_and_get_never_writes(stub, http, data, service):
     ).json()["points"]
     assert [p["step"] for p in thin] == [10, 30]
     assert registry.stat().st_mtime_ns == before
+
+
+def test_sequential_intervals_are_wider_and_p_values_larger(stub, http, data):
+    y, pa, pb, _ = data
+    ids = np.arange(N)
+    assert stub.Send(batch("control", 1, pa, y, ids=ids)).error_code == 0
+    assert stub.Send(batch("treat", 1, pb, y, ids=ids)).error_code == 0
+    common = {"task": "ctr", "baseline": "control", "fresh": True, "cluster": "none"}
+    fixed = http.get("/v1/experiments/exp/compare", params=common).json()
+    seq = http.get(
+        "/v1/experiments/exp/compare", params={**common, "sequential": True, "horizon": 600}
+    ).json()
+    assert seq["sequential"] is True and seq["horizon"] == 600
+    for name in ("auc", "normalized_entropy"):
+        f, s = fixed["arms"]["treat"], seq["arms"]["treat"]
+        assert s["delta"][name] == f["delta"][name]
+        f_lo, f_hi = f["delta_intervals"][name]
+        s_lo, s_hi = s["delta_intervals"][name]
+        assert s_lo < f_lo and s_hi > f_hi  # always-valid costs width
+        assert s["p_values"][name] >= f["p_values"][name]
+
+
+def test_stream_sample_ids_pair_two_arms(service, http, data):
+    """MetricsStream.log(sample_ids=) end to end: both arms score one eval set."""
+    from rankboard.trainer import MetricsStream
+
+    y, pa, pb, _ = data
+    ids = np.arange(N) + 1_000_000
+    for arm, p in (("control", pa), ("treat", pb)):
+        with MetricsStream(service.grpc_target, experiment="exp", arm=arm) as stream:
+            for lo in range(0, N, 256):  # several batches, as a trainer would send them
+                sl = slice(lo, lo + 256)
+                stream.log(p[sl], y[sl], task="ctr", phase="eval", step=3, sample_ids=ids[sl])
+            stream.flush()
+    t = http.get(
+        "/v1/experiments/exp/compare",
+        params={"task": "ctr", "baseline": "control", "fresh": True},
+    ).json()["arms"]["treat"]
+    assert t["paired"] is True and t["paired_samples"] == N
+    se = np.sqrt(paired_delong_by_definition(pa, pb, y))
+    assert t["delta_standard_errors"]["auc"] == pytest.approx(se, rel=1e-9)
