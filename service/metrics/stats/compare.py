@@ -385,10 +385,26 @@ def interval(
 
 
 def _sorted_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    order = np.argsort(ids, kind="stable")
-    sid = ids[order]
-    unique = bool(sid.size < 2 or np.all(sid[1:] != sid[:-1]))
-    return order, sid, unique
+    """``(order, sorted ids, each id once)``. Ids already ascending cost one pass; other
+    ids a packed sort of ``(id - min, index)`` when they fit in one uint64 (several times
+    faster than an argsort), else an argsort."""
+    n = ids.size
+    if n < 2:
+        return np.arange(n), ids, True
+    if bool(np.all(ids[1:] > ids[:-1])):
+        return np.arange(n), ids, True
+    lo, hi = int(ids.min()), int(ids.max())
+    sh = max(1, int(n - 1).bit_length())
+    if (hi - lo).bit_length() + sh <= 64:
+        packed = (ids - lo).astype(np.uint64) << np.uint64(sh)
+        packed |= np.arange(n, dtype=np.uint64)
+        packed.sort()
+        order = (packed & np.uint64((1 << sh) - 1)).astype(np.intp)
+        sid = (packed >> np.uint64(sh)).astype(np.int64) + lo
+    else:
+        order = np.argsort(ids, kind="stable")
+        sid = ids[order]
+    return order, sid, bool(np.all(sid[1:] != sid[:-1]))
 
 
 def _pairing(base: ArmStats, arm: ArmStats) -> tuple[np.ndarray | None, np.ndarray | None, str]:
