@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,36 +110,73 @@ class ArmData:
 
 
 class StatsCache:
-    """LRU cache of per-arm statistics, bounded in bytes; one computation per key."""
+    """Per-arm statistics, stale-while-revalidate, bounded in bytes (LRU).
+
+    Keys are ``(run, step, cluster)``; each entry remembers the state version it was
+    computed at. A reader gets the entry of the current version; when state moved on it
+    gets the older entry (``stale``) while one background thread recomputes, so polling
+    dashboards never wait for a large arm's statistics; ``fresh`` readers compute (one
+    computation per key at a time, shared by concurrent readers).
+    """
 
     def __init__(self, max_bytes: int = STATS_CACHE_BYTES) -> None:
         self._max = max_bytes
-        self._items: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[int, Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
+        self._pending: set[tuple] = set()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stats")
 
-    def get(self, key: tuple, compute: Any) -> Any:
+    def get(self, key: tuple, version: int, compute: Any, fresh: bool) -> tuple[Any, bool]:
+        """``(value, stale)``: ``compute()`` returns ``(value, nbytes)`` of ``version``."""
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
-                return hit[0]
+                if hit[0] >= version:
+                    return hit[1], False
+                if not fresh:
+                    if key not in self._pending:
+                        self._pending.add(key)
+                        self._pool.submit(self._refresh, key, version, compute)
+                    return hit[1], True
+        return self._compute(key, version, compute), False
+
+    def _refresh(self, key: tuple, version: int, compute: Any) -> None:
+        try:
+            self._compute(key, version, compute)
+        except Exception:  # the next reader retries; the stale entry stays served
+            log.exception("refreshing statistics of %s failed", key)
+        finally:
+            with self._lock:
+                self._pending.discard(key)
+
+    def _compute(self, key: tuple, version: int, compute: Any) -> Any:
+        with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
                 hit = self._items.get(key)
-                if hit is not None:
-                    return hit[0]
+                if hit is not None and hit[0] >= version:
+                    return hit[1]
             value, nbytes = compute()
             with self._lock:
-                self._items[key] = (value, nbytes)
+                old = self._items.pop(key, None)
+                if old is not None:
+                    self._bytes -= old[2]
+                self._items[key] = (version, value, nbytes)
                 self._bytes += nbytes
                 while self._bytes > self._max and len(self._items) > 1:
-                    _, (_, old) = self._items.popitem(last=False)
-                    self._bytes -= old
-                self._key_locks.pop(key, None)
+                    _, (_, _, dropped) = self._items.popitem(last=False)
+                    self._bytes -= dropped
             return value
+
+    def forget(self, experiment: str) -> None:
+        """Drop the entries of a deleted experiment."""
+        with self._lock:
+            for key in [k for k in self._items if k[0].experiment == experiment]:
+                self._bytes -= self._items.pop(key)[2]
 
 
 def _nbytes(obj: Any, depth: int = 0) -> int:
@@ -227,8 +265,13 @@ def arm_data(store: MetricStore, key: RunKey, step: int | None, params: QueryPar
         out["__counts__"] = _label_counts(cols.target, run.label_kind)
         return out, _nbytes(out)
 
-    cache_key = (key, snap.step, snap.version, cluster)
-    computed = _cache_of(store).get(cache_key, compute)
+    # a step's statistics change only when that step gets samples (its sample count is
+    # its version): new eval steps do not invalidate the older ones
+    window = run.windows.get(snap.step)
+    step_version = window.samples if window is not None else snap.samples
+    computed, stats_stale = _cache_of(store).get(
+        (key, snap.step, cluster), step_version, compute, params.fresh
+    )
     counts = computed.get("__counts__", (None, None))
     arm_stats = {k: v for k, v in computed.items() if k != "__counts__"}
     return ArmData(
@@ -242,7 +285,7 @@ def arm_data(store: MetricStore, key: RunKey, step: int | None, params: QueryPar
         cluster,
         counts[0],
         counts[1],
-        stale,
+        stale or stats_stale,
         snap.computed_at,
     )
 
@@ -511,7 +554,8 @@ def _eval_point(store: MetricStore, key: RunKey, step: int) -> dict[str, tuple]:
 
 
 def forget(store: MetricStore, experiment: str) -> None:
-    """Drop cached history points of a deleted experiment."""
+    """Drop cached statistics and history points of a deleted experiment."""
+    _cache_of(store).forget(experiment)
     with _HISTORY_LOCK:
         for k in [k for k in _HISTORY if k[0] == id(store) and k[1].experiment == experiment]:
             del _HISTORY[k]

@@ -1,0 +1,46 @@
+"""The statistics cache serves the last statistics while newer ones are computed."""
+
+from __future__ import annotations
+
+import threading
+
+from rankboard.service.state.batch import RunKey
+from rankboard.service.state.query import StatsCache
+
+KEY = (RunKey("e", "a", "ctr", "eval"), 1, None)
+
+
+def test_stale_while_revalidate_and_fresh_waits():
+    cache = StatsCache()
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def compute(version: int):
+        def run():
+            calls.append(version)
+            if version == 2:
+                gate.wait(10)
+            return {"v": version}, 8
+
+        return run
+
+    assert cache.get(KEY, 1, compute(1), fresh=False) == ({"v": 1}, False)
+    assert cache.get(KEY, 1, compute(1), fresh=False) == ({"v": 1}, False)  # a hit
+    # state moved on: the old value comes back at once, marked stale, computed behind
+    assert cache.get(KEY, 2, compute(2), fresh=False) == ({"v": 1}, True)
+    assert cache.get(KEY, 2, compute(2), fresh=False) == ({"v": 1}, True)  # not twice
+    gate.set()
+    # a fresh reader waits for (or shares) the computation of the current version
+    assert cache.get(KEY, 2, compute(2), fresh=True) == ({"v": 2}, False)
+    assert calls == [1, 2]
+    cache.forget("e")
+    assert cache.get(KEY, 2, compute(2), fresh=False) == ({"v": 2}, False)
+    assert calls == [1, 2, 2]
+
+
+def test_bounded_in_bytes():
+    cache = StatsCache(max_bytes=100)
+    for i in range(5):
+        key = (RunKey("e", f"a{i}", "ctr", "eval"), 1, None)
+        cache.get(key, 1, lambda i=i: ({"v": i}, 40), fresh=False)
+    assert cache._bytes <= 100  # the oldest entries went
