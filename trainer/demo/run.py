@@ -18,13 +18,19 @@ other experiments sent there are kept. A non-empty folder without the marker
 
 Example of the table (numbers from a real run)::
 
-    >>> print(format_comparison({"ctr": {"baseline": "control", "arms": {
+    >>> print(format_comparison({"ctr": {"experiment": "demo", "task": "ctr",
+    ...     "phase": "eval", "baseline": "control", "step": 900, "arms": {
     ...     "control": {"step": 900, "samples": 80000, "metrics": {"auc": 0.6626}},
     ...     "treatment": {"step": 900, "samples": 80000, "metrics": {"auc": 0.6638},
-    ...                   "delta": {"auc": 0.0012}}}}}, ["control", "treatment"]))
-    task  metric   control  treatment  delta (treatment - control)
-    ----  ------  --------  ---------  ---------------------------
-    ctr   auc     0.662600   0.663800                    +0.001200
+    ...                   "delta": {"auc": 0.0012}}}}}))
+    experiment demo, task ctr (eval), baseline control, step 900
+      control: 80,000 samples
+      treatment: 80,000 samples
+    <BLANKLINE>
+    metric  arm        estimate          Δ
+    ------  ---------  --------  ---------
+    auc     control    0.662600          -
+    auc     treatment  0.663800  +0.001200
 """
 
 from __future__ import annotations
@@ -215,34 +221,14 @@ def fetch_comparison(
     return out
 
 
-def _fmt(value: Any, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:+.6f}" if signed else f"{value:.6f}"
+def format_comparison(comparisons: dict[str, Any], arms: Sequence[str] = ()) -> str:
+    """The service's comparison of each task as ``rankboard compare`` prints it: per metric
+    and arm the estimate and its interval, the delta from the baseline with its interval,
+    the p-value and the verdict (``arms`` is kept for callers; the bodies name them)."""
+    from rankboard.service.compare import format_compare  # stdlib-only formatter
 
-
-def format_comparison(comparisons: dict[str, Any], arms: Sequence[str]) -> str:
-    """A text table: one row per (task, metric), one column per arm, then the deltas."""
-    baseline = arms[0]
-    headers = ["task", "metric", *arms, *(f"delta ({a} - {baseline})" for a in arms[1:])]
-    rows = []
-    for task, cmp in comparisons.items():
-        per_arm = cmp["arms"]
-        for metric in per_arm[baseline]["metrics"]:
-            row = [task, metric]
-            row += [_fmt(per_arm.get(a, {}).get("metrics", {}).get(metric)) for a in arms]
-            row += [_fmt(per_arm.get(a, {}).get("delta", {}).get(metric), True) for a in arms[1:]]
-            rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    lines = []
-    for i, row in enumerate([headers, ["-" * w for w in widths], *rows]):
-        cells = [
-            c.ljust(w) if j < 2 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        del i
-    return "\n".join(lines)
+    del arms
+    return "\n\n".join(format_compare(body) for body in comparisons.values())
 
 
 def _quiet_libraries() -> None:
