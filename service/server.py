@@ -10,24 +10,26 @@ Example (in-process, as the tests and the demo use it)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import uvicorn
-from grpc_health.v1 import health_pb2
 
-from rankboard.service.grpc_api import SERVICE_NAME, build_grpc_server
+from rankboard.service.grpc_api import MAX_STREAMS, build_grpc_server, set_serving
 from rankboard.service.rest import create_app
 from rankboard.service.state.store import MetricStore, StoreConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_device(device: str) -> str:
@@ -58,7 +60,9 @@ class ServiceConfig:
     read_token: str | None = None
     fsync: str = "batch"
     max_message_bytes: int = 64 << 20
-    max_concurrent_rpcs: int = 256
+    max_streams: int = MAX_STREAMS  # open Ingest streams; more get RESOURCE_EXHAUSTED
+    max_concurrent_rpcs: int | None = None  # calls of any kind (None: max_streams + 1024)
+    ingest_workers: int = 4  # threads that run the store's blocking ingest
     drain_timeout_s: float = 10.0
     torch_threads: int | None = None
     store: dict = field(default_factory=dict)
@@ -79,16 +83,19 @@ class Service:
             StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync, **config.store)
         )
         self.draining = threading.Event()
-        self._grpc, self._health = build_grpc_server(
-            self.store,
-            self.draining,
-            token=config.token,
-            max_message_bytes=config.max_message_bytes,
-            max_concurrent_rpcs=config.max_concurrent_rpcs,
+        # gRPC runs on its own event loop thread (grpc.aio: idle streams hold no thread)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-loop", daemon=True
         )
-        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
+        self._loop_thread.start()
+        try:
+            self._grpc, self._health, self._ingest = self._on_loop(self._build_grpc())
+            self.grpc_port = self._on_loop(self._bind_grpc())
+        except BaseException:
+            self._stop_loop()
+            self.store.close()
+            raise
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose
         # proto says TCP; without it Nagle + delayed ACKs add 40 ms to every response
@@ -109,6 +116,46 @@ class Service:
         self._http_thread = threading.Thread(target=self._serve_http, name="http", daemon=True)
         self.device = device
 
+    def _on_loop(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the gRPC event loop; return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _build_grpc(self) -> tuple:
+        config = self.config
+        return build_grpc_server(
+            self.store,
+            self.draining,
+            token=config.token,
+            max_message_bytes=config.max_message_bytes,
+            max_streams=config.max_streams,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
+            ingest_workers=config.ingest_workers,
+        )
+
+    async def _bind_grpc(self) -> int:
+        config = self.config
+        port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
+        return port
+
+    async def _start_grpc(self) -> None:
+        await self._grpc.start()
+        await set_serving(self._health, True)
+
+    async def _drain_grpc(self) -> None:
+        self._ingest.start_draining()
+        await set_serving(self._health, False)
+        await self._health.enter_graceful_shutdown()
+        await self._grpc.stop(grace=self.config.drain_timeout_s)
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+
     @property
     def grpc_target(self) -> str:
         """``host:port`` of the gRPC server."""
@@ -124,7 +171,7 @@ class Service:
 
     def start(self) -> Service:
         """Start both servers; return when they accept connections."""
-        self._grpc.start()
+        self._on_loop(self._start_grpc())
         self._http_thread.start()
         while not self._http.started:
             if not self._http_thread.is_alive():
@@ -144,10 +191,13 @@ class Service:
         if self.draining.is_set():
             return
         self.draining.set()
-        self._health.enter_graceful_shutdown()
-        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._grpc.stop(grace=self.config.drain_timeout_s).wait(self.config.drain_timeout_s + 1)
+        try:
+            self._on_loop(self._drain_grpc(), timeout=self.config.drain_timeout_s + 5)
+        except Exception:
+            log.exception("gRPC drain failed")
+        self._ingest.close()
         self.store.close()
+        self._stop_loop()
         self._http.should_exit = True
         self._http_thread.join(timeout=5)
         with contextlib.suppress(OSError):
@@ -155,7 +205,7 @@ class Service:
 
     def wait(self) -> None:
         """Block until the gRPC server terminates."""
-        self._grpc.wait_for_termination()
+        self._on_loop(self._grpc.wait_for_termination())
 
 
 def _url_host(host: str) -> str:

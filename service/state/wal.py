@@ -185,6 +185,8 @@ class WriteAheadLog:
         self._failed: OSError | None = None
         self._closed = False
         self._durable = threading.Condition()
+        # called with (durable lsn, failure or None) after every sync, from the syncing thread
+        self._listeners: list[Callable[[int, OSError | None], None]] = []
         self._syncer: threading.Thread | None = None
         if fsync != "none":
             loop = self._sync_loop if fsync == "batch" else self._interval_loop
@@ -226,6 +228,17 @@ class WriteAheadLog:
             if wait:
                 self.wait_durable(lsn)
         return lsn
+
+    def add_listener(self, fn: Callable[[int, OSError | None], None]) -> None:
+        """Call ``fn(durable_lsn, failure)`` after each sync (asyncio front ends wait so)."""
+        self._listeners.append(fn)
+
+    def _notify(self, failure: OSError | None = None) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(self._synced, failure)
+            except Exception:  # a listener must never stop the syncer
+                log.exception("write-ahead log sync listener failed")
 
     def is_durable(self, lsn: int) -> bool:
         """Whether the record at ``lsn`` is as durable as the policy promises."""
@@ -283,6 +296,7 @@ class WriteAheadLog:
             with self._durable:
                 self._failed = err
                 self._durable.notify_all()
+            self._notify(err)
             return False
         finally:
             os.close(fd)
@@ -293,6 +307,7 @@ class WriteAheadLog:
         with self._durable:
             self._synced = max(self._synced, lsn)
             self._durable.notify_all()
+        self._notify()
 
     def sync(self) -> None:
         """Flush and fsync the current segment."""
@@ -338,6 +353,7 @@ class WriteAheadLog:
             self._closed = True
             self._synced = max(self._synced, lsn)
             self._durable.notify_all()
+        self._notify()
         if self._syncer is not None and self._syncer is not threading.current_thread():
             self._syncer.join(timeout=5)
 
