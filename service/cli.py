@@ -122,6 +122,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="largest gRPC message accepted (default 64 MiB)",
     )
     p.add_argument(
+        "--max-streams",
+        type=int,
+        default=4096,
+        help="open ingest streams (producers) at most; more get RESOURCE_EXHAUSTED at once"
+        " (default 4096; an idle stream costs no thread)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=10.0,
@@ -184,6 +191,7 @@ def serve(args: argparse.Namespace) -> int:
         read_token=env_token("RANKBOARD_READ_TOKEN", args.read_token),
         fsync=args.fsync,
         max_message_bytes=args.max_message_bytes,
+        max_streams=args.max_streams,
         drain_timeout_s=args.drain_timeout,
         torch_threads=args.torch_threads,
         metrics_public=args.metrics_public,
