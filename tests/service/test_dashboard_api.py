@@ -118,6 +118,8 @@ def test_pages_load_nothing_from_the_network(service) -> None:
         # the vendored bundles do not fetch fonts or scripts from a CDN at start
         redoc = http.get("/redoc").text
         assert "fonts.googleapis" not in redoc and "cdn.jsdelivr" not in redoc
+        bundle = http.get("/static/vendor/redoc/redoc.standalone.js").text
+        assert "cdn.redoc.ly" not in bundle  # its logo is inlined (vendor/VERSIONS.md)
 
 
 @pytest.mark.parametrize(

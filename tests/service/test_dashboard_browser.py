@@ -249,8 +249,10 @@ def test_dashboard_in_a_real_browser(service_factory, driver, tmp_path: Path) ->
     assert "data read" in drv.find_element(By.ID, "data-time").text
 
     if os.environ.get("RANKBOARD_SCREENSHOT"):
+        shot = Path(os.environ["RANKBOARD_SCREENSHOT"])
+        shot.parent.mkdir(parents=True, exist_ok=True)
         drv.execute_script("window.scrollTo(0, 0)")
-        drv.save_screenshot(os.environ["RANKBOARD_SCREENSHOT"])
+        assert drv.save_screenshot(str(shot)), shot
 
     # --- deep link with another baseline, token remembered by the tab ------------------
     drv.get(svc.http_url + "/?experiment=exp&task=ctr&phase=eval&baseline=treatment")

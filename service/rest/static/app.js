@@ -381,10 +381,13 @@
         var hasBand = !!(s.low && s.high);
         signature.push(s.arm + (hasBand ? "+" : ""));
         var base = series.length;
-        series.push({ label: s.arm, stroke: col, width: 2, spanGaps: true, value: valueFmt });
+        series.push({ label: s.arm, stroke: col, width: 2, spanGaps: true,
+          value: hasBand ? bandFmt : valueFmt });
         if (hasBand) {
-          series.push({ label: s.arm + " low", stroke: alphaColor(col, 0.35), width: 1, spanGaps: true, value: valueFmt });
-          series.push({ label: s.arm + " high", stroke: alphaColor(col, 0.35), width: 1, spanGaps: true, value: valueFmt });
+          var edge = { stroke: alphaColor(col, 0.35), width: 1, spanGaps: true, value: valueFmt,
+            points: { show: false } };
+          series.push(Object.assign({ label: s.arm + " low" }, edge));
+          series.push(Object.assign({ label: s.arm + " high" }, edge));
           bands.push({ series: [base + 2, base + 1], fill: alphaColor(col, 0.15) });
           tables.push([s.steps, s.values, s.low, s.high]);
         } else {
@@ -419,11 +422,24 @@
         cursor: { drag: { x: true, y: false } },
       };
       var plot = new uPlot(opts, data, box);
+      // the band edges stay out of the legend: an arm's row shows "value [low, high]"
+      var rows = plot.root.querySelectorAll(".u-legend .u-series");
+      series.forEach(function (sr, i) {
+        if (i > 0 && / (low|high)$/.test(sr.label) && rows[i]) { rows[i].style.display = "none"; }
+      });
       state.charts[m] = { plot: plot, signature: key, arms: list.map(function (s) { return s.arm; }) };
     });
   }
 
   function valueFmt(u, v) { return v === null || v === undefined ? "–" : fmt(v); }
+
+  function bandFmt(u, v, si, di) {
+    if (v === null || v === undefined) { return "–"; }
+    var lo = di === null || di === undefined ? null : u.data[si + 1][di];
+    var hi = di === null || di === undefined ? null : u.data[si + 2][di];
+    return fmt(v) + (lo !== null && lo !== undefined && hi !== null && hi !== undefined
+      ? " [" + fmt(lo) + ", " + fmt(hi) + "]" : "");
+  }
 
   // --- refresh loop --------------------------------------------------------------------
   async function refresh() {
