@@ -16,13 +16,26 @@ Delivery, memory and errors
   (sequence <= last applied of the producer -> ``duplicate``) keeps a batch
   from counting twice. Sequences start from the wall clock in microseconds,
   so a restarted trainer that reuses its producer id still moves forward.
-* **Bounded memory.** Queued records plus unacknowledged batches hold at most
-  ``max_pending_samples`` samples (about 20 bytes each). When the service is
-  slower than training, ``when_full="block"`` (the default: metrics stay
-  exact) makes :meth:`~MetricsStream.log` wait for acknowledgements, and
-  ``when_full="drop"`` drops the new record and counts it in
-  :attr:`StreamStats.dropped_records` / ``dropped_samples`` (logged as a
-  warning, and reported again by :meth:`~MetricsStream.close`).
+* **Bounded memory; an outage does not stop training.** Queued records plus
+  unacknowledged batches hold at most ``max_pending_samples`` samples in
+  memory (about 20 bytes each). When the service is away or slower than
+  training, ``when_full`` decides:
+
+  - ``"spill"`` (the default): the oldest unacknowledged batches, already
+    numbered, are written to a local spill file (in ``spill_dir``, default the
+    system temp folder) and their memory freed, so :meth:`~MetricsStream.log`
+    returns at once and training goes on. A warning says so (with the file and
+    the count) when spilling starts and when the spilled batches are through.
+    Spilled batches are re-sent from the file, in sequence order with their
+    own sequence numbers, once the service is back, so nothing is lost or
+    counted twice; :meth:`~MetricsStream.flush` waits for them too. Past
+    ``max_spill_bytes`` on disk, ``log()`` blocks as with ``"block"``. The
+    file is removed when empty and at :meth:`~MetricsStream.close` (what it
+    still holds then is reported as never acknowledged).
+  - ``"block"``: :meth:`~MetricsStream.log` waits for acknowledgements.
+  - ``"drop"``: the new record is dropped and counted in
+    :attr:`StreamStats.dropped_records` / ``dropped_samples`` (logged as a
+    warning, and reported again by :meth:`~MetricsStream.close`).
 * **Reconnects.** A broken stream is reopened after an exponential backoff
   with jitter (``backoff_initial`` doubling up to ``backoff_max``; the delay is
   drawn uniformly in [b/2, b]); the backoff resets once a stream gets an ack.
@@ -62,10 +75,12 @@ Example (needs a running service, hence skipped in doctests)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import random
+import tempfile
 import threading
 import time
 import uuid
@@ -184,6 +199,9 @@ class StreamStats:
     logged_samples: int = 0
     dropped_records: int = 0
     dropped_samples: int = 0
+    spilled_batches: int = 0
+    spilled_samples: int = 0
+    spill_bytes: int = 0
     sent_batches: int = 0
     resent_batches: int = 0
     acked_batches: int = 0
@@ -229,9 +247,40 @@ class _Record:
 
 @dataclass
 class _Pending:
-    batch: ingest_pb2.Batch
+    """An unacknowledged batch: in memory, or spilled (``batch`` None, ``spill`` set)."""
+
+    batch: ingest_pb2.Batch | None
     samples: int
     sends: int = 0
+    sequence: int = 0
+    meta: tuple[str, int, int] = ("", 0, 0)  # task, phase, step (for a rejection)
+    spill: tuple[int, int] | None = None  # (offset, length) in the spill file
+
+
+class _SpillFile:
+    """Append-only file of serialized batches; read back by offset (``os.pread``)."""
+
+    def __init__(self, folder: str | None, producer_id: str) -> None:
+        safe = "".join(c if c.isalnum() else "-" for c in producer_id)[:40]
+        fd, self.path = tempfile.mkstemp(prefix=f"rankboard-spill-{safe}-", dir=folder)
+        self._fd = fd
+        self.size = 0
+
+    def append(self, data: bytes) -> tuple[int, int]:
+        offset = self.size
+        os.pwrite(self._fd, data, offset)
+        self.size += len(data)
+        return offset, len(data)
+
+    def read(self, where: tuple[int, int]) -> bytes:
+        return os.pread(self._fd, where[1], where[0])
+
+    def remove(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 @dataclass
@@ -248,11 +297,17 @@ class _Connection:
     closing: bool = False
     error: str | None = None
 
+    load: Callable[[_Pending], ingest_pb2.Batch | None] | None = None
+
     def request_iter(self) -> Iterator[ingest_pb2.Batch]:
         while True:
             item = self.requests.get()
             if item is None:
                 return
+            if isinstance(item, _Pending):  # spilled meanwhile: read back from the file
+                item = item.batch if item.batch is not None else self.load(item)
+                if item is None:  # acknowledged meanwhile
+                    continue
             yield item
 
 
@@ -334,8 +389,12 @@ class MetricsStream:
             one the service picks its defaults.
         token: write token sent as ``authorization: Bearer <token>``
             (default ``$RANKBOARD_TOKEN``).
-        max_pending_samples: bound on queued plus unacknowledged samples.
-        when_full: ``"block"`` or ``"drop"`` (see the module docs).
+        max_pending_samples: bound on queued plus unacknowledged samples held
+            in memory.
+        when_full: ``"spill"`` (default), ``"block"`` or ``"drop"`` (see the
+            module docs).
+        spill_dir: folder of the spill file (default: the system temp folder).
+        max_spill_bytes: bound on the spill file; past it ``log()`` blocks.
         max_batch_samples: largest batch sent (larger records are split).
         linger: seconds the sender may wait after a record is queued for more
             records to share its message (0: send at once).
@@ -371,7 +430,9 @@ class MetricsStream:
         metrics: Mapping[tuple[str, str], MetricList] | None = None,
         token: str | None = None,
         max_pending_samples: int = 2_000_000,
-        when_full: Literal["block", "drop"] = "block",
+        when_full: Literal["spill", "block", "drop"] = "spill",
+        spill_dir: str | os.PathLike | None = None,
+        max_spill_bytes: int = 8 << 30,
         max_batch_samples: int = 65_536,
         linger: float = 0.1,
         backoff_initial: float = 0.1,
@@ -383,8 +444,8 @@ class MetricsStream:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if when_full not in ("block", "drop"):
-            raise ValueError(f"when_full must be 'block' or 'drop', got {when_full!r}")
+        if when_full not in ("spill", "block", "drop"):
+            raise ValueError(f"when_full must be 'spill', 'block' or 'drop', got {when_full!r}")
         if max_pending_samples < 1 or max_batch_samples < 1:
             raise ValueError("max_pending_samples and max_batch_samples must be positive")
         if not linger >= 0:  # NaN too
@@ -399,6 +460,8 @@ class MetricsStream:
         self.producer_id = producer_id
         self.max_pending_samples = int(max_pending_samples)
         self.when_full = when_full
+        self.spill_dir = None if spill_dir is None else os.fspath(spill_dir)
+        self.max_spill_bytes = int(max_spill_bytes)
         self.max_batch_samples = int(max_batch_samples)
         self.linger = float(linger)
         self.backoff_initial = float(backoff_initial)
@@ -428,7 +491,10 @@ class MetricsStream:
         self._acked = threading.Condition(self._lock)
         self._queue: deque[_Record] = deque()
         self._unacked: OrderedDict[int, _Pending] = OrderedDict()
-        self._pending = 0
+        self._pending = 0  # queued + unacknowledged samples, spilled ones included
+        self._spilled_now = 0  # unacknowledged samples that are in the spill file
+        self._spill: _SpillFile | None = None
+        self._spill_warned_at = 0.0
         self._queued_samples = 0
         self._flushing = 0  # flush() calls waiting: no lingering
         self._next_seq = int(
@@ -440,6 +506,8 @@ class MetricsStream:
                 "logged_samples",
                 "dropped_records",
                 "dropped_samples",
+                "spilled_batches",
+                "spilled_samples",
                 "sent_batches",
                 "resent_batches",
                 "acked_batches",
@@ -509,7 +577,9 @@ class MetricsStream:
         with self._lock:
             self._check_usable()
             waited_since: float | None = None
-            while self._pending > 0 and self._pending + record.n > self.max_pending_samples:
+            while self._in_memory() > 0 and self._in_memory() + record.n > self.max_pending_samples:
+                if self.when_full == "spill" and self._spill_oldest(record.n):
+                    continue
                 if self.when_full == "drop":
                     self._counts["dropped_records"] += 1
                     self._counts["dropped_samples"] += record.n
@@ -525,7 +595,8 @@ class MetricsStream:
                     return False
                 if waited_since is None:
                     waited_since = time.monotonic()
-                self._acked.wait(1.0)
+                self._work.notify()  # queued records become (spillable) batches
+                self._acked.wait(0.05 if self.when_full == "spill" else 1.0)
                 self._check_usable()
                 if waited_since and time.monotonic() - waited_since > 10.0:
                     logger.warning(
@@ -602,6 +673,19 @@ class MetricsStream:
                 self._notify_all()
             self._worker.join(timeout=10)
             self._channel.close()
+            with self._lock:
+                spilled, spill = self._spilled_now, self._spill
+                self._spill = None
+            if spill is not None:
+                spill.remove()
+                if spilled:
+                    logger.error(
+                        "rankboard stream %s closed with %d spilled samples never acknowledged"
+                        " (spill file %s removed)",
+                        self.producer_id,
+                        spilled,
+                        spill.path,
+                    )
             stats = self.stats
             if stats.dropped_records:
                 logger.warning(
@@ -631,6 +715,7 @@ class MetricsStream:
             return StreamStats(
                 producer_id=self.producer_id,
                 pending_samples=self._pending,
+                spill_bytes=self._spill.size if self._spill is not None else 0,
                 queued_records=len(self._queue),
                 unacked_batches=len(self._unacked),
                 connected=bool(conn is not None and not conn.broken and conn.acks > 0),
@@ -768,7 +853,7 @@ class MetricsStream:
             or self._flushing
             or self._closing
             or self._queued_samples >= self.max_batch_samples
-            or 2 * self._pending >= self.max_pending_samples
+            or 2 * self._in_memory() >= self.max_pending_samples
         ):
             return 0.0
         return self._queue[0].queued_at + self.linger - time.monotonic()
@@ -781,7 +866,7 @@ class MetricsStream:
                     while (
                         not self._stop
                         and (not self._queue or self._linger_left() > 0)
-                        and not (self._conn is not None and self._conn.broken and self._unacked)
+                        and not ((self._conn is None or self._conn.broken) and self._unacked)
                     ):
                         self._check_ack_timeout()
                         self._work.wait(min(0.5, self._linger_left()) if self._queue else 0.5)
@@ -789,19 +874,19 @@ class MetricsStream:
                     if self._stop:
                         break
                     conn = self._conn
+                    ready = bool(self._queue) and self._linger_left() <= 0
+                if ready:
+                    # numbered and kept first, whatever the connection: during an outage
+                    # the records become batches that can spill, and the next stream
+                    # re-sends them in order
+                    self._send(self._take(), conn)
+                    continue
                 if conn is None or conn.broken:
                     if conn is not None:
                         backoff = self._after_break(conn, backoff)
                         if not self._sleep(backoff):
                             break
                     self._open()
-                    continue
-                records = self._take()
-                for batch, samples in self._encode(records):
-                    with self._lock:
-                        self._unacked[batch.sequence] = _Pending(batch, samples, sends=1)
-                        self._counts["sent_batches"] += 1
-                    conn.requests.put(batch)
         except Exception:  # a bug here must not hang flush(): make it fatal
             logger.exception("rankboard stream %s: sender thread failed", self.producer_id)
             with self._lock:
@@ -812,6 +897,20 @@ class MetricsStream:
                 conn, self._conn = self._conn, None
             if conn is not None:
                 self._close_conn(conn)
+
+    def _send(self, records: list[_Record], conn: _Connection | None) -> None:
+        """Encode ``records`` into numbered batches, keep them until acked, send on ``conn``."""
+        for batch, samples in self._encode(records):
+            pending = _Pending(
+                batch, samples, sequence=batch.sequence, meta=(batch.task, batch.phase, batch.step)
+            )
+            with self._lock:
+                self._unacked[batch.sequence] = pending
+                self._counts["sent_batches"] += 1
+                live = conn is not None and conn is self._conn and not conn.broken
+                pending.sends = int(live)
+            if live:
+                conn.requests.put(pending)
 
     def _check_ack_timeout(self) -> None:
         """Mark the stream broken when acks stopped coming (called with the lock held)."""
@@ -855,7 +954,7 @@ class MetricsStream:
             return False
 
     def _open(self) -> None:
-        conn = _Connection()
+        conn = _Connection(load=self._load_spilled)
         conn.call = self._stub.Stream(conn.request_iter(), metadata=self._metadata)
         with self._lock:
             if self._streams_opened:
@@ -863,17 +962,18 @@ class MetricsStream:
             self._streams_opened += 1
             self._conn = conn
             resend = list(self._unacked.values())
+            again = sum(p.sends > 0 for p in resend)  # the others were never sent yet
             for p in resend:
                 p.sends += 1
-            self._counts["resent_batches"] += len(resend)
-        if resend:
+            self._counts["resent_batches"] += again
+        if again:
             logger.info(
                 "rankboard stream %s: re-sending %d unacknowledged batches",
                 self.producer_id,
-                len(resend),
+                again,
             )
         for p in resend:
-            conn.requests.put(p.batch)
+            conn.requests.put(p)  # spilled ones are read back as grpc asks for them
         conn.reader = threading.Thread(
             target=self._read_acks,
             args=(conn,),
@@ -923,17 +1023,19 @@ class MetricsStream:
             if pending is None:
                 return  # an ack of a batch re-sent meanwhile, already counted
             self._pending -= pending.samples
+            if pending.spill is not None:
+                self._after_spilled_ack(pending)
             self._counts["acked_batches"] += 1
             if ack.duplicate:
                 self._counts["duplicate_batches"] += 1
             if ack.error_code:
-                b = pending.batch
-                phase = "train" if b.phase == ingest_pb2.PHASE_TRAIN else "eval"
+                task, phase_code, step = pending.meta
+                phase = "train" if phase_code == ingest_pb2.PHASE_TRAIN else "eval"
                 rejection = Rejection(
-                    b.sequence,
-                    b.task,
+                    pending.sequence,
+                    task,
                     phase,
-                    b.step,
+                    step,
                     pending.samples,
                     ack.error_code,
                     ack.error_message,
@@ -955,6 +1057,83 @@ class MetricsStream:
                     self.on_rejected(rejection)
                 except Exception:
                     logger.exception("on_rejected callback failed")
+
+    # ------------------------------------------------------------------ spill
+    def _in_memory(self) -> int:
+        """Pending samples held in memory (lock held)."""
+        return self._pending - self._spilled_now
+
+    def _spill_oldest(self, need: int) -> bool:
+        """Move the oldest in-memory unacknowledged batches to the spill file until
+        ``need`` more samples fit in memory (lock held). False when nothing could go."""
+        moved = 0
+        for pending in self._unacked.values():
+            if self._in_memory() + need <= self.max_pending_samples:
+                break
+            if pending.batch is None:
+                continue
+            data = pending.batch.SerializeToString()
+            if self._spill is None:
+                self._spill = _SpillFile(self.spill_dir, self.producer_id)
+            if self._spill.size + len(data) > self.max_spill_bytes:
+                if moved == 0:
+                    self._warn_spill(f"spill file full ({self._spill.size} bytes); log() blocks")
+                break
+            pending.spill = self._spill.append(data)
+            pending.batch = None
+            self._spilled_now += pending.samples
+            self._counts["spilled_batches"] += 1
+            self._counts["spilled_samples"] += pending.samples
+            moved += 1
+        if moved:
+            self._warn_spill(None)
+        return moved > 0
+
+    def _warn_spill(self, problem: str | None) -> None:
+        now = time.monotonic()
+        first = self._spill_warned_at == 0.0
+        if not first and now - self._spill_warned_at < 30.0 and problem is None:
+            return
+        self._spill_warned_at = now
+        logger.warning(
+            "rankboard stream %s: the service at %s is not acknowledging (last error: %s); %s"
+            " %d samples in %d batches spilled so far to %s, %d bytes; training goes on and"
+            " they are re-sent in order when the service is back",
+            self.producer_id,
+            self.target,
+            self._last_error,
+            problem or ("spilling to disk:" if first else "still spilling:"),
+            self._counts["spilled_samples"],
+            self._counts["spilled_batches"],
+            self._spill.path if self._spill is not None else "-",
+            self._spill.size if self._spill is not None else 0,
+        )
+
+    def _load_spilled(self, pending: _Pending) -> ingest_pb2.Batch | None:
+        """The batch of a spilled pending entry, read back (None once acknowledged)."""
+        with self._lock:
+            spill, where = self._spill, pending.spill
+            if spill is None or where is None or pending.sequence not in self._unacked:
+                return None
+            data = spill.read(where)
+        batch = ingest_pb2.Batch()
+        batch.ParseFromString(data)
+        return batch
+
+    def _after_spilled_ack(self, pending: _Pending) -> None:
+        """Account an acknowledged spilled batch; drop the file once empty (lock held)."""
+        self._spilled_now -= pending.samples
+        if self._spilled_now == 0 and self._spill is not None:
+            logger.warning(
+                "rankboard stream %s: the service is back; the %d spilled samples went"
+                " through, spill file %s removed",
+                self.producer_id,
+                self._counts["spilled_samples"],
+                self._spill.path,
+            )
+            self._spill.remove()
+            self._spill = None
+            self._spill_warned_at = 0.0
 
     def _take(self) -> list[_Record]:
         """Records to send now: the first one and the ones that can share its batch."""

@@ -203,7 +203,7 @@ def test_batching_segments_steps_and_splits_large_records(server: Server, store:
 
 def test_block_policy_waits_for_acks(server: Server, store: Store) -> None:
     store.gate.clear()  # the service stops acknowledging
-    s = stream(server, max_pending_samples=1000)
+    s = stream(server, max_pending_samples=1000, when_full="block")
     for step in range(2):
         assert s.log(torch.rand(400), torch.ones(400), task="ctr", phase="train", step=step)
     done = threading.Event()
