@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from rankboard.service.metrics.functional._numpy_kernels import float_key_np
 from rankboard.service.metrics.stats.columns import as_numpy
 from rankboard.service.metrics.stats.sequential import validate_alpha
 from rankboard.service.metrics.stats.variance import influence_variance
@@ -51,33 +50,52 @@ class AUCInfluence(NamedTuple):
     strata: np.ndarray
 
 
+def _sort_key(p: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 image of float32 scores in ``[0, 2**32)`` (-0.0 == 0.0),
+    written into ``out`` (few temporaries: at 10M samples allocation dominates)."""
+    bits = (p + np.float32(0.0)).view(np.int32)
+    key = out.view(np.int64)
+    key[...] = bits
+    np.bitwise_xor(key, 0x7FFFFFFF, out=key, where=bits < 0)
+    key += 1 << 31
+    return out
+
+
 def _exact_influence(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> AUCInfluence:
     """Exact AUC by one packed sort: (prediction key, label, index) in one uint64, so the
     labels come out in sorted order without a gather and tie groups are runs of equal
-    prediction key; per-group placements, then one scatter of ψ back to sample order."""
+    prediction key; per-group placements, then one scatter of ψ back to sample order.
+    Buffers are reused in place: at 10M samples every fresh array costs page faults."""
     n = y.size
     pos = y > 0.5
-    strata = pos.astype(np.int8)
+    strata = pos.view(np.int8)
     sh = max(1, int(n - 1).bit_length())
-    key = float_key_np(p)
-    if 33 + sh <= 64:
-        packed = (key << np.uint64(1)) | pos.astype(np.uint64)
-        packed <<= np.uint64(sh)
-        packed |= np.arange(n, dtype=np.uint64)
-        packed.sort()
-        order = (packed & np.uint64((1 << sh) - 1)).astype(np.intp)
-        lab = ((packed >> np.uint64(sh)) & np.uint64(1)).astype(np.int64)
-        tk = packed >> np.uint64(sh + 1)
-    else:  # pragma: no cover - more than 2**31 samples
-        order = np.lexsort((pos, key))
-        lab = pos[order].astype(np.int64)
-        tk = key[order]
+    if 33 + sh > 64:  # pragma: no cover - more than 2**31 samples
+        raise OverflowError("more than 2**31 samples")
+    u1, u_sh, u_sh1 = np.uint64(1), np.uint64(sh), np.uint64(sh + 1)
+    packed = _sort_key(p, np.empty(n, dtype=np.uint64))
+    packed <<= u1
+    packed |= pos
+    packed <<= u_sh
+    buf = np.arange(n, dtype=np.uint64)
+    packed |= buf
+    packed.sort()
+    np.bitwise_and(packed, np.uint64((1 << sh) - 1), out=buf)
+    order = buf.view(np.int64)  # sample index of each sorted position
+    lab_u = np.right_shift(packed, u_sh)
+    lab_u &= u1
+    lab = lab_u.view(np.int64)  # label of each sorted position
+    packed >>= u_sh1  # the score key, sorted
     new = np.empty(n, dtype=bool)
     new[0] = True
-    np.not_equal(tk[1:], tk[:-1], out=new[1:])
+    np.not_equal(packed[1:], packed[:-1], out=new[1:])
+    gid = packed.view(np.int64)  # reuse: group of each sorted position
+    np.cumsum(new, dtype=np.int64, out=gid)
+    gid -= 1
     starts = np.flatnonzero(new)
-    gid = np.cumsum(new.astype(np.int64)) - 1
+    del new
     bounds = np.append(starts, n)
+    ws = None
     if w is None:
         cpos = np.concatenate(([0], np.cumsum(lab)))[bounds]
         pos_g = np.diff(cpos)
@@ -90,14 +108,15 @@ def _exact_influence(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> AUCI
         w1, w0 = float(n1), float(n0)
         value = (u2 / 2) / (w1 * w0)
         pos_f, neg_f, cneg_f = (x.astype(np.float64) for x in (pos_g, neg_g, cneg))
-        ws = None
     else:
         ws = np.asarray(w, dtype=np.float64)[order]
         wp = ws * lab
         c1 = np.concatenate(([0.0], np.cumsum(wp)))[bounds]
-        c0 = np.concatenate(([0.0], np.cumsum(ws - wp)))[bounds]
-        pos_f, neg_f = np.diff(c1), np.diff(c0)
-        w1, w0 = float(c1[-1]), float(c0[-1])
+        wp -= ws
+        c0 = np.concatenate(([0.0], np.cumsum(wp)))[bounds]
+        del wp
+        pos_f, neg_f = np.diff(c1), -np.diff(c0)
+        w1, w0 = float(c1[-1]), -float(c0[-1])
         if not (w1 > 0 and w0 > 0):
             return AUCInfluence(math.nan, np.zeros(n), strata)
         cneg_f = np.cumsum(neg_f) - neg_f
@@ -105,7 +124,10 @@ def _exact_influence(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> AUCI
     table = np.empty((starts.size, 2))
     table[:, 1] = (n / w1) * ((cneg_f + 0.5 * neg_f) / w0 - value)  # positives: V10
     table[:, 0] = (n / w0) * ((w1 - np.cumsum(pos_f) + 0.5 * pos_f) / w1 - value)  # V01
-    psi_sorted = table.reshape(-1)[2 * gid + lab]
+    gid *= 2
+    gid += lab
+    psi_sorted = lab_u.view(np.float64)  # reuse the label buffer
+    np.take(table.reshape(-1), gid, out=psi_sorted)
     if ws is not None:
         psi_sorted *= ws
     psi = np.empty(n)

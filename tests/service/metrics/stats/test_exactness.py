@@ -74,7 +74,8 @@ def test_delong_matches_textbook_with_ties(n: int) -> None:
     rng = np.random.default_rng(n)
     y = rng.integers(0, 2, n)
     y[:4] = [0, 1, 0, 1]
-    p = rng.integers(0, 6, n).astype(np.float32) / 5  # many ties
+    p = rng.integers(-3, 3, n).astype(np.float32) / 5  # many ties
+    p[:6] = [-0.0, 0.0, -0.0, 0.0, -0.0, 0.0]  # equal scores, different bits
     auc, var = _textbook_delong(p, y)
     r = auc_influence(p, y)
     assert r.value == pytest.approx(auc, abs=1e-12)
@@ -273,6 +274,31 @@ def test_mse_delta_method_written_out() -> None:
     s = arm_stats(MeanSquaredError(), Columns(p, t, w), name="mse", cluster=None)
     assert s.value == pytest.approx(theta, rel=1e-12)
     assert s.se**2 == pytest.approx(var, rel=1e-9)
+
+
+def test_threshold_point_buckets_delong_by_definition() -> None:
+    """torchmetrics' threshold-point AUC: pairs in one bucket count one half, except in
+    the last bucket (scores of exactly 1.0), where they count 0."""
+    pytest.importorskip("rankboard.service.metrics.functional.auc").__dict__.get(
+        "bin_indices"
+    ) or pytest.skip("no threshold points in this tree")
+    from rankboard.service.metrics.functional.auc import bin_indices
+    from rankboard.service.metrics.stats import binned_auc_influence
+
+    rng = np.random.default_rng(15)
+    n, t = 300, 11
+    y = rng.integers(0, 2, n)
+    p = np.clip(rng.normal(0.5 + 0.2 * y, 0.25), 0, 1).astype(np.float32)
+    p[:30] = 1.0
+    b = bin_indices(torch.from_numpy(p), t).numpy()
+    bp, bn = b[y == 1][:, None], b[y == 0][None, :]
+    psi = (bp > bn) + 0.5 * ((bp == bn) & (bp < t - 1))
+    auc = psi.mean()
+    v10, v01 = psi.mean(1), psi.mean(0)
+    var = np.var(v10, ddof=1) / v10.size + np.var(v01, ddof=1) / v01.size
+    r = binned_auc_influence(p, y, thresholds=t)
+    assert r.value == pytest.approx(auc, abs=1e-12)
+    assert influence_variance(r.psi, strata=r.strata)[0] == pytest.approx(var, rel=1e-9)
 
 
 def test_equal_width_bins_agree_with_the_metric_histogram() -> None:
