@@ -24,6 +24,15 @@ from rankboard.service.metrics.builder import (
 )
 from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
+from rankboard.service.metrics.extra import (
+    AUPRC,
+    Calibration,
+    LogLoss,
+    RecallSession,
+    RootMeanSquaredError,
+    RSquared,
+    Windowed,
+)
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
 from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
@@ -32,20 +41,27 @@ from rankboard.service.metrics.xauc import XAUC
 
 __all__ = [
     "AUC",
+    "AUPRC",
     "XAUC",
     "Accuracy",
+    "Calibration",
     "DecayAUC",
     "GroupedAUC",
     "GroupedXAUC",
+    "LogLoss",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "MulticlassAUC",
     "NormalizedEntropy",
+    "RSquared",
     "RankMetric",
     "RecallAtK",
+    "RecallSession",
     "RelativeL1",
+    "RootMeanSquaredError",
     "TrainMetricWrapper",
     "UniqueRatio",
+    "Windowed",
     "create_metric",
     "create_metrics",
     "create_train_metric",

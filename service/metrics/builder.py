@@ -21,6 +21,15 @@ from rankboard.service.metrics.auc import AUC, MulticlassAUC
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
+from rankboard.service.metrics.extra import (
+    AUPRC,
+    Calibration,
+    LogLoss,
+    RecallSession,
+    RootMeanSquaredError,
+    RSquared,
+    Windowed,
+)
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
 from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
@@ -107,9 +116,12 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
     if name == "mean_squared_error":
         return MeanSquaredError()
     if name == "accuracy":
-        return Accuracy(threshold=msg.threshold, top_k=msg.top_k)
+        return Accuracy(threshold=msg.threshold, top_k=msg.top_k, inclusive=msg.inclusive_threshold)
     if name == "grouped_auc":
-        return GroupedAUC(grouping_key=_grouping_key(msg, "grouped_auc"))
+        return GroupedAUC(
+            grouping_key=_grouping_key(msg, "grouped_auc"),
+            skip_constant_groups=msg.skip_constant_groups,
+        )
     if name == "xauc":
         return XAUC(
             sample_ratio=msg.sample_ratio if msg.HasField("sample_ratio") else None,
@@ -126,11 +138,27 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
             seed=_seed(msg),
         )
     if name == "normalized_entropy":
-        return NormalizedEntropy(eta=msg.eta)
+        return NormalizedEntropy(eta=msg.eta, include_logloss=msg.include_logloss)
     if name == "relative_l1":
         return RelativeL1(epsilon=msg.epsilon)
     if name == "unique_ratio":
         return UniqueRatio()
+    if name == "root_mean_squared_error":
+        return RootMeanSquaredError()
+    if name == "r_squared":
+        return RSquared()
+    if name == "log_loss":
+        return LogLoss(eta=msg.eta)
+    if name == "calibration":
+        return Calibration()
+    if name == "auprc":
+        return AUPRC()
+    if name == "recall_session":
+        return RecallSession(
+            grouping_key=_grouping_key(msg, "recall_session"),
+            top_k=msg.top_k,
+            rank_labels=msg.rank_labels,
+        )
     raise ValueError(f"unsupported metric {name!r}")
 
 
@@ -142,7 +170,14 @@ def create_metric(cfg: metric_pb2.MetricConfig) -> RankMetric:
     ('AUC', 0)
     """
     name = metric_key(cfg)
-    return _build(name, getattr(cfg, name), train=False)
+    msg = getattr(cfg, name)
+    if cfg.HasField("window_size"):
+        size = int(cfg.window_size)
+        if size < 1:
+            raise ValueError(f"{name}: window_size must be >= 1, got {size}")
+        _build(name, msg, train=False)  # a bad config fails here, not at the first update
+        return Windowed(lambda: _build(name, msg, train=False), window_size=size)
+    return _build(name, msg, train=False)
 
 
 def create_train_metric(cfg: metric_pb2.TrainMetricConfig) -> TrainMetricWrapper:

@@ -10,6 +10,11 @@ from torch import Tensor
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional.entropy import ne_from_sums, ne_sums
 
+
+def _nan() -> Tensor:
+    return torch.tensor(float("nan"), dtype=torch.float64)
+
+
 __all__ = ["NormalizedEntropy"]
 
 
@@ -25,6 +30,14 @@ class NormalizedEntropy(RankMetric):
     >>> m.update(torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0, 1, 1]))
     >>> round(m.compute().item(), 4)
     0.4395
+
+    ``include_logloss`` (torchrec's option): :meth:`extra_values` also gives the mean log
+    loss (the NE's numerator) under ``"logloss"``.
+
+    >>> m = NormalizedEntropy(include_logloss=True)
+    >>> m.update(torch.tensor([0.5, 0.5]), torch.tensor([0, 1]))
+    >>> round(m.extra_values()["logloss"].item(), 6)
+    0.693147
     """
 
     supports_weights = True
@@ -32,11 +45,12 @@ class NormalizedEntropy(RankMetric):
     prob_preds = True
     higher_is_better = False
 
-    def __init__(self, eta: float = 1e-12, **kwargs: Any) -> None:
+    def __init__(self, eta: float = 1e-12, include_logloss: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0 < eta < 0.5:
             raise ValueError(f"NormalizedEntropy: eta must be in (0, 0.5), got {eta}")
         self.eta = float(eta)
+        self.include_logloss = bool(include_logloss)
         zero = torch.tensor(0.0, dtype=torch.float64)
         self.add_state("sum_logloss", zero.clone(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_positive", zero.clone(), dist_reduce_fx="sum", persistent=True)
@@ -62,3 +76,13 @@ class NormalizedEntropy(RankMetric):
     def compute(self) -> Tensor:
         """The normalized entropy, 0-d float64."""
         return ne_from_sums(self.sum_logloss, self.sum_positive, self.sum_weight, self.eta)
+
+    def extra_values(self) -> dict[str, Tensor]:
+        """Values reported beside NE: ``{"logloss": mean log loss}`` with
+        ``include_logloss``, else empty (0-d float64, NaN without samples)."""
+        if not self.include_logloss:
+            return {}
+        w = self.sum_weight
+        return {
+            "logloss": torch.where(w > 0, self.sum_logloss / torch.where(w > 0, w, 1.0), _nan())
+        }

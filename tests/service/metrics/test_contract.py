@@ -53,6 +53,15 @@ ALL_CONFIGS = [
     pb.MetricConfig(multiclass_auc=pb.MulticlassAUC(bins=20)),
     pb.MetricConfig(relative_l1=pb.RelativeL1()),
     pb.MetricConfig(unique_ratio=pb.UniqueRatio()),
+    pb.MetricConfig(root_mean_squared_error=pb.RootMeanSquaredError()),
+    pb.MetricConfig(r_squared=pb.RSquared()),
+    pb.MetricConfig(log_loss=pb.LogLoss()),
+    pb.MetricConfig(calibration=pb.Calibration()),
+    pb.MetricConfig(auprc=pb.AUPRC()),
+    pb.MetricConfig(recall_session=pb.RecallSession(grouping_key="user", rank_labels=True)),
+    pb.MetricConfig(auc=pb.AUC(thresholds=0), window_size=100_000),
+    pb.MetricConfig(normalized_entropy=pb.NormalizedEntropy(), window_size=100_000),
+    pb.MetricConfig(grouped_auc=pb.GroupedAUC(grouping_key="user"), window_size=100_000),
 ]
 
 
