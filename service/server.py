@@ -3,9 +3,11 @@
 Example (in-process, as the tests and the demo use it)::
 
     >>> import tempfile
-    >>> with run_service(ServiceConfig(data_dir=tempfile.mkdtemp())) as svc:
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> with run_service(ServiceConfig(data_dir=tmp.name)) as svc:
     ...     svc.grpc_target.startswith("127.0.0.1:"), svc.http_url.startswith("http://")
     (True, True)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

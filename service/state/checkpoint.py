@@ -19,13 +19,15 @@ checkpoint refers to are deleted.
 Example::
 
     >>> import tempfile
-    >>> ckpts = Checkpoints(Path(tempfile.mkdtemp()))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> ckpts = Checkpoints(Path(tmp.name))
     >>> chunk = torch.arange(3)
     >>> _ = ckpts.save(3, {"x": 1, "chunks": [chunk]})
     >>> _ = ckpts.save(4, {"x": 2, "chunks": [chunk, torch.arange(2)]})  # writes 1 chunk
     >>> index, state = Checkpoints(ckpts.folder).load_latest()
     >>> index, state["x"], [c.tolist() for c in state["chunks"]]
     (4, 2, [[0, 1, 2], [0, 1]])
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

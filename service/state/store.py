@@ -13,7 +13,8 @@ Example::
     >>> import tempfile, numpy as np
     >>> from rankboard.protos import ingest_pb2
     >>> from rankboard.service.state.batch import encode_array
-    >>> store = MetricStore(StoreConfig(data_dir=tempfile.mkdtemp()))
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> store = MetricStore(StoreConfig(data_dir=tmp.name))
     >>> msg = ingest_pb2.Batch(producer_id="p", sequence=1, experiment="e", arm="a",
     ...     task="ctr", phase=ingest_pb2.PHASE_EVAL, step=1,
     ...     predictions=encode_array(np.array([0.1, 0.4, 0.35, 0.8], np.float32)),
@@ -22,7 +23,7 @@ Example::
     (4, True)
     >>> store.snapshot(RunKey("e", "a", "ctr", "eval"))[0].metrics["auc"]
     0.75
-    >>> store.close()
+    >>> store.close(); tmp.cleanup()
 """
 
 from __future__ import annotations

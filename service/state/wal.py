@@ -18,13 +18,14 @@ the log at the first bad record and reports the lost batches.
 Example::
 
     >>> import tempfile
-    >>> d = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory(); d = tmp.name
     >>> wal = WriteAheadLog(d)
     >>> wal.append(RECORD_BATCH, b"hello")  # its lsn: 9 bytes of header + 5
     14
     >>> wal.close()
     >>> [(k, p) for _, k, p in WriteAheadLog(d).replay(0)]
     [(1, b'hello')]
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
