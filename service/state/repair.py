@@ -25,13 +25,14 @@ Example::
 
     >>> import tempfile
     >>> from rankboard.service.state.wal import RECORD_BATCH, WriteAheadLog
-    >>> d = Path(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
     >>> wal = WriteAheadLog(d / "wal")
     >>> batch = ingest_pb2.Batch(producer_id="p", sequence=1)
     >>> _ = wal.append(RECORD_BATCH, batch.SerializeToString())
     >>> wal.close()
     >>> plan_repair(d).needed
     False
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
