@@ -18,7 +18,7 @@ $(STAMP): requirements/torch-cpu.txt requirements/torchrec.txt requirements/base
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off -r requirements/torch-cpu.txt
 	$(BIN)/pip install --progress-bar off --no-deps -r requirements/torchrec.txt
-	@echo ">> torchrec is installed --no-deps (see requirements/torchrec.txt): it wants torchmetrics==1.0.3 and fbgemm-gpu (CUDA); fbgemm-gpu-cpu and the newer torchmetrics pinned here are the tested ones, so pip is told not to warn (`pip check` lists the two on purpose)"
+	@echo ">> torchrec is installed --no-deps (see requirements/torchrec.txt): it wants torchmetrics==1.0.3 and fbgemm-gpu (CUDA); fbgemm-gpu-cpu and the newer torchmetrics pinned here are the tested ones, so pip is told not to warn (pip check lists the two on purpose)"
 	$(BIN)/pip install --progress-bar off --no-warn-conflicts -r requirements/base.txt
 	$(BIN)/pip install --progress-bar off --no-warn-conflicts --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
