@@ -211,8 +211,8 @@ def wait_with_progress(q: mp.Queue, count: int, duration: float) -> list[dict]:
     return results
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q) * 1e3) if values else float("nan")
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q) * 1e3) if values else None  # JSON null, not NaN
 
 
 def main() -> None:
