@@ -376,7 +376,9 @@ class Windowed(RankMetric):
     keys when given) as chunks, dropping the oldest as new ones arrive (the oldest kept
     chunk is cut to the sample), and computes the inner metric on them at compute: memory
     and compute are bounded by the window, whatever the metric. ``make`` builds a fresh
-    inner metric (also used for the validation and class attributes).
+    inner metric (also used for the validation and class attributes). The inner metric
+    sees the window as one batch: per-batch metrics (session recall's sessions, unique
+    ratio, in-batch XAUC) take the kept samples together.
 
     >>> from rankboard.service.metrics import AUC
     >>> m = Windowed(lambda: AUC(thresholds=0), window_size=4)
