@@ -54,6 +54,7 @@ def test_two_ranks_stream_every_row_once(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         assert run.stdout.count("arm multirank: 12 steps") == 2  # both ranks finished
+        assert "(rank 0 of 2)" in run.stdout and "(rank 1 of 2)" in run.stdout
         with httpx.Client(base_url=svc.http_url, timeout=30) as http:
             detail = http.get("/v1/experiments/demo").json()
             runs = {(r["task"], r["phase"]): r for r in detail["runs"]}

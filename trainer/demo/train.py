@@ -264,6 +264,8 @@ def train_arm(
         "loss_ctr": loss_ctr,
         "loss_watch_time": loss_wt,
         "samples_sent": float(stats.logged_samples),
+        "rank": float(rank),
+        "world_size": float(world),
     }
 
 
@@ -316,6 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"arm {args.arm}: {int(summary['steps'])} steps in {summary['seconds']:.1f} s, "
         f"final ctr loss {summary['loss_ctr']:.4f}"
+        + (
+            f" (rank {summary['rank']:.0f} of {summary['world_size']:.0f})"
+            if summary["world_size"] > 1
+            else ""
+        )
     )
     return 0
 
