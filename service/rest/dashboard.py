@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -100,6 +103,34 @@ def _history_points(
     )
 
 
+class _HistoriesCache:
+    """The last few ``histories`` answers, valid while no run of theirs changed (a page
+    polling every 5 s recomputes only after a batch, not on every refresh)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._lock = threading.Lock()
+        self._size = size
+        self._items: OrderedDict[tuple, tuple[tuple, dict]] = OrderedDict()
+
+    def get(self, key: tuple, versions: tuple) -> dict | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None or hit[0] != versions:
+                return None
+            self._items.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: tuple, versions: tuple, value: dict) -> None:
+        with self._lock:
+            self._items[key] = (versions, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def histories(
     store: MetricStore, experiment: str, task: str, phase: str, max_points: int
 ) -> dict[str, Any]:
@@ -111,6 +142,20 @@ def histories(
     ]
     if not runs:
         raise NotFound(f"experiment {experiment!r} has no {phase} run of task {task!r}")
+    cache = _CACHES.setdefault(store, _HistoriesCache())
+    key = (experiment, task, phase, max_points)
+    versions = tuple((r.key.arm, id(r), r.version) for r in runs)
+    hit = cache.get(key, versions)
+    if hit is not None:
+        return hit
+    out = _histories(store, runs, experiment, task, phase, max_points)
+    cache.put(key, versions, out)
+    return out
+
+
+def _histories(
+    store: MetricStore, runs: list, experiment: str, task: str, phase: str, max_points: int
+) -> dict[str, Any]:
     series = []
     for run in runs:
         for metric in run.metric_keys:

@@ -231,6 +231,8 @@
     if (results[1].status === "fulfilled") {
       state.lastHistories = results[1].value;
       renderCharts(results[1].value, c);
+      // navigation start -> first charts drawn (benchmarks/bench_dashboard.py reads it)
+      if (state.firstDrawMs === undefined) { state.firstDrawMs = performance.now(); }
     } else {
       problems.push(results[1].reason.message);
     }
@@ -370,6 +372,8 @@
       }
     });
     var container = $("charts");
+    var width = chartWidth();  // once: reading layout per chart would force a reflow each
+    var liveLegend = c.arms.length <= 12;
     metrics.forEach(function (m) {
       var list = byMetric[m].slice().sort(function (a, b) { return a.arm < b.arm ? -1 : a.arm > b.arm ? 1 : 0; });
       var tables = [];
@@ -412,13 +416,13 @@
         Array.from(box.querySelectorAll(".uplot")).forEach(function (n) { n.remove(); });
       }
       var opts = {
-        width: chartWidth(),
+        width: width,
         height: 240,
         scales: { x: { time: false } },
         axes: [{ label: c.phase === "train" ? "step (decayed)" : "eval step", incrs: STEP_INCRS }, { size: 60 }],
         series: series,
         bands: bands,
-        legend: { live: true },
+        legend: { live: liveLegend },
         cursor: { drag: { x: true, y: false } },
       };
       var plot = new uPlot(opts, data, box);
