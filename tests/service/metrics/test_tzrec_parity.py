@@ -521,3 +521,36 @@ def test_train_metric_config_wire_numbers_and_legacy_messages():
     assert not both.HasField("legacy_decay_step")
     text = parse_text("auc {} decay_rate: 0.8 decay_step: 4", pb.TrainMetricConfig())
     assert text.ListFields()[1][0].number == 20
+
+
+# --- metric blocks of tzrec's own configs --------------------------------------------------------
+TZREC_CONFIG_BLOCKS = [
+    # examples/dbmtl_taobao_jrc.config (task towers)
+    ("metrics", "auc {}"),
+    ("metrics", "auc {\n    thresholds: 10000\n}"),
+    # tzrec/tests/configs/dssm_mock.config
+    ("metrics", "recall_at_k {\n    top_k: 1\n}"),
+    ("metrics", "recall_at_k {\n    top_k: 5\n}"),
+    ("train_metrics", "recall_at_k {\n    top_k: 1\n}\ndecay_step: 1"),
+    ("train_metrics", "recall_at_k {\n    top_k: 5\n}\ndecay_step: 1"),
+    # tzrec/tests/configs/dbmtl_has_sequence_mock.config
+    ("train_metrics", "auc {\n    thresholds: 10000\n}\ndecay_step: 1"),
+    # tzrec/tests/configs/multi_tower_din_mock.config style grouped AUC
+    ("metrics", 'grouped_auc {\n    grouping_key: "user_id"\n}'),
+    ("metrics", "auc {\n    thresholds: 1000\n}"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text"), TZREC_CONFIG_BLOCKS)
+def test_tzrec_config_metric_blocks_parse_and_build(kind, text):
+    """Metric blocks copied from tzrec's example and test configs parse unchanged and
+    build; ``thresholds`` keeps tzrec's meaning (threshold points)."""
+    msg = pb.TrainMetricConfig() if kind == "train_metrics" else pb.MetricConfig()
+    cfg = parse_text(text, msg)
+    m = create_train_metric(cfg) if kind == "train_metrics" else create_metric(cfg)
+    inner = getattr(m, "metric", m)
+    if "thresholds" in text:
+        assert inner.thresholds == int(text.split("thresholds:")[1].split()[0])
+        assert inner.bins == 0
+    if kind == "train_metrics":
+        assert m.decay_step == 1
