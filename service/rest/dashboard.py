@@ -158,29 +158,50 @@ def _histories(
 ) -> dict[str, Any]:
     series = []
     for run in runs:
+        thinned = _train_histories(store, run, max_points)
         for metric in run.metric_keys:
+            if thinned is not None:
+                points = [
+                    {"step": s, "value": v, "low": None, "high": None}
+                    for s, v in thinned.get(metric, [])
+                ]
+                series.append(_columns(run.key.arm, metric, points))
+                continue
             try:
                 points = _history_points(store, run.key, metric, max_points)
             except NotFound:  # deleted meanwhile
                 continue
-            low = [p.get("low") for p in points]
-            high = [p.get("high") for p in points]
-            series.append(
-                {
-                    "arm": run.key.arm,
-                    "metric": metric,
-                    "steps": [p["step"] for p in points],
-                    "values": compact([p["value"] for p in points]),
-                    "low": compact(low) if any(x is not None for x in low) else None,
-                    "high": compact(high) if any(x is not None for x in high) else None,
-                }
-            )
+            series.append(_columns(run.key.arm, metric, points))
     return {
         "experiment": experiment,
         "task": task,
         "phase": phase,
         "max_points": max_points,
         "series": series,
+    }
+
+
+def _train_histories(
+    store: MetricStore, run: Any, max_points: int
+) -> dict[str, list[tuple[int, float | None]]] | None:
+    """A train run's decayed histories, thinned in SQL; None for eval runs (their points
+    carry intervals from the query layer) or a registry without ``histories``."""
+    if run.key.phase != "train" or not hasattr(store.registry, "histories"):
+        return None
+    k = run.key
+    return store.registry.histories((k.experiment, k.arm, k.task, k.phase), max_points)
+
+
+def _columns(arm: str, metric: str, points: list[dict[str, Any]]) -> dict[str, Any]:
+    low = [p.get("low") for p in points]
+    high = [p.get("high") for p in points]
+    return {
+        "arm": arm,
+        "metric": metric,
+        "steps": [p["step"] for p in points],
+        "values": compact([p["value"] for p in points]),
+        "low": compact(low) if any(x is not None for x in low) else None,
+        "high": compact(high) if any(x is not None for x in high) else None,
     }
 
 

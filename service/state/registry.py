@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import threading
@@ -86,6 +87,39 @@ class Registry:
             ).fetchall()
         return [(int(s), v) for s, v in rows]
 
+    def histories(
+        self, run: RunTuple, max_points: int | None = None
+    ) -> dict[str, list[tuple[int, float | None]]]:
+        """``(step, value)`` of every metric of ``run``, each thinned to ``max_points``
+        evenly spaced by index, first and last kept (rounded like ``numpy.round``), in
+        SQL: a dashboard drawing 50 arms x 20 metrics x 1,000 points reads 40 per series,
+        not a million rows.
+
+        >>> reg = Registry(":memory:")
+        >>> run = ("e", "a", "t", "train")
+        >>> reg.record_many(run, [("auc", p, p * 10, p / 10) for p in range(10)])
+        >>> reg.histories(run, 4)
+        {'auc': [(0, 0.0), (30, 0.3), (60, 0.6), (90, 0.9)]}
+        """
+        where = "experiment=? AND arm=? AND task=? AND phase=?"
+        with self._lock:
+            counts = self._conn.execute(
+                f"SELECT metric, COUNT(*) FROM history WHERE {where} GROUP BY metric", run
+            ).fetchall()
+            wanted = [[metric, i] for metric, n in counts for i in _thin_indices(n, max_points)]
+            rows = self._conn.execute(
+                "SELECT metric, step, value FROM (SELECT metric, point, step, value,"
+                " ROW_NUMBER() OVER (PARTITION BY metric ORDER BY point) - 1 AS i"
+                f" FROM history WHERE {where}) WHERE (metric, i) IN"
+                " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                " FROM json_each(?)) ORDER BY metric, point",
+                (*run, json.dumps(wanted)),
+            ).fetchall()
+        out: dict[str, list[tuple[int, float | None]]] = {}
+        for metric, step, value in rows:
+            out.setdefault(metric, []).append((int(step), value))
+        return out
+
     def runs(self) -> list[tuple[str, str, str, str, str, str]]:
         """All registered runs: ``(experiment, arm, task, phase, declaration, label_kind)``."""
         with self._lock:
@@ -116,3 +150,17 @@ class Registry:
         """Close the database."""
         with self._lock:
             self._conn.close()
+
+
+def _thin_indices(n: int, max_points: int | None) -> list[int]:
+    """Indices of ``n`` points kept when thinning to ``max_points`` (see :meth:`histories`).
+
+    >>> _thin_indices(10, 4), _thin_indices(3, 10), _thin_indices(5, 1)
+    ([0, 3, 6, 9], [0, 1, 2], [4])
+    """
+    if max_points is None or n <= max_points:
+        return list(range(n))
+    if max_points < 2:
+        return [n - 1]
+    step = (n - 1) / (max_points - 1)
+    return sorted({round(k * step) for k in range(max_points)})

@@ -197,3 +197,60 @@ def test_downsample_and_compact_follow_their_definitions() -> None:
         c = compact([v])[0]
         assert c == float(f"{v:.6g}")
     assert compact([float("nan"), float("inf"), None]) == [None, None, None]
+
+
+def test_train_histories_are_thinned_like_the_definition(service) -> None:
+    """Decayed train histories (read thinned in SQL) equal the full history thinned by
+    the definition: evenly spaced indices, first and last kept, numpy rounding."""
+    from rankboard.protos import ingest_pb2, metric_pb2
+
+    declared = [
+        metric_pb2.TrainMetricConfig(auc=metric_pb2.AUC(), decay_step=1),
+        metric_pb2.TrainMetricConfig(
+            normalized_entropy=metric_pb2.NormalizedEntropy(), decay_step=1
+        ),
+    ]
+    rng = np.random.default_rng(3)
+    with grpc.insecure_channel(service.grpc_target) as channel:
+        stub = ingest_pb2_grpc.IngestStub(channel)
+        for arm in ("control", "treatment"):
+            for step in range(1, 41):
+                y = rng.integers(0, 2, 64).astype(np.float32)
+                p = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.2, 64), 0, 1)
+                msg = make_batch(
+                    preds=p,
+                    labels=y,
+                    producer=arm,
+                    seq=step,
+                    arm=arm,
+                    step=step,
+                    phase=ingest_pb2.PHASE_TRAIN,
+                    train_metrics=declared,
+                )
+                assert not stub.Send(msg, timeout=30).error_code
+    with httpx.Client(base_url=service.http_url, timeout=30) as http:
+        full = {}
+        for arm in ("control", "treatment"):
+            for metric in ("auc", "normalized_entropy"):
+                points = http.get(
+                    f"/v1/experiments/exp/arms/{arm}/history",
+                    params={"task": "ctr", "metric": metric, "phase": "train"},
+                ).json()["points"]
+                assert len(points) >= 20, points
+                full[(arm, metric)] = points
+        for k in (2, 3, 7, 16, 1000):
+            body = http.get(
+                "/v1/experiments/exp/histories",
+                params={"task": "ctr", "phase": "train", "max_points": k},
+            ).json()
+            got = {(s["arm"], s["metric"]): s for s in body["series"]}
+            assert set(got) == set(full)
+            for key, points in full.items():
+                n = len(points)
+                idx = range(n) if n <= k else np.unique(np.round(np.linspace(0, n - 1, k)))
+                want = [points[int(i)] for i in idx]
+                assert got[key]["steps"] == [p["step"] for p in want], (key, k)
+                assert got[key]["values"] == pytest.approx(
+                    [p["value"] for p in want], rel=1e-5, abs=1e-12
+                )
+                assert got[key]["low"] is None and got[key]["high"] is None
