@@ -13,8 +13,14 @@ Methods by metric (``ArmStats.method``):
   metric's own grouping key (``cluster`` names it), or by a coarser cluster column;
 * ``NormalizedEntropy``, ``MeanSquaredError``, ``MeanAbsoluteError``, ``Accuracy``:
   ``"delta"`` (``"delta-clustered"``);
-* anything else (multiclass AUC, recall@k, sampled XAUC, ...): ``"poisson-bootstrap"``
-  over clusters, sample ids or samples;
+* ``MulticlassAUC``: ``"delong"``: the one-vs-rest DeLong influence values averaged like
+  the classes (macro or support-weighted), independent samples (a closed form, so no
+  bootstrap: at 100k samples the bootstrap took 15 s);
+* ``RecallAtK``: ``"poisson-bootstrap"`` of hits over relevant items, summed per unit
+  once (a replicate is two dot products);
+* anything else (sampled or in-batch XAUC, ...): ``"poisson-bootstrap"`` over clusters,
+  sample ids or samples, recomputing a fresh copy of the metric per replicate
+  (``B = 200``, fewer past ``MAX_BOOTSTRAP_ROWS`` replicate rows, at least 30);
 * decayed train metrics: ``"none"`` (no interval: they are smoothed, not estimates).
 
 Pairing (:func:`compare_arms`): when both arms carry sample ids, each id once, and the
@@ -40,12 +46,17 @@ from rankboard.service.metrics.stats.bootstrap import (
     poisson_counts,
 )
 from rankboard.service.metrics.stats.columns import Columns, StatsInputError
-from rankboard.service.metrics.stats.delong import auc_influence, binned_auc_influence
+from rankboard.service.metrics.stats.delong import (
+    auc_influence,
+    binned_auc_influence,
+    multiclass_auc_influence,
+)
 from rankboard.service.metrics.stats.grouped import grouped_auc_influence, grouped_xauc_influence
 from rankboard.service.metrics.stats.ratio import (
     accuracy_influence,
     mean_error_influence,
     ne_influence,
+    recall_terms,
 )
 from rankboard.service.metrics.stats.sequential import (
     always_valid_p_value,
@@ -69,6 +80,11 @@ log = logging.getLogger(__name__)
 
 _LOWER_IS_BETTER = ("NormalizedEntropy", "MeanSquaredError", "MeanAbsoluteError")
 
+# The generic bootstrap recomputes the metric on every replicate: past this many rows in
+# all (replicates x samples) it runs fewer replicates, never fewer than MIN_REPLICATES.
+MAX_BOOTSTRAP_ROWS = 50_000_000
+MIN_REPLICATES = 30
+
 
 @dataclass(frozen=True)
 class ArmStats:
@@ -91,6 +107,7 @@ class ArmStats:
     n_samples: int = 0
     psi: np.ndarray | None = field(default=None, repr=False)
     strata: np.ndarray | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
     clusters: np.ndarray | None = field(default=None, repr=False)
     counted: np.ndarray | None = field(default=None, repr=False)
     sample_ids: np.ndarray | None = field(default=None, repr=False)
@@ -169,6 +186,7 @@ def _influence_stats(
     strata: np.ndarray | None = None,
     counted: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> ArmStats:
     if clusters is None:
         clusters = _clusters_for(cols, cluster)
@@ -186,6 +204,7 @@ def _influence_stats(
         cols.n,
         psi=psi,
         strata=strata,
+        labels=strata if labels is None else labels,
         clusters=clusters,
         counted=counted,
         sample_ids=cols.sample_ids,
@@ -237,6 +256,56 @@ def _grouped_stats(metric: Any, cols: Columns, name: str, cluster: str | None) -
     )
 
 
+def _bootstrap_units(cols: Columns, cluster: str | None) -> np.ndarray:
+    """The resampled units of each sample: cluster ids, else sample ids, else positions."""
+    if cluster is not None:
+        return cols.key(cluster)
+    if cols.sample_ids is not None:
+        return cols.sample_ids
+    return np.arange(cols.n, dtype=np.int64)
+
+
+def _ratio_bootstrap_stats(
+    num: np.ndarray,
+    den: np.ndarray,
+    cols: Columns,
+    name: str,
+    cluster: str | None,
+    replicates: int,
+    seed: int,
+) -> ArmStats:
+    """Poisson bootstrap of ``Σ num / Σ den`` (e.g. recall@k: hits over relevant items),
+    per unit: the terms are summed per unit once, a replicate is two dot products."""
+    units = _bootstrap_units(cols, cluster)
+    total = float(den.sum())
+    value = float(num.sum()) / total if total > 0 else math.nan
+    ids, codes = np.unique(units, return_inverse=True)
+    n_units = int(ids.size)
+    if not _finite(value) or n_units < 2:
+        return ArmStats(name, value, None, "poisson-bootstrap", cluster, n_units, cols.n)
+    num_u = np.bincount(codes, weights=num, minlength=n_units)
+    den_u = np.bincount(codes, weights=den, minlength=n_units)
+    reps = np.empty(replicates)
+    for b in range(replicates):
+        c = poisson_counts(ids, b, seed).astype(np.float64)
+        d = float(c @ den_u)
+        reps[b] = float(c @ num_u) / d if d > 0 else math.nan
+    ok = np.isfinite(reps)
+    se = float(np.std(reps[ok], ddof=1)) if ok.sum() >= 2 else None
+    return ArmStats(
+        name,
+        value,
+        se,
+        "poisson-bootstrap",
+        cluster,
+        n_units,
+        cols.n,
+        sample_ids=cols.sample_ids,
+        replicates=reps,
+        bootstrap_seed=seed,
+    )
+
+
 def _bootstrap_stats(
     metric: Any, cols: Columns, name: str, cluster: str | None, replicates: int, seed: int
 ) -> ArmStats:
@@ -244,12 +313,12 @@ def _bootstrap_stats(
     if key_name is not None and key_name not in cols.keys:
         raise StatsInputError("cluster", f"{name}: no key column {key_name!r} for its groups")
     value = metric_on(metric, cols, None, key_name)
-    if cluster is not None:
-        units = cols.key(cluster)
-    elif cols.sample_ids is not None:
-        units = cols.sample_ids
-    else:
-        units = np.arange(cols.n, dtype=np.int64)
+    units = _bootstrap_units(cols, cluster)
+    if cols.n * replicates > MAX_BOOTSTRAP_ROWS:
+        reduced = max(MIN_REPLICATES, MAX_BOOTSTRAP_ROWS // max(cols.n, 1))
+        if reduced < replicates:
+            log.info("%s: %d bootstrap replicates of %d rows (cost cap)", name, reduced, cols.n)
+            replicates = reduced
     n_units = int(np.unique(units).size)
     base = ArmStats(name, value, None, "poisson-bootstrap", cluster, n_units, cols.n)
     if not _finite(value) or n_units < 2:
@@ -342,6 +411,25 @@ def arm_stats(
         r = mean_error_influence(p, y, w, squared=kind == "MeanSquaredError")
         return _influence_stats(
             name, r.value, r.psi, method="delta" + suffix, cols=cols, cluster=cluster
+        )
+    if kind == "MulticlassAUC":
+        thresholds = int(getattr(metric, "thresholds", 0) or 0)
+        bins = int(getattr(metric, "bins", 0) or 0)
+        if thresholds and not hasattr(metric, "bins"):  # before threshold points existed
+            bins, thresholds = thresholds, 0
+        r = multiclass_auc_influence(p, y, average=metric.average, bins=bins, thresholds=thresholds)
+        return _influence_stats(
+            name,
+            r.value,
+            r.psi,
+            method="delong" + suffix,
+            cols=cols,
+            cluster=cluster,
+            labels=r.labels,
+        )
+    if kind == "RecallAtK":
+        return _ratio_bootstrap_stats(
+            *recall_terms(p, y, metric.top_k), cols, name, cluster, bootstrap_replicates, seed
         )
     if kind == "Accuracy":
         r = accuracy_influence(p, y, threshold=metric.threshold, top_k=metric.top_k)
@@ -533,11 +621,11 @@ def _paired_se(
     if base.psi is None or arm.psi is None:
         return None, 0, "unpaired: no influence values"
     if (
-        base.strata is not None
-        and arm.strata is not None
-        and not np.array_equal(base.strata[oa], arm.strata[ob])
+        base.labels is not None
+        and arm.labels is not None
+        and not np.array_equal(base.labels[oa], arm.labels[ob])
     ):
-        bad = int(np.count_nonzero(base.strata[oa] != arm.strata[ob]))
+        bad = int(np.count_nonzero(base.labels[oa] != arm.labels[ob]))
         return None, 0, f"unpaired: labels differ for {bad} sample ids"
     d = arm.psi[ob] - base.psi[oa]
     clusters = base.clusters if base.clusters is not None else arm.clusters

@@ -30,6 +30,7 @@ __all__ = [
     "accuracy_influence",
     "mean_error_influence",
     "ne_influence",
+    "recall_terms",
 ]
 
 
@@ -126,3 +127,24 @@ def accuracy_influence(
     c = correct.numpy().astype(np.float64)
     value = float(int(correct.sum())) / n
     return MeanInfluence(value, c - value)
+
+
+def recall_terms(preds: object, target: object, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the relevance found in the top ``top_k`` scores and the total relevance
+    (float64), as :class:`~rankboard.service.metrics.RecallAtK` counts them: recall@k is
+    ``Σ hits / Σ relevant``.
+
+    >>> p = np.array([[0.9, 0.8, 0.1], [0.1, 0.2, 0.7]])
+    >>> hits, rel = recall_terms(p, np.array([[1, 0, 1], [0, 0, 1]]), 1)
+    >>> hits.tolist(), rel.tolist()
+    ([1.0, 1.0], [2.0, 1.0])
+    """
+    p = torch.as_tensor(as_numpy(preds))
+    y = torch.as_tensor(as_numpy(target))
+    k = min(int(top_k), p.shape[1])
+    top = torch.topk(p, k, dim=1).indices
+    if y.dim() == 1:
+        hits = (top == y.to(torch.int64).unsqueeze(1)).any(1).to(torch.float64)
+        return hits.numpy(), np.ones(hits.shape[0])
+    rel = y.to(torch.float64)
+    return torch.gather(rel, 1, top).sum(1).numpy(), rel.sum(1).numpy()

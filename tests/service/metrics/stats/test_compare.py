@@ -16,6 +16,7 @@ from rankboard.service.metrics import (
     MeanSquaredError,
     MulticlassAUC,
     NormalizedEntropy,
+    RankMetric,
     RecallAtK,
 )
 from rankboard.service.metrics.stats import (
@@ -136,28 +137,112 @@ def test_paired_grouped_auc_clusters_by_base_groups() -> None:
     assert d.se == pytest.approx(diffs.std(ddof=1) / math.sqrt(diffs.size), rel=1e-9)
 
 
+class _Precision(RankMetric):
+    """A metric the statistics layer does not know: precision at 0.5, from two sums."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("tp", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True)
+        self.add_state("pp", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True)
+
+    def update(self, preds, target, *, weights=None, grouping_key=None) -> None:
+        b = self._prepare(preds, target, weights, grouping_key)
+        if b is None:
+            return
+        hit = (b.preds > 0.5).to(torch.float64)
+        self.tp += (hit * b.target.to(torch.float64)).sum()
+        self.pp += hit.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.tp / self.pp
+
+
 def test_bootstrap_pairs_through_shared_units() -> None:
     rng = np.random.default_rng(6)
     n = 1500
-    cls = rng.integers(0, 3, n)
-    pa = rng.dirichlet(np.ones(3), n).astype(np.float32)
-    pa[np.arange(n), cls] += 0.3
-    pb = pa.copy()
-    pb[np.arange(n), cls] += 0.1 * rng.uniform(size=n).astype(np.float32)
-    ids = np.arange(n)
-    m = MulticlassAUC(thresholds=0)
+    y = rng.integers(0, 2, n)
+    pa = np.clip(rng.normal(0.4 + 0.3 * y, 0.25), 0, 1).astype(np.float32)
+    pb = np.clip(pa + 0.05 * y + rng.normal(0, 0.02, n), 0, 1).astype(np.float32)
+    ids = np.arange(n) * 3 + 1
+    perm = rng.permutation(n)
+    m = _Precision()
     sa = arm_stats(
-        m, Columns(pa, cls, sample_ids=ids), name="m", cluster=None, bootstrap_replicates=60
+        m, Columns(pa, y, sample_ids=ids), name="m", cluster=None, bootstrap_replicates=60
     )
     sb = arm_stats(
-        m, Columns(pb, cls, sample_ids=ids), name="m", cluster=None, bootstrap_replicates=60
+        m,
+        Columns(pb[perm], y[perm], sample_ids=ids[perm]),
+        name="m",
+        cluster=None,
+        bootstrap_replicates=60,
     )
-    assert sa.method == "poisson-bootstrap" and sa.n_units == n
+    assert sa.method == "poisson-bootstrap" and sa.n_units == n and sa.replicates.size == 60
+    hit = pa > 0.5
+    assert sa.value == pytest.approx((hit * y).sum() / hit.sum(), rel=1e-12)
     d = compare_arms(sa, sb)
     assert d.paired and d.se < 0.5 * math.sqrt(sa.se**2 + sb.se**2)
     assert d.se == pytest.approx(np.std(sb.replicates - sa.replicates, ddof=1), rel=1e-12)
     # replicate weights depend only on (unit, replicate): the same in both arms
-    assert np.array_equal(poisson_counts(ids, 7), poisson_counts(ids.copy(), 7))
+    assert np.array_equal(poisson_counts(ids, 7), poisson_counts(ids[perm], 7)[np.argsort(perm)])
+
+
+def test_recall_bootstrap_pairs_and_matches_metric_replicates() -> None:
+    rng = np.random.default_rng(16)
+    n = 500
+    preds = rng.uniform(size=(n, 6)).astype(np.float32)
+    target = (rng.uniform(size=(n, 6)) < 0.3).astype(np.float32)
+    ids = np.arange(n)
+    m = RecallAtK(top_k=2)
+    s = arm_stats(
+        m, Columns(preds, target, sample_ids=ids), name="r", cluster=None, bootstrap_replicates=25
+    )
+    # each replicate equals the metric recomputed on the Poisson-resampled rows
+    for b in (0, 7, 24):
+        rows = np.repeat(ids, poisson_counts(ids, b))
+        ref = RecallAtK(top_k=2)
+        ref.update(torch.from_numpy(preds[rows]), torch.from_numpy(target[rows]))
+        assert s.replicates[b] == pytest.approx(float(ref.compute()), rel=1e-12)
+    s2 = arm_stats(
+        m,
+        Columns(preds * 0.9 + 0.1 * target, target, sample_ids=ids),
+        name="r",
+        cluster=None,
+        bootstrap_replicates=25,
+    )
+    d = compare_arms(s, s2)
+    assert d.paired and d.verdict == "better"
+
+
+def test_multiclass_auc_delong_written_out() -> None:
+    rng = np.random.default_rng(17)
+    n, c = 400, 3
+    y = rng.integers(0, c, n)
+    p = rng.dirichlet(np.ones(c), n)
+    p[np.arange(n), y] += 0.3
+    p = (p / p.sum(1, keepdims=True)).astype(np.float32)
+    for average in ("macro", "weighted"):
+        psi = np.zeros(n)
+        vals, wts = [], []
+        for k in range(c):
+            pos, neg = y == k, y != k
+            x, z = p[pos, k][:, None], p[neg, k][None, :]
+            kern = (x > z) + 0.5 * (x == z)
+            auc = kern.mean()
+            psi_k = np.zeros(n)
+            psi_k[pos] = n / pos.sum() * (kern.mean(1) - auc)
+            psi_k[neg] = n / neg.sum() * (kern.mean(0) - auc)
+            wk = 1.0 if average == "macro" else pos.sum()
+            vals.append(auc)
+            wts.append(wk)
+            psi += wk * psi_k
+        psi /= np.sum(wts)
+        value = np.dot(wts, vals) / np.sum(wts)
+        var = np.var(psi, ddof=1) / n
+        m = MulticlassAUC(thresholds=0, average=average)
+        s = arm_stats(m, Columns(p, y), name="m", cluster=None)
+        assert s.method == "delong"
+        assert s.value == pytest.approx(value, rel=1e-12)
+        assert s.se**2 == pytest.approx(var, rel=1e-9)
 
 
 def test_recall_bootstrap_clustered() -> None:
