@@ -10,7 +10,8 @@ Prints one JSON object on stdout (progress bars go to stderr):
   ``*_no_cluster`` are the same data with the cluster ignored (they must under-cover);
   ``aa_*_inconclusive`` the share of A/A comparisons judged inconclusive (target 0.93-0.97);
 * ``peeking``: an A/A stream checked at ``--looks`` looks: the share of experiments declared
-  different at some look, fixed-horizon vs sequential (target <= 0.05);
+  different at some look, fixed-horizon vs sequential (target <= 0.05); and one arm's
+  stream: the share whose interval misses the true AUC at some look;
 * ``power``: paired vs unpaired p-value for a true ΔAUC of 0.002 on a shared eval set of
   ``--power-n`` samples (3 % positives);
 * ``speed``: ``arm_stats`` time against the point metric's update + compute on
@@ -107,12 +108,32 @@ def peeking(reps: int, looks: int, per_look: int, seed: int) -> dict[str, float]
             s |= compare_arms(a, b, sequential=True, horizon=n).verdict != "inconclusive"
         fixed += f
         seq += s
+    # one arm's AUC stream: does the interval miss the truth Φ(1/√2) at some look?
+    truth = norm.cdf(1 / math.sqrt(2))
+    miss_fixed = miss_seq = 0
+    for _ in tqdm(
+        range(reps), desc="peeking, one arm", file=sys.stderr, mininterval=1, leave=False
+    ):
+        y = rng.integers(0, 2, n)
+        p = (y + rng.normal(0, 1, n)).astype(np.float32)
+        f = s = False
+        for look in range(1, looks + 1):
+            m = look * per_look
+            st = arm_stats(metric, Columns(p[:m], y[:m]), name="auc", cluster=None)
+            lo, hi = interval(st)
+            f |= not lo <= truth <= hi
+            lo, hi = interval(st, sequential=True, horizon=n)
+            s |= not lo <= truth <= hi
+        miss_fixed += f
+        miss_seq += s
     return {
         "looks": looks,
         "samples_per_arm": n,
         "replicates": reps,
         "fixed_false_positive": fixed / reps,
         "sequential_false_positive": seq / reps,
+        "one_arm_fixed_misses_truth": miss_fixed / reps,
+        "one_arm_sequential_misses_truth": miss_seq / reps,
     }
 
 
