@@ -393,3 +393,21 @@ def test_compute_interval_from_state() -> None:
     ne.update(torch.from_numpy(p), torch.from_numpy(y))
     with pytest.raises(ValueError, match="arm_stats"):
         ne.compute_interval()
+
+
+def test_train_metrics_have_no_interval() -> None:
+    from rankboard.service.metrics import DecayAUC, TrainMetricWrapper
+
+    p = torch.tensor([0.1, 0.8, 0.4, 0.6])
+    y = torch.tensor([0, 1, 0, 1])
+    decay = DecayAUC(thresholds=10)
+    decay.update(p, y)
+    decay.decay(0.9)
+    wrapped = TrainMetricWrapper(NormalizedEntropy(), decay_step=1)
+    wrapped.update(p, y)
+    for m in (decay, wrapped):
+        s = arm_stats(m, Columns(p, y), name="train", cluster=None)
+        assert (s.method, s.se, s.cluster) == ("none", None, None)
+        assert s.value == pytest.approx(float(m.compute()), nan_ok=True)
+        assert interval(s) is None
+    assert not higher_is_better(wrapped) and higher_is_better(decay)
