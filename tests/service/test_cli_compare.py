@@ -114,3 +114,36 @@ def test_table_with_intervals_and_with_nulls() -> None:
     ]  # fmt: skip
     assert lines[("auc", "A")].split() == ["auc", "A", "0.700000", "[0.650000,", "0.750000]",
                                             "-", "-", "-", "-"]  # fmt: skip
+
+
+def test_same_eval_set_sent_with_sample_ids_is_paired(service, tmp_path: Path, capsys) -> None:
+    """Two models scoring one eval set: `send --sample-id-col` twice, `compare` says paired."""
+    rng = np.random.default_rng(12)
+    n = 1500
+    y = (rng.random(n) < 0.3).astype(int)
+    base = 0.5 * y + rng.random(n)
+    cols = {
+        "request": [f"r-{i:05d}" for i in rng.permutation(n)],  # text ids, hashed
+        "label": list(y),
+        "model_a": list(np.round(base / 1.5, 4)),
+        "model_b": list(np.round((base + 0.2 * y * rng.random(n)) / 1.7, 4)),
+    }
+    path = write_csv(tmp_path / "eval.csv", cols)
+    for arm, col in (("a", "model_a"), ("b", "model_b")):
+        code = main(
+            ["send", str(path), "--target", service.grpc_target, "--experiment", "ab",
+             "--task", "ctr", "--arm", arm, "--pred-col", col, "--sample-id-col", "request",
+             "--no-progress"]
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(compare_args(service.http_url, "--baseline", "a", "--json")) == 0
+    body = json.loads(capsys.readouterr().out)
+    arm_b = body["arms"]["b"]
+    assert arm_b["paired"] is True and arm_b["paired_samples"] == n
+    pa, pb = (np.array(cols[c], np.float32) for c in ("model_a", "model_b"))
+    assert arm_b["delta"]["auc"] == pytest.approx(
+        roc_auc_score(y, pb) - roc_auc_score(y, pa), abs=1e-9
+    )
+    assert main(compare_args(service.http_url, "--baseline", "a")) == 0
+    assert "b: 1,500 samples" in capsys.readouterr().out

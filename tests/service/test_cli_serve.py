@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rankboard.service.datadir_lock import DataDirLock
 from tests.service.test_crash_recovery import ServiceProcess, free_port
 
 
@@ -36,10 +37,8 @@ def test_second_serve_on_a_data_dir_exits_naming_the_holder(tmp_path: Path) -> N
         assert "Traceback" not in second.stderr
     finally:
         assert first.stop() == 0
-    # the lock goes with its holder: the dir serves again
-    again = ServiceProcess(tmp_path / "data")
-    again.start()
-    assert again.stop() == 0
+    # the lock goes with its holder: the dir can be taken again
+    DataDirLock(tmp_path / "data").acquire().release()
 
 
 def test_busy_port_is_reported_before_replay(tmp_path: Path) -> None:
