@@ -38,6 +38,7 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,6 +49,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 log = logging.getLogger(__name__)
 _MAGIC = b"RBCK"
 KEEP = 2
+COMPACT_BELOW = 0.5  # a chunk file less live than this is rewritten by the next checkpoint
 
 
 class ChunkRef(NamedTuple):
@@ -194,6 +196,18 @@ def _is_chunk_list(obj: Any) -> bool:
     return isinstance(obj, list) and bool(obj) and all(isinstance(x, torch.Tensor) for x in obj)
 
 
+def _chunks_of(obj: Any) -> Iterator[torch.Tensor]:
+    """Every retained chunk in ``obj`` (lists of tensors, at any depth)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _chunks_of(v)
+    elif _is_chunk_list(obj):
+        yield from obj
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _chunks_of(v)
+
+
 class Checkpoints:
     """The checkpoints of one data dir, remembering which chunks are already on disk."""
 
@@ -201,20 +215,48 @@ class Checkpoints:
         self.folder = folder
         # chunk tensor (by identity) -> where it was written; entries vanish with it
         self._written = WeakIdKeyDictionary()
+        self._file_bytes: dict[int, int] = {}  # chunk file -> bytes of the chunks in it
+
+    def live_fractions(self, state: dict[str, Any]) -> dict[int, float]:
+        """For each chunk file ``state`` refers to, the fraction of its bytes still live.
+
+        Chunks of deleted runs stay in their file as long as a live chunk shares it.
+        """
+        live: dict[int, int] = {}
+        seen: set[int] = set()
+        for chunk in _chunks_of(state):
+            where = self._written.get(chunk)
+            if where is None or id(chunk) in seen:
+                continue
+            seen.add(id(chunk))
+            live[where.file] = live.get(where.file, 0) + chunk.numel() * chunk.element_size()
+        return {
+            file: nbytes / self._file_bytes[file]
+            for file, nbytes in live.items()
+            if self._file_bytes.get(file)
+        }
 
     def save(self, index: int, state: dict[str, Any]) -> int:
         """Write ``state`` as the checkpoint from which replay starts at ``index``.
 
         Lists of tensors in ``state`` are retained chunks: each is written once, by the
-        first checkpoint that sees it. Returns the bytes written.
+        first checkpoint that sees it, except that the live chunks of a chunk file less
+        than :data:`COMPACT_BELOW` live (most of it deleted runs) are written again into
+        this checkpoint's file, so the old file is collected once no kept checkpoint
+        needs it. Returns the bytes written.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         new: list[torch.Tensor] = []
         fresh: dict[int, tuple[torch.Tensor, ChunkRef]] = {}  # id -> chunk, where
         files: set[int] = set()
+        compact = {f for f, frac in self.live_fractions(state).items() if frac < COMPACT_BELOW}
+        if compact:
+            log.info("checkpoint %d compacts chunk files %s (mostly dead)", index, sorted(compact))
 
         def ref(chunk: torch.Tensor) -> ChunkRef:
             where = self._written.get(chunk)
+            if where is not None and where.file in compact:
+                where = None
             if where is None and id(chunk) in fresh:  # shared by several metrics
                 where = fresh[id(chunk)][1]
             if where is None:
@@ -239,6 +281,7 @@ class Checkpoints:
         size = 0
         if new:
             size += write_chunks(_chunks_path(self.folder, index), new)
+            self._file_bytes[index] = sum(c.numel() * c.element_size() for c in new)
         size += write_file(_manifest_path(self.folder, index), manifest)
         _fsync_dir(self.folder)
         for chunk, where in fresh.values():  # on disk now: later checkpoints refer to it
@@ -272,10 +315,13 @@ class Checkpoints:
             # chunk files newer than the kept manifests belong to a checkpoint in progress
             if index not in needed and index < oldest:
                 _chunks_path(self.folder, index).unlink(missing_ok=True)
+                self._file_bytes.pop(index, None)
 
     def _load(self, index: int) -> dict[str, Any]:
         manifest = read_file(_manifest_path(self.folder, index))
         chunks = {f: read_chunks(_chunks_path(self.folder, f)) for f in manifest["chunk_files"]}
+        for f, tensors in chunks.items():
+            self._file_bytes[f] = sum(c.numel() * c.element_size() for c in tensors)
 
         def resolve(obj: Any) -> Any:
             if isinstance(obj, ChunkRef):

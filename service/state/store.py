@@ -39,7 +39,7 @@ import torch
 
 from rankboard.protos import ingest_pb2
 from rankboard.service.errors import CapacityExceeded, NotFound, ShuttingDown
-from rankboard.service.state import checkpoint
+from rankboard.service.state import caps, checkpoint
 from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, Batch, RunKey, decode_batch
 from rankboard.service.state.columns import SampleColumns
 from rankboard.service.state.registry import Registry
@@ -74,6 +74,7 @@ class StoreConfig:
     max_samples_per_batch: int = MAX_SAMPLES_PER_BATCH
     snapshot_min_interval_s: float = 0.2
     ttl_s: float | None = None
+    max_runs: int = 10_000  # runs of any phase (train runs included)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,10 @@ class MetricStore:
         self._producers: dict[str, int] = {}
         self._retained = 0
         self._retained_bytes = 0.0
+        # fixed state charged to the same cap: runs, windows, producer entries (caps.py)
+        self._fixed_bytes = 0.0
+        self._producer_runs: dict[str, set[RunKey]] = {}  # producers expire with their runs
+        self._last_charge: tuple[Batch | None, float] = (None, 0.0)
         if config.max_retained_bytes is not None and config.max_retained_bytes <= 0:
             raise ValueError(f"max_retained_bytes must be > 0, got {config.max_retained_bytes}")
         self.max_retained_bytes = (
@@ -193,18 +198,34 @@ class MetricStore:
         self._wal.wait_durable(lsn)
         self._acks.done(lsn)  # telemetry (DASHBOARD)
 
+    def _charge(self, run: Run, batch: Batch, new: bool) -> float:
+        """Fixed bytes applying ``batch`` adds: a new run, new windows, a new producer."""
+        charge = caps.window_cost(run) if new else 0
+        charge += caps.window_cost(run) * caps.new_windows(run, [p.step for p in batch.split()])
+        if batch.producer_id not in self._producers:
+            charge += caps.producer_cost(batch.producer_id)
+        return float(charge)
+
     def _check_caps(self, run: Run, batch: Batch) -> None:
-        if run.key.phase != "eval":
-            return
-        n = batch.num_samples
-        more = n * run.cost_per_sample(batch)
-        if self._retained_bytes + more > self.max_retained_bytes:
+        new = run.key not in self._runs
+        if new and len(self._runs) >= self.config.max_runs:
             raise CapacityExceeded(
-                f"the service would retain {(self._retained_bytes + more) / 2**20:.1f} MiB of"
-                f" per-sample metric state ({run.bytes_per_sample:g} bytes a sample in this"
-                f" run), over its cap of {self.max_retained_bytes / 2**20:.1f} MiB"
+                f"the service holds {len(self._runs)} runs, its cap"
+                " (rankboard serve --max-runs); delete old experiments to free room"
+            )
+        n = batch.num_samples if run.key.phase == "eval" else 0
+        more = n * run.cost_per_sample(batch) + self._charge(run, batch, new)
+        held = self._retained_bytes + self._fixed_bytes
+        if held + more > self.max_retained_bytes:
+            raise CapacityExceeded(
+                f"the service would hold {(held + more) / 2**20:.1f} MiB of metric state"
+                f" ({run.bytes_per_sample or 0:g} bytes a sample in this run,"
+                f" {caps.window_cost(run)} bytes a step window), over its cap of"
+                f" {self.max_retained_bytes / 2**20:.1f} MiB"
                 " (rankboard serve --max-retained-mb); delete old experiments to free room"
             )
+        if run.key.phase != "eval":
+            return
         if run.samples + n > self.config.max_samples_per_run:
             raise CapacityExceeded(
                 f"run {'/'.join(run.key.__dict__.values())} would hold {run.samples + n} samples,"
@@ -218,6 +239,7 @@ class MetricStore:
             )
 
     def _apply(self, run: Run, batch: Batch, new: bool) -> None:
+        charge = self._charge(run, batch, new)
         if new:
             self._runs[run.key] = run
             self.registry.register_run(_tuple(run.key), run.declaration, run.label_kind)
@@ -225,9 +247,12 @@ class MetricStore:
         if run.key.phase == "eval":
             self._retained += batch.num_samples
             self._retained_bytes += batch.num_samples * run.cost_per_sample(batch)
+        self._fixed_bytes += charge
+        self._last_charge = (batch, charge)
         if points:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
+        self._producer_runs.setdefault(batch.producer_id, set()).add(run.key)
 
     def _unapply(self, run: Run, batch: Batch, new: bool, undo: dict, last: int | None) -> None:
         """Undo :meth:`_apply` of a batch that could not be logged."""
@@ -237,6 +262,13 @@ class MetricStore:
             self._retained_bytes -= batch.num_samples * run.cost_per_sample(batch)
         if new:
             self._runs.pop(run.key, None)
+        if self._last_charge[0] is batch:  # RELIABILITY: the fixed-state account too
+            self._fixed_bytes -= self._last_charge[1]
+            runs = self._producer_runs.get(batch.producer_id, set())
+            if new:
+                runs.discard(run.key)
+            if last is None:
+                self._producer_runs.pop(batch.producer_id, None)
         if last is None:
             self._producers.pop(batch.producer_id, None)
         else:
@@ -274,11 +306,27 @@ class MetricStore:
         return expired
 
     def _delete(self, experiment: str) -> None:
+        """Drop an experiment's runs and the producers that wrote to no other run.
+
+        A producer's exactly-once entry lives as long as a run it wrote to: once the
+        last one is deleted (or expired) the producer is forgotten, and a batch it
+        re-sends later counts as new. Exactly-once thus holds for live producers only.
+        """
+        gone = set()
         for key in [k for k in self._runs if k.experiment == experiment]:
             run = self._runs.pop(key)
+            gone.add(key)
+            self._fixed_bytes -= caps.run_state_bytes(run)
             if key.phase == "eval":
                 self._retained -= run.samples
                 self._retained_bytes -= run.retained_bytes
+        for producer in list(self._producer_runs):
+            runs = self._producer_runs[producer]
+            runs -= gone
+            if not runs:
+                del self._producer_runs[producer]
+                if self._producers.pop(producer, None) is not None:
+                    self._fixed_bytes -= caps.producer_cost(producer)
         self.registry.delete_experiment(experiment)
 
     # --- reading -------------------------------------------------------------------
@@ -363,9 +411,17 @@ class MetricStore:
         if loaded is not None:
             start, state = loaded
             self._producers = dict(state["producers"])
+            # older checkpoints do not say which runs a producer wrote to (no
+            # "producer_runs"):
+            # those producers are kept (never expire)
+            self._producer_runs = {
+                p: {RunKey(*k) for k in keys} for p, keys in state.get("producer_runs", {}).items()
+            }
+            self._fixed_bytes = float(sum(caps.producer_cost(p) for p in self._producers))
             for run_state in state["runs"]:
                 run = Run.from_state(run_state, self.device)
                 self._runs[run.key] = run
+                self._fixed_bytes += caps.run_state_bytes(run)
                 if run.key.phase == "eval":
                     self._retained += run.samples
                     self._retained_bytes += run.retained_bytes
@@ -433,6 +489,9 @@ class MetricStore:
                 state = {
                     "format": 2,
                     "producers": dict(self._producers),
+                    "producer_runs": {
+                        p: sorted(_tuple(k) for k in ks) for p, ks in self._producer_runs.items()
+                    },
                     "runs": [run.to_state() for run in self._runs.values()],
                 }
                 index = self._wal.rotate()

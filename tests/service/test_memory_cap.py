@@ -7,6 +7,10 @@ statistics: a float32 prediction and label, and each int64 key column (8 or 16 b
 The service accounts each run's bytes from its declaration, refuses a batch that
 would go over the cap with RESOURCE_EXHAUSTED (changing nothing), frees the room
 when an experiment is deleted, and keeps the account through a restart.
+
+The same cap also charges the fixed state (:mod:`rankboard.service.state.caps`): a run's
+metric prototype, each step window and each producer entry; the caps below leave room
+for those, measured by :func:`fixed` for the state each test creates.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import numpy as np
 import pytest
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, parse_text
+from rankboard.service.state import caps
+from rankboard.service.state.batch import decode_batch
+from rankboard.service.state.run import Run
 
 from .conftest import make_batch
 
@@ -30,6 +37,14 @@ def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.4).astype(np.float32)
     return rng.random(n).astype(np.float32), y, rng.integers(0, 20, n)
+
+
+def fixed(msg: ingest_pb2.Batch, runs: int, producers: int = 1) -> int:
+    """The fixed bytes of ``runs`` runs of one window each, like ``msg``'s run."""
+    import torch
+
+    run = Run.create(decode_batch(msg, 1 << 20), torch.device("cpu"))
+    return runs * 2 * caps.window_cost(run) + producers * caps.producer_cost(msg.producer_id)
 
 
 def runs(http_url: str) -> dict[tuple[str, str], dict]:
@@ -72,9 +87,11 @@ def test_retained_bytes_follow_the_declaration(service, declaration, keys, per_s
 
 
 def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> None:
-    # 40 bytes a sample (defaults with keys, columns included): room for 1000 samples
-    svc = service_factory(store={"max_retained_bytes": 40 * 1000})
+    # 40 bytes a sample (defaults with keys, columns included): room for 1000 samples,
+    # two eval runs of one step and a producer entry
     p, y, g = data(1200, seed=2)
+    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=2)
+    svc = service_factory(store={"max_retained_bytes": 40 * 1000 + room})
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         for seq, arm in enumerate(["a", "b"], start=1):
@@ -89,21 +106,29 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
         assert ack.error_code == RESOURCE_EXHAUSTED
         assert "max-retained-mb" in ack.error_message and "40 bytes a sample" in ack.error_message
         assert httpx.get(f"{svc.http_url}/v1/experiments/exp").json() == before
-        # a train run retains nothing: not refused
-        ack = stub.Send(
-            make_batch(preds=p[:100], labels=y[:100], arm="a", seq=4, phase=ingest_pb2.PHASE_TRAIN)
+        # a train run retains no samples but its metric state counts too: refused when full
+        train = make_batch(
+            preds=p[:100], labels=y[:100], arm="a", seq=4, phase=ingest_pb2.PHASE_TRAIN
         )
-        assert ack.error_code == 0, ack.error_message
+        ack = stub.Send(train)
+        assert ack.error_code == RESOURCE_EXHAUSTED, ack.error_message
+        assert httpx.get(f"{svc.http_url}/v1/experiments/exp").json() == before
         assert httpx.delete(f"{svc.http_url}/v1/experiments/exp").status_code == 200
+        # the delete freed the room: the train run (two windows of its decayed metrics)
+        # and 500 more eval samples fit
+        train.sequence = 5
+        ack = stub.Send(train)
+        assert (ack.error_code, ack.duplicate) == (0, False), ack.error_message
         ack = stub.Send(
-            make_batch(preds=p[:900], labels=y[:900], keys={"u": g[:900]}, arm="c", seq=5)
+            make_batch(preds=p[:500], labels=y[:500], keys={"u": g[:500]}, arm="c", seq=6)
         )
         assert ack.error_code == 0, ack.error_message
 
 
 def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
-    cap = {"max_retained_bytes": 40 * 1000}
     p, y, g = data(800, seed=3)
+    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=1)
+    cap = {"max_retained_bytes": 40 * 1000 + room}
     svc = service_factory(tmp_path / "d", store=cap)
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
