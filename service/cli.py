@@ -103,10 +103,17 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="cap on eval samples retained by the service (default 200M)",
     )
     p.add_argument(
+        "--max-runs",
+        type=int,
+        default=10_000,
+        help="cap on runs (experiment/arm/task/phase, train runs included; default 10k)",
+    )
+    p.add_argument(
         "--max-retained-mb",
         type=_positive,
         default=None,
-        help="cap on the memory of retained per-sample metric state, in MiB"
+        help="cap on the memory of metric state (retained samples, step windows, runs,"
+        " producer entries), in MiB"
         " (default: half the memory of the state device)",
     )
     p.add_argument(
@@ -200,6 +207,7 @@ def serve(args: argparse.Namespace) -> int:
             "checkpoint_interval_s": args.checkpoint_interval,
             "max_samples_per_run": args.max_samples_per_run,
             "max_samples_total": args.max_samples_total,
+            "max_runs": args.max_runs,
             "max_retained_bytes": (
                 int(args.max_retained_mb * 2**20) if args.max_retained_mb is not None else None
             ),
