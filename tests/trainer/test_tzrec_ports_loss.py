@@ -449,7 +449,7 @@ def test_contrastive_temperatures_are_learnable_parameters() -> None:
 
 
 _RANK_SCRIPT = """
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 from rankboard.trainer.loss import SidContrastiveLoss
 rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -460,7 +460,10 @@ local = [t[4 * rank : 4 * rank + 4].clone().requires_grad_(True) for t in full]
 loss = SidContrastiveLoss()(*local, pair_mask=mask[4 * rank : 4 * rank + 4])
 loss.backward()
 torch.save({"loss": loss.detach(), "grad_a": local[0].grad}, out)
-dist.destroy_process_group()
+dist.barrier()  # both results are written
+# gloo's teardown at interpreter exit sometimes aborts ("terminate called without an
+# active exception") once the peer is gone; the results are on disk, so leave at once
+os._exit(0)
 """
 
 

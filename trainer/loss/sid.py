@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -155,7 +156,11 @@ def _gather_rows(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return tensors
     import torch.distributed.nn as dist_nn
 
-    return [torch.cat(dist_nn.all_gather(t), dim=0) for t in tensors]
+    with warnings.catch_warnings():
+        # torch 2.13 marks it deprecated in favour of a private API; it is the public,
+        # differentiable all-gather (tzrec uses the same)
+        warnings.simplefilter("ignore", FutureWarning)
+        return [torch.cat(dist_nn.all_gather(t), dim=0) for t in tensors]
 
 
 def _gather_mask(mask: torch.Tensor) -> torch.Tensor:
