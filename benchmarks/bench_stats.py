@@ -57,6 +57,8 @@ def coverage(reps: int, seed: int) -> dict[str, float]:
         "ne_users_no_cluster": (sims.sim_ne_users, {"cluster": None}),
         "xauc": (sims.sim_xauc, {}),
         "mse": (sims.sim_mse, {}),
+        "gxauc_users": (sims.sim_gxauc, {}),
+        "recall_at_3_bootstrap": (sims.sim_recall, {}),
     }
     out: dict[str, float] = {}
     with _bar(reps * (len(rows) + 4), "coverage") as bar:

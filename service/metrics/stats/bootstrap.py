@@ -25,6 +25,7 @@ __all__ = [
     "bootstrap_replicates",
     "metric_on",
     "poisson_counts",
+    "poisson_counts_block",
     "splitmix64",
 ]
 
@@ -58,8 +59,21 @@ def poisson_counts(units: np.ndarray, replicate: int, seed: int = 0) -> np.ndarr
     >>> round(float(c.mean()), 2), round(float(c.var()), 2), bool((c == poisson_counts(u, 3)).all())
     (1.0, 1.0, True)
     """
-    salt = splitmix64(np.array([(seed & 0xFFFFFFFF) << 32 | (replicate & 0xFFFFFFFF)], np.uint64))
-    h = splitmix64(np.asarray(units).astype(np.int64).view(np.uint64) ^ salt)
+    return poisson_counts_block(units, replicate, 1, seed)[0]
+
+
+def poisson_counts_block(units: np.ndarray, first: int, count: int, seed: int = 0) -> np.ndarray:
+    """Counts of replicates ``first .. first + count - 1`` at once, ``(count, len(units))``;
+    row ``b`` equals ``poisson_counts(units, first + b, seed)``.
+
+    >>> u = np.arange(50)
+    >>> bool((poisson_counts_block(u, 4, 3)[2] == poisson_counts(u, 6)).all())
+    True
+    """
+    reps = np.arange(first, first + count, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
+    salt = splitmix64((np.uint64(seed & 0xFFFFFFFF) << np.uint64(32)) | reps)
+    ids = np.asarray(units).astype(np.int64).view(np.uint64)
+    h = splitmix64(ids[None, :] ^ salt[:, None])
     u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return np.searchsorted(_CDF, u, side="right").astype(np.int64)
 

@@ -44,6 +44,7 @@ from rankboard.service.metrics.stats.bootstrap import (
     DEFAULT_REPLICATES,
     metric_on,
     poisson_counts,
+    poisson_counts_block,
 )
 from rankboard.service.metrics.stats.columns import Columns, StatsInputError
 from rankboard.service.metrics.stats.delong import (
@@ -84,6 +85,7 @@ _LOWER_IS_BETTER = ("NormalizedEntropy", "MeanSquaredError", "MeanAbsoluteError"
 # all (replicates x samples) it runs fewer replicates, never fewer than MIN_REPLICATES.
 MAX_BOOTSTRAP_ROWS = 50_000_000
 MIN_REPLICATES = 30
+_BLOCK_ELEMENTS = 4_000_000  # Poisson counts drawn at once (replicates x units)
 
 
 @dataclass(frozen=True)
@@ -286,10 +288,13 @@ def _ratio_bootstrap_stats(
     num_u = np.bincount(codes, weights=num, minlength=n_units)
     den_u = np.bincount(codes, weights=den, minlength=n_units)
     reps = np.empty(replicates)
-    for b in range(replicates):
-        c = poisson_counts(ids, b, seed).astype(np.float64)
-        d = float(c @ den_u)
-        reps[b] = float(c @ num_u) / d if d > 0 else math.nan
+    step = max(1, _BLOCK_ELEMENTS // n_units)  # replicates per block of counts
+    for first in range(0, replicates, step):
+        k = min(step, replicates - first)
+        c = poisson_counts_block(ids, first, k, seed).astype(np.float64)
+        d = c @ den_u
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps[first : first + k] = np.where(d > 0, (c @ num_u) / d, math.nan)
     ok = np.isfinite(reps)
     se = float(np.std(reps[ok], ddof=1)) if ok.sum() >= 2 else None
     return ArmStats(

@@ -24,8 +24,10 @@ from rankboard.service.metrics import (
     AUC,
     XAUC,
     GroupedAUC,
+    GroupedXAUC,
     MeanSquaredError,
     NormalizedEntropy,
+    RecallAtK,
 )
 from rankboard.service.metrics.stats import Columns, arm_stats, compare_arms
 
@@ -165,3 +167,32 @@ def sim_delta_auc(
 
 def covered(truth: float, low: float | None, high: float | None) -> bool:
     return low is not None and low <= truth <= high
+
+
+_GX_R = np.array([0.2, 0.5, 0.8])
+GXAUC = GroupedXAUC(grouping_key="user_id")
+RECALL = RecallAtK(top_k=3)
+
+
+def sim_gxauc(rng: np.random.Generator, users: int = 150, max_per_user: int = 12):
+    """Grouped XAUC: per user a correlation r_u from {0.2, 0.5, 0.8} and 1..12 samples
+    (bivariate normal); each user's XAUC is unbiased for 1/2 + arcsin(r_u)/π, the sizes are
+    independent of r_u, so the size-weighted mean targets 1/2 + mean(arcsin r)/π."""
+    sizes = rng.integers(1, max_per_user + 1, users)
+    u = np.repeat(np.arange(users) * 13 + 1, sizes)
+    r = _GX_R[rng.integers(0, 3, users)].repeat(sizes)
+    t = rng.normal(size=u.size)
+    p = r * t + np.sqrt(1 - r * r) * rng.normal(size=u.size)
+    truth = 0.5 + float(np.mean(np.arcsin(_GX_R))) / math.pi
+    cols = Columns(p.astype(np.float32), t.astype(np.float32), keys={"user_id": u})
+    return truth, arm_stats(GXAUC, cols, name="gxauc", cluster=None)
+
+
+def sim_recall(rng: np.random.Generator, n: int = 600, classes: int = 10, q: float = 0.4):
+    """Recall@3 with one relevant class per row, ranked in the top 3 with probability q."""
+    target = rng.integers(0, classes, n)
+    scores = rng.uniform(0.0, 0.5, (n, classes))
+    hit = rng.uniform(size=n) < q
+    scores[np.arange(n), target] = np.where(hit, 0.9, -0.1)
+    cols = Columns(scores.astype(np.float32), target)
+    return q, arm_stats(RECALL, cols, name="recall", cluster=None)

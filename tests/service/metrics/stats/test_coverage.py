@@ -47,6 +47,8 @@ def _iv(s):
         ("sim_gauc", 400, (0.92, 0.98)),
         ("sim_auc_users", 400, (0.92, 0.98)),
         ("sim_ne_users", 400, (0.92, 0.98)),
+        ("sim_gxauc", 400, (0.92, 0.98)),
+        ("sim_recall", 400, (0.92, 0.98)),
     ],
 )
 def test_interval_coverage(sim: str, reps: int, band: tuple[float, float]) -> None:
