@@ -16,7 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import threading
@@ -103,18 +102,29 @@ class Registry:
         """
         where = "experiment=? AND arm=? AND task=? AND phase=?"
         with self._lock:
-            counts = self._conn.execute(
-                f"SELECT metric, COUNT(*) FROM history WHERE {where} GROUP BY metric", run
+            stats = self._conn.execute(
+                f"SELECT metric, COUNT(*), MIN(point), MAX(point) FROM history WHERE {where}"
+                " GROUP BY metric",
+                run,
             ).fetchall()
-            wanted = [[metric, i] for metric, n in counts for i in _thin_indices(n, max_points)]
-            rows = self._conn.execute(
-                "SELECT metric, step, value FROM (SELECT metric, point, step, value,"
-                " ROW_NUMBER() OVER (PARTITION BY metric ORDER BY point) - 1 AS i"
-                f" FROM history WHERE {where}) WHERE (metric, i) IN"
-                " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
-                " FROM json_each(?)) ORDER BY metric, point",
-                (*run, json.dumps(wanted)),
-            ).fetchall()
+            # points are numbered without gaps (one per decay or eval step): the kept ones
+            # are primary-key lookups; a metric with gaps is read whole and thinned below
+            rows = []
+            for metric, n, lo, hi in stats:
+                if hi - lo + 1 != n:
+                    continue
+                points = [lo + i for i in _thin_indices(n, max_points)]
+                for chunk in range(0, len(points), 500):  # SQLite's variable limit
+                    part = points[chunk : chunk + 500]
+                    rows += self._conn.execute(
+                        f"SELECT metric, step, value FROM history WHERE {where} AND metric=?"
+                        f" AND point IN ({','.join('?' * len(part))}) ORDER BY point",
+                        (*run, metric, *part),
+                    ).fetchall()
+            gappy = [metric for metric, n, lo, hi in stats if hi - lo + 1 != n]
+        for metric in gappy:
+            points = self.history(run, metric)
+            rows += [(metric, *points[i]) for i in _thin_indices(len(points), max_points)]
         out: dict[str, list[tuple[int, float | None]]] = {}
         for metric, step, value in rows:
             out.setdefault(metric, []).append((int(step), value))

@@ -219,23 +219,23 @@
     var histUrl = "/v1/experiments/" + encodeURIComponent(name) + "/histories?" + q +
       "&max_points=" + maxPoints;
 
-    var results = await Promise.allSettled([getJSON(cmpUrl), getJSON(histUrl)]);
-    var problems = [];
-    if (results[0].status === "fulfilled") {
-      state.lastCompare = results[0].value;
-      renderComparison(results[0].value, c);
-    } else {
-      problems.push(results[0].reason.message);
+    // the table and the charts each draw as soon as their own data is there
+    var cmpDone = getJSON(cmpUrl).then(function (cmp) {
+      state.lastCompare = cmp;
+      renderComparison(cmp, c);
+      return null;
+    }, function (err) {
       renderArmsOnly(c);
-    }
-    if (results[1].status === "fulfilled") {
-      state.lastHistories = results[1].value;
-      renderCharts(results[1].value, c);
+      return err.message;
+    });
+    var histDone = getJSON(histUrl).then(function (hist) {
+      state.lastHistories = hist;
+      renderCharts(hist, c);
       // navigation start -> first charts drawn (benchmarks/bench_dashboard.py reads it)
       if (state.firstDrawMs === undefined) { state.firstDrawMs = performance.now(); }
-    } else {
-      problems.push(results[1].reason.message);
-    }
+      return null;
+    }, function (err) { return err.message; });
+    var problems = (await Promise.all([cmpDone, histDone])).filter(Boolean);
     showError(problems.length ? problems.join("\n") : null);
     var last = detail.updated_at ? " · last batch " +
       new Date(detail.updated_at * 1000).toLocaleTimeString("en-GB") : "";
