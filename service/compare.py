@@ -7,7 +7,8 @@ service, or metrics without an interval) show as ``-``, and columns that no
 arm has are left out, so the table degrades to point values. ``--json`` prints
 the REST body as it came.
 
-Only the standard library is used here (``urllib``), so the command answers fast.
+Only the standard library is used here (``urllib``, imported when a request is made),
+so the command answers fast.
 
 >>> body = {"experiment": "e", "task": "ctr", "phase": "eval", "baseline": "A",
 ...         "arms": {"A": {"step": 5, "samples": 10, "metrics": {"auc": 0.7}},
@@ -31,9 +32,6 @@ import json
 import math
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 __all__ = ["add_compare_parser", "compare", "fetch_compare", "format_compare"]
@@ -114,6 +112,10 @@ def fetch_compare(
     Raises :class:`CompareError` with the service's message on an HTTP error,
     and with "cannot reach the service" when nothing answers.
     """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     query = {"task": task, "baseline": baseline, "phase": phase, "fresh": "true"}
     for k, v in (params or {}).items():
         if v is not None:
@@ -217,7 +219,7 @@ def format_compare(body: dict[str, Any]) -> str:
         lines.append("  " + ", ".join(settings))
     for arm in order:
         a = arms[arm]
-        parts = [f"{a.get('samples', 0):,} samples".replace(",", ",")]
+        parts = [f"{a.get('samples', 0):,} samples"]
         for k in ("positives", "negatives"):
             if _num(a.get(k)) is not None:
                 parts.append(f"{a[k]:,.0f} {k}")
