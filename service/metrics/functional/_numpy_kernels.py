@@ -88,9 +88,16 @@ def grouped_auc_np(
     weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group ``(2 U, positives, negatives)``, groups ascending: int64 unweighted,
-    float64 with ``weights`` (the weighted sort needs an argsort: the weights cannot ride
-    in the key)."""
+    float64 with ``weights``.
+
+    Unweighted, the target rides in the sorted key. Weighted, the weights need the
+    permutation: the sample index rides in the key instead, behind the dense rank of the
+    prediction (one more packed sort) when group, rank and index bits fit in 64; else an
+    argsort (several times slower than a packed sort here).
+    """
     n = preds.size
+    if weights is not None:
+        return _grouped_auc_weighted_np(preds, target, groups, weights)
     key = float_key_np(preds)
     gbits = 0
     if groups is not None:
@@ -100,33 +107,31 @@ def grouped_auc_np(
             raise OverflowError("too many groups to pack")
         key |= gid << np.uint64(32)
     key = (key << np.uint64(1)) | target.astype(np.uint64)
-    if weights is None:
-        key = np.sort(key)
-        t = (key & np.uint64(1)).astype(np.int64)
-        seg = key >> np.uint64(1)
-        starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
-        cpos = np.concatenate(([0], np.cumsum(t)))
-        ends = np.append(starts[1:], n)
-        pos_s = cpos[ends] - cpos[starts]
-        neg_s = (ends - starts) - pos_s
-        cneg_before = starts - cpos[starts]
-    else:
-        order = np.argsort(key)
-        key = key[order]
-        w = weights[order].astype(np.float64)
-        pw = np.where((key & np.uint64(1)).astype(bool), w, 0.0)
-        seg = key >> np.uint64(1)
-        starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
-        cpos = np.concatenate(([0.0], np.cumsum(pw)))
-        cw = np.concatenate(([0.0], np.cumsum(w)))
-        ends = np.append(starts[1:], n)
-        pos_s = cpos[ends] - cpos[starts]
-        neg_s = (cw[ends] - cw[starts]) - pos_s
-        cneg_before = cw[starts] - cpos[starts]
+    key = np.sort(key)
+    t = (key & np.uint64(1)).astype(np.int64)
+    seg = key >> np.uint64(1)
+    starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
+    cpos = np.concatenate(([0], np.cumsum(t)))
+    ends = np.append(starts[1:], n)
+    pos_s = cpos[ends] - cpos[starts]
+    neg_s = (ends - starts) - pos_s
+    cneg_before = starts - cpos[starts]
     if groups is None:
         u2 = np.array([np.sum(pos_s * (2 * cneg_before + neg_s))])
         return u2, np.array([pos_s.sum()]), np.array([neg_s.sum()])
     sg = seg[starts] >> np.uint64(32)
+    return _reduce_groups(sg, pos_s, neg_s, cneg_before, int_result=True)
+
+
+def _reduce_groups(
+    sg: np.ndarray,
+    pos_s: np.ndarray,
+    neg_s: np.ndarray,
+    cneg_before: np.ndarray,
+    *,
+    int_result: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group ``(2 U, pos, neg)`` from tie segments sorted by (group, prediction)."""
     gstart = np.concatenate(([True], sg[1:] != sg[:-1]))
     gi = _count_flags(gstart) - 1
     first = np.flatnonzero(gstart)
@@ -135,9 +140,55 @@ def grouped_auc_np(
     u2 = np.bincount(gi, weights=pos_s * (2 * rel + neg_s), minlength=g)
     pos_g = np.add.reduceat(pos_s, first)
     neg_g = np.add.reduceat(neg_s, first)
-    if weights is not None:
-        return u2, pos_g, neg_g
-    return u2.astype(np.int64), pos_g, neg_g
+    return (u2.astype(np.int64) if int_result else u2), pos_g, neg_g
+
+
+def _grouped_auc_weighted_np(
+    preds: np.ndarray, target: np.ndarray, groups: np.ndarray | None, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = preds.size
+    gid = np.zeros(n, dtype=np.uint64)
+    gbits = 0
+    if groups is not None:
+        gid, bound = dense_ids_np(groups)
+        gbits = int(bound - 1).bit_length()
+    prank, pm = _dense_rank(float_key_np(preds))
+    rbits = max(1, int(pm - 1).bit_length())
+    ibits = max(1, int(n - 1).bit_length())
+    tb = np.uint64(ibits)  # the target bit sits just above the index
+    if gbits + rbits + 1 + ibits <= 64:
+        key = (gid << np.uint64(rbits + 1 + ibits)) | (
+            prank.astype(np.uint64) << np.uint64(ibits + 1)
+        )
+        key |= target.astype(np.uint64) << tb
+        key = np.sort(key | np.arange(n, dtype=np.uint64))
+        order = (key & np.uint64((1 << ibits) - 1)).astype(np.intp)
+        t = ((key >> tb) & np.uint64(1)).astype(bool)
+        seg = key >> np.uint64(ibits + 1)
+        gshift = rbits
+    else:
+        if gbits > 31:
+            raise OverflowError("too many groups to pack")
+        key = (gid << np.uint64(32)) | float_key_np(preds)
+        order = np.argsort(key)
+        seg = key[order]
+        t = target[order] != 0
+        gshift = 32
+    wo = weights[order]
+    cw = np.zeros(n + 1, dtype=np.float64)
+    np.cumsum(wo, dtype=np.float64, out=cw[1:])
+    cpos = np.zeros(n + 1, dtype=np.float64)
+    np.cumsum(np.where(t, wo, np.float32(0)), dtype=np.float64, out=cpos[1:])
+    starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
+    ends = np.append(starts[1:], n)
+    pos_s = cpos[ends] - cpos[starts]
+    neg_s = (cw[ends] - cw[starts]) - pos_s
+    cneg_before = cw[starts] - cpos[starts]
+    if groups is None:
+        u2 = np.array([np.sum(pos_s * (2 * cneg_before + neg_s))])
+        return u2, np.array([pos_s.sum()]), np.array([neg_s.sum()])
+    sg = seg[starts] >> np.uint64(gshift)
+    return _reduce_groups(sg, pos_s, neg_s, cneg_before, int_result=False)
 
 
 def count_increasing_pairs_np(
