@@ -65,7 +65,7 @@ from rankboard.service.metrics.stats.sequential import (
     validate_alpha,
     validate_horizon,
 )
-from rankboard.service.metrics.stats.variance import influence_variance
+from rankboard.service.metrics.stats.variance import compact_codes, influence_variance
 from rankboard.service.metrics.stats.xauc_var import xauc_influence
 
 __all__ = [
@@ -281,7 +281,7 @@ def _ratio_bootstrap_stats(
     units = _bootstrap_units(cols, cluster)
     total = float(den.sum())
     value = float(num.sum()) / total if total > 0 else math.nan
-    ids, codes = np.unique(units, return_inverse=True)
+    codes, ids = compact_codes(units)
     n_units = int(ids.size)
     if not _finite(value) or n_units < 2:
         return ArmStats(name, value, None, "poisson-bootstrap", cluster, n_units, cols.n)
@@ -324,7 +324,7 @@ def _bootstrap_stats(
         if reduced < replicates:
             log.info("%s: %d bootstrap replicates of %d rows (cost cap)", name, reduced, cols.n)
             replicates = reduced
-    n_units = int(np.unique(units).size)
+    n_units = int(compact_codes(units)[1].size)
     base = ArmStats(name, value, None, "poisson-bootstrap", cluster, n_units, cols.n)
     if not _finite(value) or n_units < 2:
         return base

@@ -91,7 +91,8 @@ def _exact_influence(p: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> AUCI
     new[0] = True
     np.not_equal(packed[1:], packed[:-1], out=new[1:])
     gid = packed.view(np.int64)  # reuse: group of each sorted position
-    np.cumsum(new, dtype=np.int64, out=gid)
+    gid[...] = new  # cast first: a cumsum that casts bools holds the GIL for the pass
+    np.cumsum(gid, out=gid)
     gid -= 1
     starts = np.flatnonzero(new)
     del new

@@ -50,7 +50,7 @@ def _sample_group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes, bound = dense_codes(keys)
     sizes_all = np.bincount(codes, minlength=bound)
     present = sizes_all > 0
-    lookup = np.cumsum(present) - 1
+    lookup = np.cumsum(present.astype(np.int64)) - 1
     return lookup[codes].astype(np.intp), sizes_all[present]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from rankboard.service.metrics.functional._numpy_kernels import dense_ids_np
 
-__all__ = ["dense_codes", "influence_variance"]
+__all__ = ["compact_codes", "dense_codes", "influence_variance"]
 
 
 def dense_codes(keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -35,6 +35,23 @@ def dense_codes(keys: np.ndarray) -> tuple[np.ndarray, int]:
     """
     ids, bound = dense_ids_np(np.ascontiguousarray(keys, dtype=np.int64))
     return ids.astype(np.intp), int(bound)
+
+
+def compact_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, values)``: codes ``0..k-1`` of the ``k`` distinct ``keys`` (ascending) and
+    those values, without ``np.unique`` (which holds the GIL for a whole 10M-key pass).
+
+    >>> codes, values = compact_codes(np.array([10, 12, 10, 2**60]))
+    >>> codes.tolist(), values.tolist()
+    ([0, 1, 0, 2], [10, 12, 1152921504606846976])
+    """
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    codes, bound = dense_codes(keys)
+    present = np.bincount(codes, minlength=bound) > 0
+    values = np.zeros(bound, dtype=np.int64)
+    values[codes] = keys
+    lookup = np.cumsum(present.astype(np.int64)) - 1
+    return lookup[codes].astype(np.intp), values[present]
 
 
 def influence_variance(
