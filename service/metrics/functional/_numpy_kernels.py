@@ -143,6 +143,9 @@ def _reduce_groups(
     return (u2.astype(np.int64) if int_result else u2), pos_g, neg_g
 
 
+_PACK_BITS = 64  # tests lower it to take the argsort path
+
+
 def _grouped_auc_weighted_np(
     preds: np.ndarray, target: np.ndarray, groups: np.ndarray | None, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,7 +159,7 @@ def _grouped_auc_weighted_np(
     rbits = max(1, int(pm - 1).bit_length())
     ibits = max(1, int(n - 1).bit_length())
     tb = np.uint64(ibits)  # the target bit sits just above the index
-    if gbits + rbits + 1 + ibits <= 64:
+    if gbits + rbits + 1 + ibits <= _PACK_BITS:
         key = (gid << np.uint64(rbits + 1 + ibits)) | (
             prank.astype(np.uint64) << np.uint64(ibits + 1)
         )

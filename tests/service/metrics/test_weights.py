@@ -91,14 +91,18 @@ def test_grouped_auc_simple_and_degenerate_torchrec_cases():
         assert math.isnan(v.item()) and c.item() == 0
 
 
-@pytest.mark.parametrize("kernel_numpy", [True, False])
-def test_grouped_auc_weighted_matches_brute_force(rng, kernel_numpy, monkeypatch):
+@pytest.mark.parametrize("kernel", ["numpy-packed", "numpy-argsort", "torch"])
+def test_grouped_auc_weighted_matches_brute_force(rng, kernel, monkeypatch):
     """Weighted GAUC = mean over groups with both classes of the weighted Mann-Whitney
-    statistic (ties one half), numpy kernel and torch path; zero weights included."""
+    statistic (ties one half): numpy kernel (packed sort, argsort fallback) and torch
+    path; zero weights included."""
     import importlib
 
     gmod = importlib.import_module("rankboard.service.metrics.functional.grouped_auc")
-    monkeypatch.setattr(gmod, "_use_numpy", kernel_numpy)
+    kmod = importlib.import_module("rankboard.service.metrics.functional._numpy_kernels")
+    monkeypatch.setattr(gmod, "_use_numpy", kernel != "torch")
+    if kernel == "numpy-argsort":
+        monkeypatch.setattr(kmod, "_PACK_BITS", 0)
     n = 600
     p = np.round(rng.random(n), 1).astype(np.float32)
     y = (rng.random(n) < 0.4).astype(np.int64)
