@@ -42,6 +42,7 @@ __all__ = [
     "binary_auc",
     "binned_histogram",
     "check_thresholds",
+    "equal_width_indices",
     "exact_auc",
     "multiclass_auc",
     "multiclass_auc_from_histogram",
@@ -145,6 +146,16 @@ def _bin_indices_np(p: np.ndarray, t: int) -> np.ndarray:
     nxt = np.minimum(k + 1, t - 1)
     k += (pts[nxt] <= p) & (nxt > k)
     return k
+
+
+def equal_width_indices(preds: Tensor, bins: int) -> Tensor:
+    """Bin of every prediction among ``bins`` equal-width bins on [0, 1] (int64, ``(n,)``):
+    ``clamp(floor(p * bins), 0, bins - 1)``, the buckets of ``auc { bins: B }``.
+
+    >>> equal_width_indices(torch.tensor([0.0, 0.24, 0.25, 1.0]), 4).tolist()
+    [0, 0, 1, 3]
+    """
+    return torch.clamp(preds * bins, 0, bins - 1).to(torch.int64)
 
 
 def add_threshold_counts(
