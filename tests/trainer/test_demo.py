@@ -30,16 +30,36 @@ def test_demo_prints_the_services_comparison_and_stops_it(tmp_path: Path) -> Non
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
     assert "baseline 'control'" in out
+    blocks = dict(
+        re.findall(
+            r"^experiment demo, task (\S+) \(eval\)(.*?)(?=^experiment |\Z)", out, re.M | re.S
+        )
+    )
     for task, metric in [
         ("ctr", "auc"),
         ("ctr", "grouped_auc"),
         ("ctr", "normalized_entropy"),
         ("watch_time", "xauc"),
     ]:
-        row = re.search(rf"^{task}\s+{metric}\s+(\S+)\s+(\S+)\s+([+-]\S+)$", out, re.M)
-        assert row, out
-        control, treatment, delta = map(float, row.groups())
+        block = blocks[task]
+        assert "paired on 1200 sample ids" in block, block  # both arms scored one eval set
+        num = r"([+-]?[0-9.]+)"
+        iv = rf"\[{num}, {num}\]"
+        base = re.search(rf"^{metric}\s+control\s+{num}\s+{iv}", block, re.M)
+        row = re.search(
+            rf"^{metric}\s+treatment\s+{num}\s+{iv}\s+{num}\s+{iv}\s+(\S+)\s+(\w+)$",
+            block,
+            re.M,
+        )
+        assert base and row, block
+        control, lo, hi = map(float, base.groups())
+        treatment, _, _, delta, d_lo, d_hi = map(float, row.groups()[:6])
+        assert lo <= control <= hi
         assert abs((treatment - control) - delta) < 2e-6
+        assert d_lo <= delta <= d_hi
+        verdict = row.group(8)
+        assert verdict in ("better", "worse", "inconclusive")
+        assert (verdict == "inconclusive") == (d_lo <= 0 <= d_hi)
     assert "/v1/experiments/demo/compare?task=ctr&phase=eval&baseline=control" in out
     # the service's state stays, and its process is gone (SIGTERM, drained)
     assert (data_dir).is_dir() and any(data_dir.iterdir())
