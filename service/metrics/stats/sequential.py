@@ -11,12 +11,14 @@ covers θ at every ``t`` simultaneously with probability ``≥ 1 - α`` (asympto
 ``ρ² > 0`` is fixed in advance; it makes the sequence tightest near a planned number of
 units ``t*`` (``horizon``). We use the paper's closed-form (Lambert-W asymptotic)
 optimum ``ρ² = (-2 log α + log(-2 log α + 1)) / t*``, as the authors' code does
-(``best_rho2_approx``); the exact optimum differs from it by a few percent of width.
+(``best_rho2_approx``); at ``t = t*`` its width is within 0.003 % (α = 0.05) to 0.2 %
+(α = 0.5) of the numerically optimal ``ρ``'s.
 
 The always-valid p-value is the smallest level whose sequence (with ``ρ`` fixed from the
 requested ``alpha``) excludes zero: with ``z = θ̂ / SE`` and ``x = t ρ²``,
 ``p = min(1, sqrt(x + 1) · exp(-z² x / (2 (x + 1))))`` — the reciprocal of the normal
-mixture martingale, so ``P(∃t: p_t ≤ a) ≤ a`` for every ``a`` (Ville's inequality).
+mixture martingale, so ``P(∃t: p_t ≤ a) ≤ a`` for every ``a`` (Ville's inequality;
+asymptotically, as the sequence itself).
 
 ``DEFAULT_HORIZON`` is 100 000 units (clusters or samples): a typical eval set of users.
 A horizon far from the real number of units still gives valid sequences, only wider.
