@@ -618,6 +618,16 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[_Par
     labels = _numeric(table, args.label_col, csv, "labels")
     if kind is not None:
         _check_labels(labels, args.label_col, kind, len(pred_cols), csv)
+    if kind == "binary" and not args.metrics:
+        outside = (preds < 0) | (preds > 1)
+        if outside.any():
+            row = int(np.argmax(outside.any(axis=1)))
+            raise SendInputError(
+                f"column {pred_cols[0]!r} (predictions), {_row_ref(row, csv)}:"
+                f" {preds[row, 0]:g} is not a probability in [0, 1] ({int(outside.sum())} such"
+                " rows); --kind binary declares normalized entropy, which needs probabilities:"
+                " send probabilities, or scores with --metrics 'auc { thresholds: 0 }'"
+            )
     data: dict[str, np.ndarray] = {
         "predictions": (preds[:, 0] if len(pred_cols) == 1 else preds).astype(np.float32),
         "labels": labels.astype(np.float32),
@@ -838,7 +848,7 @@ def _rejection_text(err: Any) -> str:
         messages[key] = messages.get(key, 0) + r.samples
     lines = [
         f"rejected by the service ({len(rejections)} batch"
-        f"{'es' if len(rejections) != 1 else ''}, nothing of them applied):"
+        f"{'es' if len(rejections) != 1 else ''}; a rejected batch changes nothing):"
     ]
     lines += [f"  {m} ({n:,} samples)" for m, n in messages.items()]
     return "\n".join(lines)

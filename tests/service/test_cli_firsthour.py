@@ -129,6 +129,22 @@ def test_stray_label_refused_naming_column_and_row(service, tmp_path, capsys) ->
     assert experiments(service.http_url) == []
 
 
+def test_scores_outside_0_1_refused_for_binary_unless_declared(service, tmp_path, capsys) -> None:
+    path = write_csv(
+        tmp_path / "p.csv", {"prediction": [0.5, 1.5, 0.2, 3.0], "label": [1, 0, 0, 1]}
+    )
+    code, err = run_send(capsys, service.grpc_target, path, "--arm", "a")
+    assert code == 2
+    assert "column 'prediction' (predictions), row 2 (line 3 of the file): 1.5" in err
+    assert "(2 such rows)" in err and experiments(service.http_url) == []
+    code, err = run_send(
+        capsys, service.grpc_target, path, "--arm", "a", "--metrics", "auc { thresholds: 0 }"
+    )
+    assert code == 0, err
+    got = metrics(service.http_url, "a", fresh="true")["metrics"]
+    assert got["auc"] == pytest.approx(roc_auc_score([1, 0, 0, 1], [0.5, 1.5, 0.2, 3.0]))
+
+
 def test_kind_regression_declares_regression_metrics_and_says_so(service, tmp_path, capsys) -> None:
     rng = np.random.default_rng(5)
     y = np.round(rng.exponential(3.0, 300), 2)
