@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace) -> int:
     except StateLost as err:
         print(f"rankboard: cannot start: {err}", file=sys.stderr, flush=True)
         return 2
-    except (OSError, ValueError) as err:  # a port taken meanwhile, a dir gone read-only
+    except (OSError, ValueError, RuntimeError) as err:  # a port taken meanwhile, ...
         print(f"rankboard serve: cannot start: {err}", file=sys.stderr, flush=True)
         return 2
     print("rankboard: stopped", flush=True)

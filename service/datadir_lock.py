@@ -126,9 +126,13 @@ def check_ports(host: str, ports: Iterable[int]) -> None:
     True
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    seen: set[int] = set()
     for port in ports:
         if not port:
             continue
+        if port in seen:
+            raise StartupError(f"port {port} is given twice (gRPC and REST need one each)")
+        seen.add(port)
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             # no SO_REUSEPORT: grpc sets it on its sockets, and a probe without it
             # fails on a port another server (gRPC or not) listens on
