@@ -203,6 +203,11 @@ def bench_cap(args: argparse.Namespace, work: Path) -> dict:
                 or f.name.startswith("rankboard_metric_interval")
                 for _ in f.samples
             )
+            values = sum(
+                len(f.samples)
+                for f in text_string_to_metric_families(text)
+                if f.name == "rankboard_metric_value"
+            )
         metrics_per_run = len(store.runs()[0].metric_keys)
         return {
             "runs": args.runs,
@@ -210,8 +215,10 @@ def bench_cap(args: argparse.Namespace, work: Path) -> dict:
             "ingest_s": round(ingest_s, 1),
             "series_exposed": series,
             "cap": 2000,
-            "left_out_in_scrape": fams["rankboard_metric_series_left_out_in_scrape"],
-            "left_out_total_after_2_scrapes": fams["rankboard_metric_series_left_out_total"],
+            "values_exposed": values,
+            "values_left_out_in_scrape": fams["rankboard_metric_values_left_out_in_scrape"],
+            "values_left_out_total_after_2_scrapes": fams["rankboard_metric_values_left_out_total"],
+            "values_declared": sum(len(r.metric_keys) for r in store.runs()),
             "scrape_first_s": round(times[0], 3),
             "scrape_second_s": round(times[1], 3),
             "cap_holds": series <= 2000,

@@ -152,8 +152,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--prometheus-max-series",
         type=int,
         default=2000,
-        help="cap on metric-value series in GET /metrics (default 2000; the series left"
-        " out are counted in rankboard_metric_series_left_out_total)",
+        help="cap on metric-value series in GET /metrics (default 2000; the metric values"
+        " left out are counted in rankboard_metric_values_left_out_total)",
     )
     p.add_argument(
         "--metrics-public",

@@ -7,9 +7,12 @@ sizes read from the store, and the metric values of every run as
 ``rankboard_metric_interval_low`` / ``_high`` where an interval exists (eval runs: the
 latest step's 95 % interval at the run's default cluster). Metric series are bounded
 by ``max_series`` (``rankboard serve --prometheus-max-series``, default 2000): runs are
-taken most recently updated first, and the series of runs past the cap are left out
-and counted in ``rankboard_metric_series_left_out_in_scrape`` (this scrape) and
-``rankboard_metric_series_left_out_total`` (since start).
+taken most recently updated first; a metric's value and its interval bounds are exposed
+together or not at all; the metric values left out (each with its bounds; every
+declared metric of a run not read at all) are counted in
+``rankboard_metric_values_left_out_in_scrape`` (this scrape) and
+``rankboard_metric_values_left_out_total`` (since start). Series exposed:
+``rankboard_metric_series``.
 
 Example::
 
@@ -152,7 +155,8 @@ class StoreCollector(Collector):
             for run in runs:
                 seen.add(run.key)
                 if emitted >= self.max_series:
-                    # not read at all: the cap bounds the scrape's work too
+                    # not read at all (the cap bounds the scrape's work too): every
+                    # declared metric counts as left out
                     left_out += len(run.metric_keys)
                     continue
                 try:
@@ -166,7 +170,7 @@ class StoreCollector(Collector):
                         continue
                     n = 1 + (lo is not None) + (hi is not None)
                     if emitted + n > self.max_series:
-                        left_out += n
+                        left_out += 1
                         continue
                     labels = [k.experiment, k.arm, k.task, k.phase, metric]
                     value.add_metric(labels, v)
@@ -188,13 +192,13 @@ class StoreCollector(Collector):
         )
         cap.add_metric([], self.max_series)
         dropped = GaugeMetricFamily(
-            "rankboard_metric_series_left_out_in_scrape",
-            "Metric-value series left out of this scrape by the cap",
+            "rankboard_metric_values_left_out_in_scrape",
+            "Metric values (each with its interval bounds) left out of this scrape by the cap",
         )
         dropped.add_metric([], left_out)
         dropped_total = CounterMetricFamily(
-            "rankboard_metric_series_left_out",
-            "Metric-value series left out by the cap, summed over scrapes",
+            "rankboard_metric_values_left_out",
+            "Metric values left out by the cap, summed over scrapes",
         )
         dropped_total.add_metric([], total)
         return [value, low, high, series, cap, dropped, dropped_total]
