@@ -116,3 +116,14 @@ def test_help_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stderr, out.stderr
+
+
+def test_one_port_for_both_servers_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "rankboard.service.cli", "serve", "--data-dir",
+         str(tmp_path / "data"), "--grpc-port", str(port), "--http-port", str(port)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"port {port} is given twice" in out.stderr and "Traceback" not in out.stderr
