@@ -38,7 +38,7 @@ def test_peeking_fixed_vs_sequential() -> None:
     fixed_rate, seq_rate = results.mean(axis=0)
     # 20 looks at a fixed 95 % interval: about 20-25 % false positives (one look: 5 %)
     assert fixed_rate > 0.12, fixed_rate
-    # always-valid: at most 5 % plus 1.6 Monte Carlo SE (sqrt(.05 * .95 / 300) ~ 1.3 %); measured ~1 %
+    # always-valid: at most 5 % + 1.6 Monte Carlo SE (sqrt(.05 * .95 / 300) = 1.3 %); ~1 % seen
     assert seq_rate <= 0.07, seq_rate
 
 
