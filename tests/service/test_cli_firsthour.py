@@ -102,6 +102,16 @@ def test_same_file_twice_is_a_no_op_and_replace_sends_again(service, tmp_path, c
     assert metrics(service.http_url, "control", fresh="true")["samples"] == 2 * n
 
 
+def test_after_a_delete_the_same_file_counts_again(service, tmp_path, capsys) -> None:
+    """Deleting the experiment forgets its producers: a re-send is not a silent no-op."""
+    path = write_csv(tmp_path / "a.csv", {"prediction": [0.1, 0.8, 0.4], "label": [0, 1, 1]})
+    assert run_send(capsys, service.grpc_target, path, "--arm", "x")[0] == 0
+    assert httpx.delete(f"{service.http_url}/v1/experiments/e").status_code == 200
+    code, err = run_send(capsys, service.grpc_target, path, "--arm", "x")
+    assert code == 0 and "3 samples applied" in err and "already" not in err
+    assert metrics(service.http_url, "x", fresh="true")["samples"] == 3
+
+
 def test_a_different_file_to_the_same_run_is_not_a_duplicate(service, tmp_path, capsys) -> None:
     a = write_csv(tmp_path / "a.csv", {"prediction": [0.1, 0.8, 0.4], "label": [0, 1, 1]})
     b = write_csv(tmp_path / "b.csv", {"prediction": [0.3, 0.9, 0.2], "label": [0, 1, 0]})
