@@ -19,6 +19,8 @@ Examples::
     # the same with ingestion held to 250k samples/s per producer
     python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000 \
         --rate 250000
+    # issue 15: 512 producer streams (one grpc.aio process, 4 channels), 1024-sample batches
+    python benchmarks/bench_service.py --producers 0 --streams 512 --batch 1024 --duration 20
 """
 
 from __future__ import annotations
@@ -130,6 +132,76 @@ def producer(
     )
 
 
+def streams_process(
+    target: str, streams: int, duration: float, n: int, queue: mp.Queue, window: int = 2
+) -> None:
+    """``streams`` producers in one process, each its own ``Ingest/Stream`` with at most
+    ``window`` batches in flight, over 4 grpc.aio channels; report samples and ack latencies.
+
+    Messages are the pre-encoded batch bytes with the producer id and sequence fields
+    appended (protobuf concatenation), so the client costs next to nothing per batch.
+    """
+    import asyncio
+
+    import grpc
+
+    from rankboard.protos import ingest_pb2
+
+    bases = [m.SerializeToString() for m in make_messages(16, n, "", seed=7)]
+    latencies: list[float] = []
+    counts = {"samples": 0, "errors": 0}
+
+    async def one(i: int, channel: grpc.aio.Channel, deadline: float) -> None:
+        call = channel.stream_stream(
+            "/rankboard.v1.Ingest/Stream",
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.Ack.FromString,
+        )()
+        sent: dict[int, float] = {}
+        room = asyncio.Semaphore(window)
+
+        async def reader() -> None:
+            async for ack in call:
+                latencies.append(time.perf_counter() - sent.pop(ack.sequence))
+                counts["samples"] += ack.samples
+                counts["errors"] += bool(ack.error_code)
+                room.release()
+
+        task = asyncio.create_task(reader())
+        seq = 0
+        while time.perf_counter() < deadline:
+            await room.acquire()
+            seq += 1
+            ids = ingest_pb2.Batch(producer_id=f"stream-{i}", sequence=seq).SerializeToString()
+            sent[seq] = time.perf_counter()
+            await call.write(bases[seq % len(bases)] + ids)
+        await call.done_writing()
+        await task
+
+    async def main() -> float:
+        channels = [
+            grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+            for _ in range(4)
+        ]
+        start = time.perf_counter()
+        deadline = start + duration
+        await asyncio.gather(*(one(i, channels[i % 4], deadline) for i in range(streams)))
+        seconds = time.perf_counter() - start
+        for ch in channels:
+            await ch.close()
+        return seconds
+
+    seconds = asyncio.run(main())
+    queue.put(
+        {
+            "samples": counts["samples"],
+            "seconds": seconds,
+            "latencies": latencies,
+            "errors": counts["errors"],
+        }
+    )
+
+
 def poller_process(
     url: str, pollers: int, duration: float, queue: mp.Queue, interval: float = 0.0
 ) -> None:
@@ -218,6 +290,12 @@ def pct(values: list[float], q: float) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="extra producer streams multiplexed in one grpc.aio process (many ranks)",
+    )
     ap.add_argument("--pollers", type=int, default=0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=8192)
@@ -299,6 +377,13 @@ def main() -> None:
                 )
                 for i in range(args.producers)
             ]
+            if args.streams:
+                procs.append(
+                    ctx.Process(
+                        target=streams_process,
+                        args=(target, args.streams, args.duration, args.batch, q),
+                    )
+                )
             url = (
                 f"http://127.0.0.1:{hport}/v1/experiments/bench/arms/control/metrics"
                 "?task=ctr&phase=eval"
@@ -328,6 +413,7 @@ def main() -> None:
     snaps = [x for r in polls for x in r["latencies"]]
     report = {
         "producers": args.producers,
+        "streams": args.streams,
         "pollers": args.pollers,
         "batch": args.batch,
         "fsync": args.fsync,

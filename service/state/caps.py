@@ -71,7 +71,11 @@ def object_nbytes(root: Any) -> int:
 
 
 def window_cost(run: Run) -> int:
-    """Bytes a new window of ``run`` costs (measured once per phase and declaration)."""
+    """Bytes a new window of ``run`` costs (measured once per phase and declaration,
+    then kept on the run: the declaration's text is too slow to build per batch)."""
+    cost = run.__dict__.get("_window_cost")
+    if cost is not None:
+        return cost
     key = (run.key.phase, run.declaration, str(run.device))
     cost = _window_costs.get(key)
     if cost is None:
@@ -81,6 +85,7 @@ def window_cost(run: Run) -> int:
         if run.key.phase == "eval":
             window.columns = SampleColumns()
         cost = _window_costs[key] = object_nbytes(window)
+    run.__dict__["_window_cost"] = cost
     return cost
 
 
