@@ -113,7 +113,11 @@ class StoreCollector(Collector):
         hit = self._rows.get(key)
         if hit is not None and (hit[0] == run.version or now - hit[1] < RUN_REFRESH_S):
             return hit[2]
-        rows = self._read_run(run)
+        try:
+            rows = self._read_run(run)
+        except Exception:  # a run that cannot be read now is retried when it changes
+            log.debug("no values for %s", key, exc_info=True)
+            rows = []
         self._rows[key] = (run.version, now, rows)
         return rows
 
