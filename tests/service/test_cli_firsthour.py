@@ -102,6 +102,39 @@ def test_same_file_twice_is_a_no_op_and_replace_sends_again(service, tmp_path, c
     assert metrics(service.http_url, "control", fresh="true")["samples"] == 2 * n
 
 
+def test_an_interrupted_send_completes_without_doubling(service, tmp_path, capsys) -> None:
+    """The first 3 of 8 batches got through before the process died; the next send adds
+    the other 5 and counts none twice (same content-derived producer and sequences)."""
+    from rankboard.service.cli import build_parser
+    from rankboard.service.send import _prepare, metric_blocks
+    from rankboard.trainer.client import MetricsStream
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(800) < 0.4).astype(int)
+    p = np.round(0.3 * y + 0.7 * rng.random(800), 3)
+    path = write_csv(tmp_path / "p.csv", {"prediction": list(p), "label": list(y)})
+    argv = ["send", str(path), "--target", service.grpc_target, "--experiment", "e",
+            "--task", "ctr", "--arm", "a", "--batch-size", "100", "--no-progress"]  # fmt: skip
+    data, parts, declaration = _prepare(build_parser().parse_args(argv))
+    capsys.readouterr()
+    with MetricsStream(
+        service.grpc_target, experiment="e", arm="a", producer_id=parts[0].producer_id,
+        first_sequence=1, max_batch_samples=100, linger=0,
+        metrics={("ctr", "eval"): metric_blocks(declaration, "eval")},
+    ) as first:  # fmt: skip
+        for lo in range(0, 300, 100):
+            first.log(data["predictions"][lo : lo + 100], data["labels"][lo : lo + 100],
+                      task="ctr", phase="eval", step=0)  # fmt: skip
+            first.flush()
+    assert metrics(service.http_url, "a", fresh="true")["samples"] == 300
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "500 samples applied; 3 batches were there already" in err, err
+    got = metrics(service.http_url, "a", fresh="true")
+    assert got["samples"] == 800
+    assert got["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p.astype(np.float32)))
+
+
 def test_after_a_delete_the_same_file_counts_again(service, tmp_path, capsys) -> None:
     """Deleting the experiment forgets its producers: a re-send is not a silent no-op."""
     path = write_csv(tmp_path / "a.csv", {"prediction": [0.1, 0.8, 0.4], "label": [0, 1, 1]})
