@@ -162,7 +162,8 @@ class SnapshotCache:
                     # rest at least as long as the last computation took: refreshing a big
                     # run then uses at most half a core, the rest serves ingestion and reads
                     pause = max(self._min_interval, cached.compute_seconds)
-                    wait = pause - (time.time() - cached.computed_at)
+                    # at most one pause: a wall clock set back must not stall refreshes
+                    wait = min(pause, pause - (time.time() - cached.computed_at))
                     if wait > 0:
                         time.sleep(wait)
                 try:

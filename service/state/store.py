@@ -104,6 +104,9 @@ class MetricStore:
         self._fixed_bytes = 0.0
         self._producer_runs: dict[str, set[RunKey]] = {}  # producers expire with their runs
         self._last_charge: tuple[Batch | None, float] = (None, 0.0)
+        # TTL also on the monotonic clock: a wall clock set forward expires nothing
+        self._touched: dict[str, float] = {}  # experiment -> monotonic time of its last batch
+        self._started = time.monotonic()
         if config.max_retained_bytes is not None and config.max_retained_bytes <= 0:
             raise ValueError(f"max_retained_bytes must be > 0, got {config.max_retained_bytes}")
         self.max_retained_bytes = (
@@ -253,6 +256,7 @@ class MetricStore:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
         self._producer_runs.setdefault(batch.producer_id, set()).add(run.key)
+        self._touched[run.key.experiment] = time.monotonic()
 
     def _unapply(self, run: Run, batch: Batch, new: bool, undo: dict, last: int | None) -> None:
         """Undo :meth:`_apply` of a batch that could not be logged."""
@@ -286,17 +290,29 @@ class MetricStore:
         self.snapshots.invalidate(experiment)
         return len(keys)
 
-    def expire(self, now: float | None = None) -> list[str]:
-        """Delete the experiments that received no batch for ``ttl_s`` seconds."""
+    def expire(self, now: float | None = None, mono_now: float | None = None) -> list[str]:
+        """Delete the experiments that received no batch for ``ttl_s`` seconds.
+
+        Idle by both clocks: the wall clock (``updated_at``, kept across restarts) and
+        the monotonic one (last batch in this process, or its start), so that a wall
+        clock set forward expires nothing; after a restart an experiment lives at
+        least ``ttl_s`` more. ``now``/``mono_now`` stand for the clocks' readings.
+        """
         if not self.config.ttl_s:
             return []
         cutoff = (time.time() if now is None else now) - self.config.ttl_s
+        mono_cutoff = (time.monotonic() if mono_now is None else mono_now) - self.config.ttl_s
         with self._lock:
             last: dict[str, float] = {}
             for run in self._runs.values():
                 last[run.key.experiment] = max(last.get(run.key.experiment, 0.0), run.updated_at)
+            idle = [
+                e
+                for e, t in last.items()
+                if t < cutoff and self._touched.get(e, self._started) < mono_cutoff
+            ]
         expired = []
-        for experiment in [e for e, t in last.items() if t < cutoff]:
+        for experiment in idle:
             log.info("experiment %s expired (no batch for %.0f s)", experiment, self.config.ttl_s)
             try:
                 self.delete_experiment(experiment)
@@ -327,6 +343,7 @@ class MetricStore:
                 del self._producer_runs[producer]
                 if self._producers.pop(producer, None) is not None:
                     self._fixed_bytes -= caps.producer_cost(producer)
+        self._touched.pop(experiment, None)
         self.registry.delete_experiment(experiment)
 
     # --- reading -------------------------------------------------------------------

@@ -8,6 +8,8 @@ only whole.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import httpx
 import numpy as np
@@ -135,4 +137,17 @@ def test_chunk_files_of_deleted_runs_are_compacted(tmp_path) -> None:
     p, y = np.concatenate(kept_p), np.concatenate(kept_y)
     assert snap.samples == len(y)
     assert snap.metrics["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    store.close()
+
+
+def test_a_wall_clock_set_forward_expires_nothing(tmp_path) -> None:
+    store = MetricStore(StoreConfig(data_dir=tmp_path, ttl_s=60, checkpoint_interval_s=3600))
+    store.ingest(make_batch(preds=P1, labels=Y1))
+    # the wall clock jumps 10 hours ahead (NTP step, operator): idle by the wall clock
+    # only; the monotonic clock saw a batch just now, so the experiment stays
+    assert store.expire(now=time.time() + 36_000) == []
+    assert [r.key.experiment for r in store.runs()] == ["exp"]
+    # really idle for an hour by both clocks: expired (and the producer forgotten)
+    assert store.expire(now=time.time() + 3600, mono_now=time.monotonic() + 3600) == ["exp"]
+    assert store.runs() == [] and store._producers == {}
     store.close()

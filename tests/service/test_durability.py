@@ -6,6 +6,7 @@ import errno
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def test_time_to_live_deletes_idle_experiments(tmp_path: Path) -> None:
     store.ingest(make_batch(preds=p, labels=y, experiment="old", seq=1))
     store.ingest(make_batch(preds=p, labels=y, experiment="new", seq=2))
     store.run(RunKey("old", "control", "ctr", "eval")).updated_at -= 120
-    assert store.expire() == ["old"]
+    assert store.expire(mono_now=time.monotonic() + 120) == ["old"]
     assert [r.key.experiment for r in store.runs()] == ["new"]
     store.close()
     store = open_store(tmp_path)  # the deletion is durable
@@ -299,7 +300,7 @@ def test_expiry_tolerates_a_concurrent_delete(tmp_path: Path, monkeypatch) -> No
         return real(experiment)
 
     monkeypatch.setattr(store, "delete_experiment", raced)
-    assert store.expire() == []
+    assert store.expire(mono_now=time.monotonic() + 120) == []
     assert store.runs() == []
     assert store._ckpt_thread.is_alive()
     store.close()
