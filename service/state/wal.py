@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -215,9 +216,13 @@ class WriteAheadLog:
             if self._failed is not None:
                 raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
             # header and payload as two writes: a large payload bypasses the buffer uncopied
-            self._file.write(header)
-            self._file.write(payload)
-            self._file.flush()
+            try:
+                self._file.write(header)
+                self._file.write(payload)
+                self._file.flush()
+            except OSError as err:  # disk full, file too large, I/O error
+                self._undo_partial_write(err)
+                raise
             size = len(header) + len(payload)
             self.current_bytes += size
             TELEMETRY.wal_bytes.inc(size)  # telemetry (DASHBOARD)
@@ -229,6 +234,23 @@ class WriteAheadLog:
             if wait:
                 self.wait_durable(lsn)
         return lsn
+
+    def _undo_partial_write(self, err: OSError) -> None:
+        """Cut what a failed append left of its record, so later records do not follow
+        garbage (a bad record in the middle would stop the next start); if the cut
+        fails too, the log takes nothing more. Called under the lock."""
+        path = self._path(self.index)
+        try:
+            with contextlib.suppress(OSError):
+                self._file.close()  # its buffer may hold the rest of the record: dropped
+            os.truncate(path, self.current_bytes)
+            self._file = open(path, "ab")  # noqa: SIM115
+            log.error("write-ahead log append failed (%s); the partial record was cut", err)
+        except OSError as cut:
+            log.critical("write-ahead log append failed (%s) and cannot be undone: %s", err, cut)
+            with self._durable:
+                self._failed = cut
+                self._durable.notify_all()
 
     def add_listener(self, fn: Callable[[int, OSError | None], None]) -> None:
         """Call ``fn(durable_lsn, failure)`` after each sync (asyncio front ends wait so)."""

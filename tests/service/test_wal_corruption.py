@@ -22,7 +22,7 @@ from rankboard.service.cli import main as rankboard_main
 from rankboard.service.state import checkpoint as checkpoint_module
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore, StateLost, StoreConfig
-from rankboard.service.state.wal import LogCorrupt
+from rankboard.service.state.wal import LogCorrupt, WriteAheadLog
 from tests.service.conftest import make_batch
 
 KEY = RunKey("exp", "control", "ctr", "eval")
@@ -265,3 +265,36 @@ def test_repair_of_a_dir_that_cannot_be_recovered_exits_2(tmp_path: Path) -> Non
     with pytest.raises(StateLost):
         open_store(tmp_path)
     assert rankboard_main(["repair", "--data-dir", str(tmp_path)]) == 2
+
+
+FULL_DISK = """
+import resource, signal, sys
+from rankboard.service.state.wal import RECORD_BATCH, WriteAheadLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+wal = WriteAheadLog(sys.argv[1])
+wal.append(RECORD_BATCH, b"a" * 1000)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (wal.current_bytes + 5000, hard))  # the disk fills
+try:
+    wal.append(RECORD_BATCH, b"b" * 100_000)
+    print("no error")
+except OSError as err:
+    print("refused", err.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # room again
+wal.append(RECORD_BATCH, b"c" * 1000)
+wal.close()
+"""
+
+
+def test_a_failed_append_leaves_no_garbage_before_later_records(tmp_path: Path) -> None:
+    """A write that fails half way (disk full: a real EFBIG from the file size limit)
+    must not leave a partial record for the next, acknowledged ones to follow."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["refused", str(errno.EFBIG)]
+    assert [p[:1] for _, _, p in WriteAheadLog(tmp_path).replay(0)] == [b"a", b"c"]
