@@ -8,7 +8,8 @@ What a new user can rely on:
 
 * **Nothing is silently doubled.** A send's producer id and sequences are
   derived from a hash of the file's content and the target run (experiment,
-  arm, task, phase, step, columns, filter), so sending the same file to the same
+  arm, task, phase, step, declaration, columns, filter and batch size: keep
+  ``--batch-size`` when re-sending), so sending the same file to the same
   run again is a no-op that says so; a send that was interrupted completes on
   the next try without double-counting what got through. ``--replace`` sends
   it again on purpose (under a new producer id: its samples are added again).
@@ -650,6 +651,12 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[_Par
 
         arm_text = pc.cast(table.column(args.arm_col), pa.string()).to_numpy(zero_copy_only=False)
         kept = np.flatnonzero(keep)
+        missing = [i for i in kept if arm_text[i] is None or arm_text[i] == ""]
+        if missing:
+            raise SendInputError(
+                f"column {args.arm_col!r} (--arm-col), {_row_ref(int(missing[0]), csv)}: empty"
+                f" ({len(missing)} such rows); with --arm-col every row needs an arm"
+            )
         names, first = np.unique(arm_text[kept].astype(str), return_index=True)
         for name in names[np.argsort(first)]:
             parts.append(_Part(str(name), kept[arm_text[kept] == name]))

@@ -296,6 +296,17 @@ def test_arm_column_sends_each_arm_to_its_run(service, tmp_path, capsys) -> None
         assert got["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, users), abs=1e-9)
 
 
+def test_a_row_without_an_arm_is_refused(service, tmp_path, capsys) -> None:
+    path = write_csv(
+        tmp_path / "p.csv",
+        {"arm": ["a", "", "b"], "prediction": [0.5, 0.2, 0.3], "label": [1, 0, 1]},
+    )
+    code, err = run_send(capsys, service.grpc_target, path, "--arm-col", "arm")
+    assert code == 2
+    assert "column 'arm' (--arm-col), row 2 (line 3 of the file): empty" in err
+    assert experiments(service.http_url) == []
+
+
 def test_whole_file_with_an_arm_column_to_one_arm_warns(service, tmp_path, capsys) -> None:
     path = write_csv(tmp_path / "ab.csv", ab_export(300))
     code, err = run_send(capsys, service.grpc_target, path, "--arm", "control", "--dry-run")
