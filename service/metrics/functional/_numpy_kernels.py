@@ -69,9 +69,12 @@ def _dense_rank(key: np.ndarray) -> tuple[np.ndarray, int]:
     """Dense rank (ascending) of uint64 keys below 2**32, via one packed sort."""
     n = key.size
     sh = np.uint64(max(1, int(n - 1).bit_length()))
-    packed = np.sort((key << sh) | np.arange(n, dtype=np.uint64))
-    order = (packed & ((np.uint64(1) << sh) - np.uint64(1))).astype(np.intp)
-    sk = packed >> sh
+    packed = key << sh
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()  # in place: no second 8n-byte array
+    order = (packed & ((np.uint64(1) << sh) - np.uint64(1))).view(np.int64)
+    packed >>= sh
+    sk = packed
     change = np.empty(n, dtype=np.int64)
     change[0] = 0
     np.not_equal(sk[1:], sk[:-1], out=change[1:], casting="unsafe")
@@ -149,9 +152,11 @@ _PACK_BITS = 64  # tests lower it to take the argsort path
 def _grouped_auc_weighted_np(
     preds: np.ndarray, target: np.ndarray, groups: np.ndarray | None, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # in-place operations where possible: at 10M samples every fresh 80 MB array costs
+    # page faults comparable to the arithmetic
     n = preds.size
-    gid = np.zeros(n, dtype=np.uint64)
     gbits = 0
+    gid = None
     if groups is not None:
         gid, bound = dense_ids_np(groups)
         gbits = int(bound - 1).bit_length()
@@ -160,33 +165,47 @@ def _grouped_auc_weighted_np(
     ibits = max(1, int(n - 1).bit_length())
     tb = np.uint64(ibits)  # the target bit sits just above the index
     if gbits + rbits + 1 + ibits <= _PACK_BITS:
-        key = (gid << np.uint64(rbits + 1 + ibits)) | (
-            prank.astype(np.uint64) << np.uint64(ibits + 1)
-        )
-        key |= target.astype(np.uint64) << tb
-        key = np.sort(key | np.arange(n, dtype=np.uint64))
-        order = (key & np.uint64((1 << ibits) - 1)).astype(np.intp)
-        t = ((key >> tb) & np.uint64(1)).astype(bool)
-        seg = key >> np.uint64(ibits + 1)
+        key = prank.view(np.uint64)
+        key <<= np.uint64(ibits + 1)
+        if gid is not None:
+            gid <<= np.uint64(rbits + 1 + ibits)
+            key |= gid
+            del gid
+        key |= (target != 0).view(np.uint8).astype(np.uint64) << tb
+        key |= np.arange(n, dtype=np.uint64)
+        key.sort()
+        order = (key & np.uint64((1 << ibits) - 1)).view(np.int64)
+        key >>= tb
+        t = (key & np.uint64(1)).view(np.int64) != 0
+        key >>= np.uint64(1)
+        seg = key
         gshift = rbits
     else:
         if gbits > 31:
             raise OverflowError("too many groups to pack")
-        key = (gid << np.uint64(32)) | float_key_np(preds)
+        key = float_key_np(preds)
+        if gid is not None:
+            key |= gid << np.uint64(32)
         order = np.argsort(key)
         seg = key[order]
         t = target[order] != 0
         gshift = 32
     wo = weights[order]
+    del order
     cw = np.zeros(n + 1, dtype=np.float64)
     np.cumsum(wo, dtype=np.float64, out=cw[1:])
+    wo[~t] = 0
     cpos = np.zeros(n + 1, dtype=np.float64)
-    np.cumsum(np.where(t, wo, np.float32(0)), dtype=np.float64, out=cpos[1:])
+    np.cumsum(wo, dtype=np.float64, out=cpos[1:])
+    del wo, t
     starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
     ends = np.append(starts[1:], n)
     pos_s = cpos[ends] - cpos[starts]
-    neg_s = (cw[ends] - cw[starts]) - pos_s
-    cneg_before = cw[starts] - cpos[starts]
+    neg_s = cw[ends]
+    neg_s -= cw[starts]
+    neg_s -= pos_s
+    cneg_before = cw[starts]
+    cneg_before -= cpos[starts]
     if groups is None:
         u2 = np.array([np.sum(pos_s * (2 * cneg_before + neg_s))])
         return u2, np.array([pos_s.sum()]), np.array([neg_s.sum()])
