@@ -338,6 +338,12 @@ class RecallSession(RankMetric):
         self.add_state("true_pos", _zero(), dist_reduce_fx="sum", persistent=True)
         self.add_state("false_neg", _zero(), dist_reduce_fx="sum", persistent=True)
 
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Any:
+        b = super()._validate(preds, target, weights, grouping_key)
+        if not self.rank_labels and b.size and not bool(((b.target == 0) | (b.target == 1)).all()):
+            raise ValueError("RecallSession: labels must be 0 or 1 (or set rank_labels)")
+        return b
+
     def update(
         self,
         preds: Any,
@@ -351,8 +357,6 @@ class RecallSession(RankMetric):
         b = self._prepare(preds, target, weights, grouping_key)
         if b is None:
             return
-        if not self.rank_labels and not bool(((b.target == 0) | (b.target == 1)).all()):
-            raise ValueError("RecallSession: labels must be 0 or 1 (or set rank_labels)")
         sess = to_numpy(b.keys.cpu())
         pred_pos = _rank_within_session(to_numpy(b.preds.cpu()), sess) < self.top_k
         y = to_numpy(b.target.cpu()).astype(np.float64)

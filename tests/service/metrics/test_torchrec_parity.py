@@ -223,6 +223,10 @@ def test_recall_session_torchrec_values():
         grouping_key=torch.tensor(SESSIONS),
     )
     assert binary.compute().item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="0 or 1"):  # refused by check_inputs, before state
+        binary.check_inputs(
+            torch.tensor([0.5]), torch.tensor([0.3]), grouping_key=torch.tensor([1])
+        )
     none = RecallSession(grouping_key="s", top_k=3)
     none.update(torch.tensor(SESSION_PREDS), torch.zeros(12), grouping_key=torch.tensor(SESSIONS))
     assert math.isnan(none.compute().item())
