@@ -199,8 +199,12 @@ def bench_cap(args: argparse.Namespace, work: Path) -> dict:
             series = sum(
                 1
                 for f in text_string_to_metric_families(text)
-                if f.name.startswith("rankboard_metric_value")
-                or f.name.startswith("rankboard_metric_interval")
+                if f.name
+                in (
+                    "rankboard_metric_value",
+                    "rankboard_metric_interval_low",
+                    "rankboard_metric_interval_high",
+                )
                 for _ in f.samples
             )
             values = sum(

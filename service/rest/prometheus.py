@@ -324,15 +324,10 @@ class RequestTimer:
             return
         started = time.perf_counter()
         status = [500]
+        done = [False]
 
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
+        def observe() -> None:
+            done[0] = True
             template = getattr(scope.get("route"), "path", None)
             if template is None:
                 static = scope.get("path", "").startswith("/static/")
@@ -341,6 +336,19 @@ class RequestTimer:
                 (scope["method"], template, f"{status[0] // 100}xx"),
                 time.perf_counter() - started,
             )
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                observe()  # before the last byte goes out: a client sees its request counted
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if not done[0]:
+                observe()
 
 
 def add_metrics_route(
