@@ -105,7 +105,7 @@ def bench_page(args: argparse.Namespace, work: Path) -> dict:
             )
         out["history_rows_written_s"] = round(time.perf_counter() - t, 2)
         # the browser first: its first load is the cold one (the server computes it all)
-        out.update(_browser_load(svc.http_url, args))
+        out.update(_browser_load(svc.http_url, args, work))
         budget = 40000  # app.js POINT_BUDGET
         max_points = max(20, min(1000, budget // (args.arms * args.metrics)))
         with httpx.Client(base_url=svc.http_url, timeout=120) as http:
@@ -126,7 +126,7 @@ def bench_page(args: argparse.Namespace, work: Path) -> dict:
     return out
 
 
-def _browser_load(url: str, args: argparse.Namespace) -> dict:
+def _browser_load(url: str, args: argparse.Namespace, work: Path) -> dict:
     import shutil as sh
 
     if not (sh.which("chromium") and sh.which("chromedriver")):
@@ -140,6 +140,7 @@ def _browser_load(url: str, args: argparse.Namespace) -> dict:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
     options.add_argument("--window-size=1400,1000")
+    options.add_argument(f"--user-data-dir={work / 'chromium'}")  # removed with the work dir
     drv = webdriver.Chrome(
         options=options, service=ChromeService(executable_path=sh.which("chromedriver"))
     )
