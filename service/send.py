@@ -65,7 +65,8 @@ __all__ = [
     "validate_metrics_text",
 ]
 
-_SCALAR_FIELDS = {"decay_rate", "decay_step", "step_decay_rate"}
+# non-message fields of MetricConfig / TrainMetricConfig: they belong to the metric before them
+_SCALAR_FIELDS = {"decay_rate", "decay_step", "step_decay_rate", "window_size"}
 KINDS = ("binary", "regression", "multiclass")
 _ARM_LIKE = {"arm", "arms", "variant", "arm_name", "variant_name", "bucket", "treatment_arm"}
 _INT_TEXT = re.compile(r"^\s*[+-]?\d{1,19}\s*$")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import numpy as np
 from rankboard.service.errors import InvalidQuery, NotFound
 from rankboard.service.metrics import stats
 from rankboard.service.state.batch import RunKey
+from rankboard.service.state.snapshots import INLINE_RECOMPUTE_S
 from rankboard.service.state.store import MetricStore
 
 log = logging.getLogger(__name__)
@@ -113,15 +115,16 @@ class StatsCache:
     """Per-arm statistics, stale-while-revalidate, bounded in bytes (LRU).
 
     Keys are ``(run, step, cluster)``; each entry remembers the state version it was
-    computed at. A reader gets the entry of the current version; when state moved on it
-    gets the older entry (``stale``) while one background thread recomputes, so polling
-    dashboards never wait for a large arm's statistics; ``fresh`` readers compute (one
-    computation per key at a time, shared by concurrent readers).
+    computed at. A reader gets the entry of the current version; when state moved on, a
+    cheap entry (computed in under ``INLINE_RECOMPUTE_S``) is recomputed for the reader,
+    a costly one comes back as it was (``stale``) while one background thread
+    recomputes, so polling dashboards never wait for a large arm's statistics; ``fresh``
+    readers compute (one computation per key at a time, shared by concurrent readers).
     """
 
     def __init__(self, max_bytes: int = STATS_CACHE_BYTES) -> None:
         self._max = max_bytes
-        self._items: OrderedDict[tuple, tuple[int, Any, int]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[int, Any, int, float]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
@@ -136,7 +139,7 @@ class StatsCache:
                 self._items.move_to_end(key)
                 if hit[0] >= version:
                     return hit[1], False
-                if not fresh:
+                if not fresh and hit[3] >= INLINE_RECOMPUTE_S:  # cheap ones: compute now
                     if key not in self._pending:
                         self._pending.add(key)
                         self._pool.submit(self._refresh, key, version, compute)
@@ -160,15 +163,17 @@ class StatsCache:
                 hit = self._items.get(key)
                 if hit is not None and hit[0] >= version:
                     return hit[1]
+            started = time.perf_counter()
             value, nbytes = compute()
+            seconds = time.perf_counter() - started
             with self._lock:
                 old = self._items.pop(key, None)
                 if old is not None:
                     self._bytes -= old[2]
-                self._items[key] = (version, value, nbytes)
+                self._items[key] = (version, value, nbytes, seconds)
                 self._bytes += nbytes
                 while self._bytes > self._max and len(self._items) > 1:
-                    _, (_, _, dropped) = self._items.popitem(last=False)
+                    _, (_, _, dropped, _) = self._items.popitem(last=False)
                     self._bytes -= dropped
             return value
 

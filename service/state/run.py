@@ -75,8 +75,17 @@ def default_declaration(batch: Batch) -> list[Config]:
 
 
 def declaration_text(configs: Sequence[Config]) -> str:
-    """Canonical text of a declaration (one config per line), for comparison and display."""
-    return "\n".join(text_format.MessageToString(c, as_one_line=True) for c in configs)
+    """Canonical text of a declaration (one config per line), for comparison and display.
+
+    Configs are normalized first (an older client's legacy train decay fields read as
+    tzrec's), so the same declaration from old and new clients compares equal.
+    """
+    lines = []
+    for c in configs:
+        norm = type(c)()
+        norm.CopyFrom(c)
+        lines.append(text_format.MessageToString(rbm.normalize_config(norm), as_one_line=True))
+    return "\n".join(lines)
 
 
 def _build(phase: str, configs: Sequence[Config]) -> dict[str, Metric]:

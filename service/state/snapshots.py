@@ -2,7 +2,9 @@
 
 A snapshot of (run, step) is computed from copies of the metric state taken
 under the store's lock, then outside it. Readers get the cached snapshot; when
-the run has changed since, they get the cached one marked ``stale`` and a
+the run has changed since, a snapshot that is cheap to compute (its last computation
+took under :data:`INLINE_RECOMPUTE_S`) is recomputed for the reader, so a GET right after
+a send shows the new numbers; a costly one is served marked ``stale`` while a
 background worker recomputes it (stale-while-revalidate), after a pause of
 ``min_interval_s`` or the last computation's duration, whichever is longer (a
 snapshot of a large run is then at most about twice its compute time old, and
@@ -28,6 +30,10 @@ from rankboard.service.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 SnapshotKey = tuple[RunKey, int]
+#: a stale snapshot whose last computation took less than this is recomputed for the
+#: reader at once (current numbers on the first GET after a send); slower ones are served
+#: stale while a background worker refreshes them
+INLINE_RECOMPUTE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,10 @@ def compute_values(metrics: dict[str, Metric]) -> tuple[dict[str, float | None],
     for name, metric in metrics.items():
         try:
             values[name] = _number(metric.compute())
+            extra = getattr(metric, "extra_values", None)
+            if callable(extra):  # e.g. NE's log loss (include_logloss)
+                for key, value in extra().items():
+                    extras[f"{name}.{key}"] = _number(value)
             count = getattr(metric, "num_groups", None)
             if count is not None and not callable(count):
                 extras[f"{name}.groups"] = _number(count)
@@ -105,7 +115,11 @@ class SnapshotCache:
         cached = self._cache.get(key)
         if cached is not None and cached.version == current:
             return cached, False
-        if cached is not None and not fresh:
+        if (
+            cached is not None
+            and not fresh
+            and not (wait and cached.compute_seconds < INLINE_RECOMPUTE_S)
+        ):
             with self._lock:
                 self._wanted.add(key)
             self._wake.set()

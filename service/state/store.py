@@ -103,7 +103,8 @@ class MetricStore:
         # fixed state charged to the same cap: runs, windows, producer entries (caps.py)
         self._fixed_bytes = 0.0
         self._producer_runs: dict[str, set[RunKey]] = {}  # producers expire with their runs
-        self._last_charge: tuple[Batch | None, float] = (None, 0.0)
+        self._last_charge: tuple[Batch | None, float, float] = (None, 0.0, 0.0)
+        self._segment_bytes: dict[RunKey, float] = {}  # per-update overhead charged a run
         # TTL also on the monotonic clock: a wall clock set forward expires nothing
         self._touched: dict[str, float] = {}  # experiment -> monotonic time of its last batch
         self._started = time.monotonic()
@@ -201,13 +202,15 @@ class MetricStore:
         self._wal.wait_durable(lsn)
         self._acks.done(lsn)  # telemetry (DASHBOARD)
 
-    def _charge(self, run: Run, batch: Batch, new: bool) -> float:
-        """Fixed bytes applying ``batch`` adds: a new run, new windows, a new producer."""
+    def _charge(self, run: Run, batch: Batch, new: bool) -> tuple[float, float]:
+        """Fixed bytes applying ``batch`` adds: a new run, new windows, a new producer,
+        and (second) its segments' per-update overhead."""
+        steps = [p.step for p in batch.split()]
         charge = caps.window_cost(run) if new else 0
-        charge += caps.window_cost(run) * caps.new_windows(run, [p.step for p in batch.split()])
+        charge += caps.window_cost(run) * caps.new_windows(run, steps)
         if batch.producer_id not in self._producers:
             charge += caps.producer_cost(batch.producer_id)
-        return float(charge)
+        return float(charge), float(len(steps) * caps.segment_cost(run, batch))
 
     def _check_caps(self, run: Run, batch: Batch) -> None:
         new = run.key not in self._runs
@@ -217,7 +220,7 @@ class MetricStore:
                 " (rankboard serve --max-runs); delete old experiments to free room"
             )
         n = batch.num_samples if run.key.phase == "eval" else 0
-        more = n * run.cost_per_sample(batch) + self._charge(run, batch, new)
+        more = n * run.cost_per_sample(batch) + sum(self._charge(run, batch, new))
         held = self._retained_bytes + self._fixed_bytes
         if held + more > self.max_retained_bytes:
             raise CapacityExceeded(
@@ -242,7 +245,7 @@ class MetricStore:
             )
 
     def _apply(self, run: Run, batch: Batch, new: bool) -> None:
-        charge = self._charge(run, batch, new)
+        charge, segments = self._charge(run, batch, new)
         if new:
             self._runs[run.key] = run
             self.registry.register_run(_tuple(run.key), run.declaration, run.label_kind)
@@ -250,8 +253,9 @@ class MetricStore:
         if run.key.phase == "eval":
             self._retained += batch.num_samples
             self._retained_bytes += batch.num_samples * run.cost_per_sample(batch)
-        self._fixed_bytes += charge
-        self._last_charge = (batch, charge)
+        self._fixed_bytes += charge + segments
+        self._segment_bytes[run.key] = self._segment_bytes.get(run.key, 0.0) + segments
+        self._last_charge = (batch, charge, segments)
         if points:
             self.registry.record_many(_tuple(run.key), points)
         self._producers[batch.producer_id] = batch.sequence
@@ -267,7 +271,10 @@ class MetricStore:
         if new:
             self._runs.pop(run.key, None)
         if self._last_charge[0] is batch:  # RELIABILITY: the fixed-state account too
-            self._fixed_bytes -= self._last_charge[1]
+            self._fixed_bytes -= self._last_charge[1] + self._last_charge[2]
+            self._segment_bytes[run.key] = (
+                self._segment_bytes.get(run.key, 0.0) - self._last_charge[2]
+            )
             runs = self._producer_runs.get(batch.producer_id, set())
             if new:
                 runs.discard(run.key)
@@ -332,7 +339,7 @@ class MetricStore:
         for key in [k for k in self._runs if k.experiment == experiment]:
             run = self._runs.pop(key)
             gone.add(key)
-            self._fixed_bytes -= caps.run_state_bytes(run)
+            self._fixed_bytes -= caps.run_state_bytes(run) + self._segment_bytes.pop(key, 0.0)
             if key.phase == "eval":
                 self._retained -= run.samples
                 self._retained_bytes -= run.retained_bytes
@@ -360,11 +367,28 @@ class MetricStore:
         """
         run = self._runs.get(key)
         if run is None:
-            raise NotFound(
-                f"no run for experiment {key.experiment!r}, arm {key.arm!r}, task {key.task!r},"
-                f" phase {key.phase!r}"
-            )
+            raise NotFound(self._missing_run(key))
         return run
+
+    def _missing_run(self, key: RunKey) -> str:
+        """What exists instead of ``key``: the closest level that does, named in full."""
+        keys = [k for k in list(self._runs) if k.experiment == key.experiment]
+        what = (
+            f"no run for experiment {key.experiment!r}, arm {key.arm!r}, task {key.task!r},"
+            f" phase {key.phase!r}"
+        )
+        if not keys:
+            return f"{what}: experiment {key.experiment!r} not found"
+        for level, have in (
+            ("arm", sorted({k.arm for k in keys})),
+            ("task", sorted({k.task for k in keys if k.arm == key.arm})),
+            ("phase", sorted({k.phase for k in keys if (k.arm, k.task) == (key.arm, key.task)})),
+        ):
+            if getattr(key, level) not in have:
+                close = [h for h in have if h.lower() == getattr(key, level).lower()]
+                hint = f" (names are case-sensitive: did you mean {close[0]!r}?)" if close else ""
+                return f"{what}; its {level}s are: {', '.join(have)}{hint}"
+        return what
 
     def snapshot(
         self, key: RunKey, step: int | None = None, fresh: bool = False, wait: bool = True
@@ -435,6 +459,8 @@ class MetricStore:
                 p: {RunKey(*k) for k in keys} for p, keys in state.get("producer_runs", {}).items()
             }
             self._fixed_bytes = float(sum(caps.producer_cost(p) for p in self._producers))
+            self._segment_bytes = {RunKey(*k): float(v) for k, v in state.get("segment_bytes", [])}
+            self._fixed_bytes += sum(self._segment_bytes.values())
             for run_state in state["runs"]:
                 run = Run.from_state(run_state, self.device)
                 self._runs[run.key] = run
@@ -506,6 +532,7 @@ class MetricStore:
                 state = {
                     "format": 2,
                     "producers": dict(self._producers),
+                    "segment_bytes": [(_tuple(k), v) for k, v in self._segment_bytes.items()],
                     "producer_runs": {
                         p: sorted(_tuple(k) for k in ks) for p, ks in self._producer_runs.items()
                     },

@@ -310,3 +310,13 @@ def test_stream_sample_ids_pair_two_arms(service, http, data):
     assert t["paired"] is True and t["paired_samples"] == N
     se = np.sqrt(paired_delong_by_definition(pa, pb, y))
     assert t["delta_standard_errors"]["auc"] == pytest.approx(se, rel=1e-9)
+
+
+def test_wrong_case_task_lists_the_tasks(stub, http, data):
+    y, pa, _, _ = data
+    assert stub.Send(batch("control", 1, pa, y)).error_code == 0
+    r = http.get("/v1/experiments/exp/arms/control/metrics", params={"task": "CTR"})
+    assert r.status_code == 404
+    assert "ctr" in r.json()["detail"] and "case-sensitive" in r.json()["detail"]
+    r = http.get("/v1/experiments/exp/arms/Control/metrics", params={"task": "ctr"})
+    assert r.status_code == 404 and "'control'" in r.json()["detail"]

@@ -151,3 +151,18 @@ def test_tokens_from_the_environment(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{svc.hport}/healthz").status_code == 200
     finally:
         assert svc.stop() == 0
+
+
+def test_every_scalar_metric_field_stays_with_its_metric() -> None:
+    """``--metrics`` text groups each non-message field of the configs with the metric before
+    it; a new scalar field (e.g. ``window_size``) must not become a metric of its own."""
+    from rankboard.protos import metric_pb2
+    from rankboard.service.send import _SCALAR_FIELDS, metric_blocks
+
+    for cls in (metric_pb2.MetricConfig, metric_pb2.TrainMetricConfig):
+        scalars = {f.name for f in cls.DESCRIPTOR.fields if f.message_type is None}
+        assert {s for s in scalars if not s.startswith("legacy_")} <= _SCALAR_FIELDS
+    assert (
+        metric_blocks("auc {} window_size: 1000 normalized_entropy {}", "eval")
+        == "metrics { auc {} window_size: 1000 } metrics { normalized_entropy {} }"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.query import StatsCache
@@ -18,8 +19,7 @@ def test_stale_while_revalidate_and_fresh_waits():
     def compute(version: int):
         def run():
             calls.append(version)
-            if version == 2:
-                gate.wait(10)
+            gate.wait(10) if version == 2 else time.sleep(0.06)  # a costly computation
             return {"v": version}, 8
 
         return run
@@ -44,3 +44,9 @@ def test_bounded_in_bytes():
         key = (RunKey("e", f"a{i}", "ctr", "eval"), 1, None)
         cache.get(key, 1, lambda i=i: ({"v": i}, 40), fresh=False)
     assert cache._bytes <= 100  # the oldest entries went
+
+
+def test_cheap_statistics_are_recomputed_for_the_reader():
+    cache = StatsCache()
+    assert cache.get(KEY, 1, lambda: ({"v": 1}, 8), fresh=False) == ({"v": 1}, False)
+    assert cache.get(KEY, 2, lambda: ({"v": 2}, 8), fresh=False) == ({"v": 2}, False)
