@@ -4,6 +4,7 @@ the read token (issue 15 item 5) and the bulk history route the page draws from.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tomllib
 from importlib import resources
@@ -254,3 +255,33 @@ def test_train_histories_are_thinned_like_the_definition(service) -> None:
                     [p["value"] for p in want], rel=1e-5, abs=1e-12
                 )
                 assert got[key]["low"] is None and got[key]["high"] is None
+
+
+def test_a_built_wheel_ships_the_static_files(tmp_path: Path) -> None:
+    """The page works from a wheel install: every static file is in the built wheel."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("protos", "service", "trainer"):
+        shutil.copytree(ROOT / package, src / package, ignore=skip)
+    cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation"]
+    out = subprocess.run(
+        [*cmd, "-q", "--no-cache-dir", "-w", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=src,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # pip's scratch folders: not /tmp
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("rankboard-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in STATIC_FILES:
+        assert f"rankboard/service/rest/static/{name}" in names, name
