@@ -215,12 +215,25 @@ def test_dashboard_in_a_real_browser(service_factory, driver, tmp_path: Path) ->
         return set(got) == declared and all(sorted(v) == sorted(ARMS) for v in got.values())
 
     _wait(drv, charts_ready, what="a chart per metric with every arm")
+    total_bands = 0
     for metric in declared:
         labels = drv.execute_script(
             "return window.rankboard.charts[arguments[0]].plot.series.map(s => s.label)", metric
         )
         arm_series = [s for s in labels[1:] if not s.endswith((" low", " high"))]
         assert sorted(arm_series) == sorted(ARMS)
+        # an interval band per arm wherever the history has intervals
+        banded = drv.execute_script(
+            "return window.rankboard.lastHistories.series"
+            ".filter(s => s.metric === arguments[0] && s.low && s.high).map(s => s.arm)",
+            metric,
+        )
+        bands = drv.execute_script(
+            "return (window.rankboard.charts[arguments[0]].plot.bands || []).length", metric
+        )
+        assert bands == len(banded)
+        assert {f"{a} low" for a in banded} <= set(labels)
+        total_bands += bands
         drawn = drv.execute_script(
             """
             const box = document.querySelector('.chart[data-metric="' + arguments[0] + '"]');
@@ -231,6 +244,8 @@ def test_dashboard_in_a_real_browser(service_factory, driver, tmp_path: Path) ->
             metric,
         )
         assert drawn[0] > 0 and drawn[1] > 0 and drawn[2] > 100, (metric, drawn)
+
+    assert total_bands > 0  # eval histories carry intervals: the charts draw them
 
     # --- a new batch shows up without a reload -----------------------------------------
     _send(svc, 5, seq=5)

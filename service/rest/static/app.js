@@ -373,7 +373,6 @@
     });
     var container = $("charts");
     var width = chartWidth();  // once: reading layout per chart would force a reflow each
-    var liveLegend = c.arms.length <= 12;
     metrics.forEach(function (m) {
       var list = byMetric[m].slice().sort(function (a, b) { return a.arm < b.arm ? -1 : a.arm > b.arm ? 1 : 0; });
       var tables = [];
@@ -422,7 +421,7 @@
         axes: [{ label: c.phase === "train" ? "step (decayed)" : "eval step", incrs: STEP_INCRS }, { size: 60 }],
         series: series,
         bands: bands,
-        legend: { live: liveLegend },
+        legend: { live: true },
         cursor: { drag: { x: true, y: false } },
       };
       var plot = new uPlot(opts, data, box);
