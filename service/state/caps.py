@@ -10,6 +10,10 @@ per-sample chunks:
   Its cost is measured once per declaration by building a fresh window and walking
   its object graph (:func:`object_nbytes`: Python objects and tensor storage), not
   kept in a table here;
+* **per segment** (eval): each update appends a chunk to every per-sample list, and a
+  chunk's tensor objects cost about 600-900 bytes whatever its length (a stream of
+  one-sample batches would otherwise hold ~40x what it is charged); measured once per
+  run by updating a fresh window twice with one row (:func:`segment_cost`);
 * **per run**: the run's own metric prototype (one more window's worth);
 * **per producer**: its entry in the exactly-once table.
 
@@ -33,8 +37,9 @@ from typing import Any
 
 import torch
 
+from rankboard.service.state.batch import Batch
 from rankboard.service.state.columns import SampleColumns
-from rankboard.service.state.run import Run, Window, _build
+from rankboard.service.state.run import Run, Window, _build, _inputs
 
 _SKIP = (
     type,
@@ -50,7 +55,7 @@ _window_costs: dict[tuple[str, str, str], int] = {}
 
 
 def object_nbytes(root: Any) -> int:
-    """Bytes of the objects reachable from ``root`` (tensor storage included).
+    """Bytes of the objects reachable from ``root`` (tensor elements included).
 
     Classes, modules and functions are shared and not counted.
     """
@@ -63,8 +68,8 @@ def object_nbytes(root: Any) -> int:
             continue
         seen.add(id(obj))
         total += sys.getsizeof(obj)
-        if isinstance(obj, torch.Tensor):
-            total += obj.untyped_storage().nbytes()
+        if isinstance(obj, torch.Tensor):  # its elements (a view does not own its storage)
+            total += obj.numel() * obj.element_size()
             continue
         stack.extend(gc.get_referents(obj))
     return total
@@ -86,6 +91,38 @@ def window_cost(run: Run) -> int:
             window.columns = SampleColumns()
         cost = _window_costs[key] = object_nbytes(window)
     run.__dict__["_window_cost"] = cost
+    return cost
+
+
+def segment_cost(run: Run, batch: Batch) -> int:
+    """Bytes a segment (one update) adds to an eval window beyond its samples' bytes.
+
+    Measured once per run on a fresh window fed the first row of ``batch`` twice: the
+    second update's growth, less the row's per-sample bytes.
+    """
+    cost = run.__dict__.get("_segment_cost")
+    if cost is not None:
+        return cost
+    if run.key.phase != "eval":
+        cost = 0
+    else:
+        part = batch.rows(0, 1)
+        cpu = torch.device("cpu")
+        window = Window(_build(run.key.phase, run.configs), columns=SampleColumns())
+
+        def update() -> None:
+            for name, metric in window.metrics.items():
+                metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
+            window.columns.append(
+                part.predictions, part.labels, part.weights, part.grouping_keys, part.sample_ids
+            )
+
+        update()
+        before = object_nbytes(window)
+        update()
+        grown = object_nbytes(window) - before
+        cost = max(0, int(grown - run.cost_per_sample(batch)))
+    run.__dict__["_segment_cost"] = cost
     return cost
 
 

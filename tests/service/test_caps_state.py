@@ -151,3 +151,30 @@ def test_a_wall_clock_set_forward_expires_nothing(tmp_path) -> None:
     assert store.expire(now=time.time() + 3600, mono_now=time.monotonic() + 3600) == ["exp"]
     assert store.runs() == [] and store._producers == {}
     store.close()
+
+
+def test_many_small_updates_are_charged_their_chunk_overhead(tmp_path) -> None:
+    """Each update appends a chunk (tensor objects of ~600 bytes) to every per-sample
+    list: one-sample batches into one step must not hold 40x what they are charged."""
+    cap = 1 << 20
+    cfg = StoreConfig(data_dir=tmp_path, max_retained_bytes=cap, checkpoint_interval_s=3600)
+    store = MetricStore(cfg)
+    accepted = 0
+    for seq in range(1, 20_000):
+        try:
+            store.ingest(make_batch(preds=P1, labels=Y1, seq=seq))
+        except Exception as err:  # noqa: BLE001 - the refusal is what is tested
+            assert "max-retained-mb" in str(err)
+            break
+        accepted += 1
+        if accepted == 1000:
+            store.checkpoint()  # half of the account from a checkpoint, half from the log
+    # charged 16 bytes a sample alone, 65,536 would fit; over 300 bytes an update: < 3,500
+    assert 1000 < accepted < cap // 300
+    store.close()
+    store = MetricStore(cfg)  # the account survives the restart: still full
+    with pytest.raises(Exception, match="max-retained-mb"):
+        store.ingest(make_batch(preds=P1, labels=Y1, seq=accepted + 1))
+    store.delete_experiment("exp")  # and a delete frees all of it
+    store.ingest(make_batch(preds=P1, labels=Y1, seq=accepted + 2))
+    store.close()

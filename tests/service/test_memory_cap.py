@@ -39,12 +39,18 @@ def data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rng.random(n).astype(np.float32), y, rng.integers(0, 20, n)
 
 
-def fixed(msg: ingest_pb2.Batch, runs: int, producers: int = 1) -> int:
-    """The fixed bytes of ``runs`` runs of one window each, like ``msg``'s run."""
+def fixed(msg: ingest_pb2.Batch, runs: int, producers: int = 1, updates: int = 0) -> int:
+    """The fixed bytes of ``runs`` runs of one window each, like ``msg``'s run, and of
+    ``updates`` updates' chunk overhead."""
     import torch
 
-    run = Run.create(decode_batch(msg, 1 << 20), torch.device("cpu"))
-    return runs * 2 * caps.window_cost(run) + producers * caps.producer_cost(msg.producer_id)
+    batch = decode_batch(msg, 1 << 20)
+    run = Run.create(batch, torch.device("cpu"))
+    return (
+        runs * 2 * caps.window_cost(run)
+        + producers * caps.producer_cost(msg.producer_id)
+        + updates * caps.segment_cost(run, batch)
+    )
 
 
 def runs(http_url: str) -> dict[tuple[str, str], dict]:
@@ -90,7 +96,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
     # 40 bytes a sample (defaults with keys, columns included): room for 1000 samples,
     # two eval runs of one step and a producer entry
     p, y, g = data(1200, seed=2)
-    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=2)
+    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=2, updates=2)
     svc = service_factory(store={"max_retained_bytes": 40 * 1000 + room})
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
@@ -127,7 +133,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
 
 def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
     p, y, g = data(800, seed=3)
-    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=1)
+    room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=1, updates=2)
     cap = {"max_retained_bytes": 40 * 1000 + room}
     svc = service_factory(tmp_path / "d", store=cap)
     with grpc.insecure_channel(svc.grpc_target) as ch:
