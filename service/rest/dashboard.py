@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -34,6 +35,7 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from rankboard.service.errors import NotFound
 from rankboard.service.state.batch import RunKey
@@ -101,6 +103,23 @@ def _history_points(
         [{"step": s, "value": v, "low": None, "high": None} for s, v in store.history(key, metric)],
         max_points,
     )
+
+
+class HistorySeries(BaseModel):
+    arm: str
+    metric: str
+    steps: list[int]
+    values: list[float | None] = Field(description="null where the value is undefined")
+    low: list[float | None] | None = Field(description="interval bounds; null: no interval")
+    high: list[float | None] | None
+
+
+class Histories(BaseModel):
+    experiment: str
+    task: str
+    phase: str
+    max_points: int
+    series: list[HistorySeries]
 
 
 class _HistoriesCache:
@@ -287,19 +306,24 @@ def add_ui_routes(
 
     router = APIRouter(prefix="/v1/experiments", tags=["dashboard"], dependencies=[read])
 
-    @router.get("/{experiment}/histories")
+    @router.get("/{experiment}/histories", response_model=Histories)
     async def get_histories(
         experiment: str,
         task: Annotated[str, Query(min_length=1, max_length=128)],
         phase: Literal["train", "eval"] = "eval",
         max_points: Annotated[int, Query(ge=2, le=MAX_POINTS)] = 500,
-    ) -> dict:
+    ) -> Response:
         """Every arm's history of every metric of one task and phase, for charts.
 
         Columns per (arm, metric): ``steps``, ``values`` and, where intervals exist,
         ``low`` / ``high`` (else null); at most ``max_points`` points per series, evenly
         thinned, first and last kept; values to 6 significant digits.
         """
-        return await run_in_threadpool(histories, store, experiment, task, phase, max_points)
+        body = await run_in_threadpool(histories, store, experiment, task, phase, max_points)
+        # built as the model says (NaN already None): serialized directly, which is
+        # several times faster than FastAPI's encoder on 1,000 series
+        return Response(
+            json.dumps(body, allow_nan=False, separators=(",", ":")), media_type="application/json"
+        )
 
     app.include_router(router)
