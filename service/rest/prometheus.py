@@ -124,11 +124,16 @@ class StoreCollector(Collector):
     def _read_run(self, run: Any) -> list[tuple[str, float | None, float | None, float | None]]:
         key = run.key
         if key.phase == "eval":
-            try:  # value and interval of the latest step, cached per version by the query layer
+            try:  # the REST snapshot: values and 95 % intervals, cached per state version
                 from rankboard.service.state import query
 
-                point = query._eval_point(self.store, key, run.latest_step())
-                return [(m, *point[m]) for m in run.metric_keys if m in point]
+                snap = query.metrics_snapshot(self.store, key, None, query.QueryParams())
+                intervals = snap.get("intervals") or {}
+                rows = []
+                for m, v in snap["metrics"].items():
+                    iv = intervals.get(m)
+                    rows.append((m, v, iv[0] if iv else None, iv[1] if iv else None))
+                return rows
             except Exception:  # fall back to point values
                 log.debug("no intervals for %s", key, exc_info=True)
         got = self.store.snapshot(key)
