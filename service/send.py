@@ -14,7 +14,7 @@ What a new user can rely on:
   the next try without double-counting what got through. ``--replace`` sends
   it again on purpose (under a new producer id: its samples are added again).
 * **Metrics are declared from what you say**, never inferred from the values:
-  ``--metrics`` (tzrec text, see :func:`metric_blocks`), or else ``--kind``
+  ``--metrics`` (tzrec text, see :func:`rankboard.protos.wire.parse_metrics`), or else ``--kind``
   (``binary``, the default: labels 0/1; ``regression``; ``multiclass``), whose
   metrics are listed by :func:`kind_declaration`. Labels that do not fit the
   kind are refused naming the column and row. The declaration is printed.
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import hashlib
 import json
 import os
@@ -58,15 +57,12 @@ __all__ = [
     "add_send_parser",
     "key_column",
     "kind_declaration",
-    "metric_blocks",
     "read_table",
     "send",
     "stable_key_hash",
     "validate_metrics_text",
 ]
 
-# non-message fields of MetricConfig / TrainMetricConfig: they belong to the metric before them
-_SCALAR_FIELDS = {"decay_rate", "decay_step", "step_decay_rate", "window_size"}
 KINDS = ("binary", "regression", "multiclass")
 _ARM_LIKE = {"arm", "arms", "variant", "arm_name", "variant_name", "bucket", "treatment_arm"}
 _INT_TEXT = re.compile(r"^\s*[+-]?\d{1,19}\s*$")
@@ -77,100 +73,24 @@ class SendInputError(ValueError):
 
 
 # ---------------------------------------------------------------- --metrics text
-def _fields_with_offsets(text: str) -> list[tuple[str, str, int]]:
-    """Top-level ``(name, text, start offset)`` fields of protobuf text."""
-    fields: list[tuple[str, str, int]] = []
-    i, n = 0, len(text)
-
-    def skip_space(j: int) -> int:
-        while j < n and (text[j].isspace() or text[j] in ",;"):
-            j += 1
-        return j
-
-    while (i := skip_space(i)) < n:
-        start = i
-        while i < n and (text[i].isalnum() or text[i] == "_"):
-            i += 1
-        name = text[start:i]
-        if not name:
-            raise SendInputError(
-                f"--metrics: expected a metric name at character {start + 1}, got"
-                f" {text[start : start + 10]!r}"
-            )
-        i = skip_space(i)
-        if i < n and text[i] == ":":
-            i = skip_space(i + 1)
-        if i < n and text[i] in "{<":
-            depth, quote = 0, ""
-            while i < n:
-                c = text[i]
-                if quote:
-                    if c == "\\":
-                        i += 1
-                    elif c == quote:
-                        quote = ""
-                elif c in "\"'":
-                    quote = c
-                elif c in "{<":
-                    depth += 1
-                elif c in "}>":
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
-        elif i < n and text[i] in "\"'":
-            end = text.find(text[i], i + 1)
-            i = n if end < 0 else end + 1
-        else:
-            while i < n and not text[i].isspace():
-                i += 1
-        fields.append((name, text[start:i].strip(), start))
-    return fields
+# One parser of declarations, in the wire codec (rankboard.protos.wire). It is imported when
+# first used: `rankboard --help` and flag parsing load no numpy.
+_FROM_WIRE = {"metric_blocks": "metric_blocks", "_SCALAR_FIELDS": "SCALAR_FIELDS"}
 
 
-def _top_level_fields(text: str) -> list[tuple[str, str]]:
-    """Split protobuf text into its top-level ``(name, text)`` fields.
+def __getattr__(name: str) -> Any:
+    """``metric_blocks`` and ``_SCALAR_FIELDS``: the codec's, importable from here too."""
+    if name in _FROM_WIRE:
+        from rankboard.protos import wire
 
-    >>> _top_level_fields('auc {} grouped_auc { grouping_key: "u{" } decay_step: 5')
-    [('auc', 'auc {}'), ('grouped_auc', 'grouped_auc { grouping_key: "u{" }'), \
-('decay_step', 'decay_step: 5')]
-    """
-    return [(name, body) for name, body, _ in _fields_with_offsets(text)]
-
-
-def metric_blocks(text: str, phase: str) -> str:
-    """Normalise ``--metrics`` text into repeated ``metrics { }`` / ``train_metrics { }``.
-
-    >>> metric_blocks('auc {} grouped_auc { grouping_key: "user_id" }', "eval")
-    'metrics { auc {} } metrics { grouped_auc { grouping_key: "user_id" } }'
-    >>> metric_blocks('auc { thresholds: 100 } decay_step: 10', "train")
-    'train_metrics { auc { thresholds: 100 } decay_step: 10 }'
-    """
-    wrapper = "train_metrics" if phase == "train" else "metrics"
-    fields = _top_level_fields(text)
-    if fields and all(name in ("metrics", "train_metrics") for name, _ in fields):
-        return text
-    groups: list[list[str]] = []
-    for name, body in fields:
-        if name in _SCALAR_FIELDS and groups:
-            groups[-1].append(body)
-        else:
-            groups.append([body])
-    return " ".join(f"{wrapper} {{ {' '.join(g)} }}" for g in groups)
+        return getattr(wire, _FROM_WIRE[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _where(text: str, offset: int) -> str:
-    """``character N`` (single line) or ``line L, column C`` of ``offset`` in ``text``."""
-    if "\n" not in text:
-        return f"character {offset + 1}"
-    line = text.count("\n", 0, offset) + 1
-    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-    return f"line {line}, column {col}"
-
-
-def validate_metrics_text(text: str, phase: str, *, _offset: int = 0, _full: str = "") -> None:
+def validate_metrics_text(text: str, phase: str) -> None:
     """Check ``--metrics`` text field by field; errors point into the text as typed.
+
+    The parser is :func:`rankboard.protos.wire.parse_metrics`.
 
     >>> validate_metrics_text('auc {} grouped_auc { grouping_key: "u" }', "eval")
     >>> try:
@@ -179,52 +99,17 @@ def validate_metrics_text(text: str, phase: str, *, _offset: int = 0, _full: str
     ...     print(str(err)[:90])
     --metrics: unknown metric 'gauc' at character 8 (did you mean grouped_auc?); valid metrics
     """
-    from google.protobuf import text_format
+    _declared_configs(text, phase)
 
-    from rankboard.protos import metric_pb2
 
-    full = _full or text
-    msg_type = metric_pb2.TrainMetricConfig if phase == "train" else metric_pb2.MetricConfig
-    metric_names = sorted(f.name for f in msg_type.DESCRIPTOR.oneofs_by_name["metric"].fields)
-    scalars = sorted(f.name for f in msg_type.DESCRIPTOR.fields if f.containing_oneof is None)
-    wrapper = "train_metrics" if phase == "train" else "metrics"
-    for name, body, rel_start in _fields_with_offsets(text):
-        start = _offset + rel_start
-        if name == wrapper and "{" in body and body.endswith("}"):
-            inner = body.index("{") + 1
-            validate_metrics_text(body[inner:-1], phase, _offset=start + inner, _full=full)
-            continue
-        if name not in metric_names and name not in scalars:
-            lowered = name.lower()
-            close = (
-                [  # abbreviations first: gauc -> grouped_auc, mse -> mean_squared_error
-                    m
-                    for m in metric_names
-                    if lowered
-                    in (
-                        "".join(w[0] for w in m.split("_")),
-                        "".join(w[0] for w in m.split("_")[:-1]) + m.split("_")[-1],
-                        m.replace("_", ""),
-                    )
-                ][:1]
-                or difflib.get_close_matches(name, metric_names + scalars, n=1, cutoff=0.5)
-            )
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise SendInputError(
-                f"--metrics: unknown metric {name!r} at {_where(full, start)}{hint};"
-                f" valid metrics: {', '.join(metric_names)}"
-                + (f" (and {', '.join(scalars)})" if name in _SCALAR_FIELDS else "")
-            )
-        try:
-            text_format.Parse(body, msg_type())
-        except text_format.ParseError as err:
-            line, col = err.GetLine() or 1, err.GetColumn() or 1
-            lines = body.split("\n")
-            rel = sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
-            detail = re.sub(r"^\d+:\d+ : ", "", str(err))
-            raise SendInputError(
-                f"--metrics: {detail} (in {name}, at {_where(full, start + rel)} of --metrics)"
-            ) from None
+def _declared_configs(text: str, phase: str) -> list[Any]:
+    """The metric configs of ``--metrics`` text; errors point into the text as typed."""
+    from rankboard.protos import wire
+
+    try:
+        return wire.parse_metrics(phase, text, source="--metrics")
+    except ValueError as err:  # DeclarationError, ConfigError
+        raise SendInputError(str(err)) from None
 
 
 def kind_declaration(kind: str, phase: str, group_cols: list[str]) -> str:
@@ -578,29 +463,18 @@ def _prepare(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], list[_Par
             else f"--pred-col has {len(pred_cols)} columns: that is --kind multiclass"
         )
     if args.metrics:
-        validate_metrics_text(args.metrics, args.phase)
+        configs = _declared_configs(args.metrics, args.phase)
         declaration = args.metrics
-    else:
-        declaration = kind_declaration(kind or "binary", args.phase, args.group_col)
-    if args.metrics:
-        from rankboard.protos import metric_pb2, parse_text
-
-        holder_type = (
-            metric_pb2.TrainMetricConfig if args.phase == "train" else (metric_pb2.MetricConfig)
-        )
-        for _, body, _ in _fields_with_offsets(args.metrics):
-            cfg = (
-                parse_text(body, holder_type(), source="--metrics")
-                if not body.startswith(("metrics", "train_metrics"))
-                else None
-            )
-            which = cfg.WhichOneof("metric") if cfg is not None else None
+        for cfg in configs:
+            which = cfg.WhichOneof("metric")
             key = getattr(getattr(cfg, which), "grouping_key", None) if which else None
             if key and key not in args.group_col:
                 raise SendInputError(
                     f"--metrics: {which} groups by {key!r}, which is not a --group-col"
                     f" (add --group-col {key})"
                 )
+    else:
+        declaration = kind_declaration(kind or "binary", args.phase, args.group_col)
 
     csv = args.file.suffix.lower() in (".csv", ".tsv", ".txt")
     table = read_table(args.file)
@@ -771,7 +645,7 @@ def _stream(
     from tqdm import tqdm
 
     total = sum(len(p.rows) for p in parts)
-    metrics = {(args.task, args.phase): metric_blocks(declaration, args.phase)}
+    metrics = {(args.task, args.phase): _declared_configs(declaration, args.phase)}
     bar = tqdm(
         total=total,
         unit="samples",

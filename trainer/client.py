@@ -93,7 +93,8 @@ import grpc
 import numpy as np
 import torch
 
-from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
+from rankboard.protos import ingest_pb2, ingest_pb2_grpc
+from rankboard.protos.wire import PHASE_NAMES, MetricList, encode_array, parse_metrics, phase_code
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ __all__ = [
     "parse_metrics",
 ]
 
-_PHASES = {"train": ingest_pb2.PHASE_TRAIN, "eval": ingest_pb2.PHASE_EVAL}
 _FATAL_CODES = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
@@ -129,8 +129,6 @@ _DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 )
-
-MetricList = Sequence[metric_pb2.MetricConfig] | Sequence[metric_pb2.TrainMetricConfig] | str
 
 
 class MetricsStreamError(RuntimeError):
@@ -339,42 +337,6 @@ def default_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def parse_metrics(
-    phase: str, metrics: MetricList
-) -> list[metric_pb2.MetricConfig] | list[metric_pb2.TrainMetricConfig]:
-    """Normalize a metric declaration for ``phase``.
-
-    ``metrics`` is a list of :class:`MetricConfig` (eval) or
-    :class:`TrainMetricConfig` (train) messages, or their tzrec text form:
-    repeated ``metrics { ... }`` blocks for eval, ``train_metrics { ... }`` for train.
-
-    >>> [m.WhichOneof("metric") for m in parse_metrics(
-    ...     "eval", 'metrics { auc {} } metrics { grouped_auc { grouping_key: "user" } }')]
-    ['auc', 'grouped_auc']
-    >>> parse_metrics("train", 'train_metrics { auc {} decay_step: 10 }')[0].decay_step
-    10
-    """
-    if phase not in _PHASES:
-        raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
-    field_name = "train_metrics" if phase == "train" else "metrics"
-    want = metric_pb2.TrainMetricConfig if phase == "train" else metric_pb2.MetricConfig
-    if isinstance(metrics, str):
-        holder = parse_text(metrics, ingest_pb2.Batch(), source=f"{phase} metric declaration")
-        other = "metrics" if phase == "train" else "train_metrics"
-        if len(getattr(holder, other)):
-            raise ValueError(
-                f"a {phase} declaration uses `{field_name} {{ ... }}` blocks, not `{other}`"
-            )
-        if holder.ListFields() and not len(getattr(holder, field_name)):
-            raise ValueError(f"a {phase} declaration has only `{field_name} {{ ... }}` blocks")
-        return list(getattr(holder, field_name))
-    out = list(metrics)
-    for m in out:
-        if not isinstance(m, want):
-            raise TypeError(f"{phase} metrics must be {want.__name__} messages, got {type(m)!r}")
-    return out
-
-
 class MetricsStream:
     """A producer of prediction/label batches for one (experiment, arm).
 
@@ -565,8 +527,7 @@ class MetricsStream:
         an eval set: when two arms log the same ids, their comparison is paired (far
         more powerful). The tensors are copied, so the caller may reuse them at once.
         """
-        if phase not in _PHASES:
-            raise ValueError(f"phase must be 'train' or 'eval', got {phase!r}")
+        phase_code(phase)  # ValueError for anything but "train" / "eval"
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         record = self._make_record(
@@ -1029,8 +990,8 @@ class MetricsStream:
             if ack.duplicate:
                 self._counts["duplicate_batches"] += 1
             if ack.error_code:
-                task, phase_code, step = pending.meta
-                phase = "train" if phase_code == ingest_pb2.PHASE_TRAIN else "eval"
+                task, code, step = pending.meta
+                phase = PHASE_NAMES[code]
                 rejection = Rejection(
                     pending.sequence,
                     task,
@@ -1192,18 +1153,18 @@ class MetricsStream:
                 experiment=self.experiment,
                 arm=self.arm,
                 task=first.task,
-                phase=_PHASES[first.phase],
+                phase=phase_code(first.phase),
                 step=parts[0][0],
-                predictions=_array(preds[lo * width : hi * width], ingest_pb2.DTYPE_FLOAT32),
-                labels=_array(labels[lo:hi], ingest_pb2.DTYPE_FLOAT32),
+                predictions=encode_array(preds[lo * width : hi * width], "<f4"),
+                labels=encode_array(labels[lo:hi], "<f4"),
                 num_classes=first.num_classes,
             )
             for name, col in keys.items():
-                batch.grouping_keys.add(name=name, keys=_array(col[lo:hi], ingest_pb2.DTYPE_INT64))
+                batch.grouping_keys.add(name=name, keys=encode_array(col[lo:hi], "<i8"))
             if weights is not None:
-                batch.weights.CopyFrom(_array(weights[lo:hi], ingest_pb2.DTYPE_FLOAT32))
+                batch.weights.CopyFrom(encode_array(weights[lo:hi], "<f4"))
             if ids is not None:
-                batch.sample_ids.CopyFrom(_array(ids[lo:hi], ingest_pb2.DTYPE_INT64))
+                batch.sample_ids.CopyFrom(encode_array(ids[lo:hi], "<i8"))
             if len(parts) > 1:
                 for step, count in parts:
                     batch.segments.add(step=step, samples=count)
@@ -1213,8 +1174,3 @@ class MetricsStream:
             self._next_seq += 1
             out.append((batch, hi - lo))
         return out
-
-
-def _array(values: np.ndarray, dtype: int) -> ingest_pb2.Array:
-    little = "<f4" if dtype == ingest_pb2.DTYPE_FLOAT32 else "<i8"
-    return ingest_pb2.Array(dtype=dtype, data=values.astype(little, copy=False).tobytes())

@@ -24,17 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rankboard.protos import ingest_pb2, metric_pb2
+from rankboard.protos import ingest_pb2, metric_pb2, wire
 from rankboard.service.errors import InvalidBatch
 
-_DTYPES: dict[int, np.dtype] = {
-    ingest_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
-    ingest_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
-    ingest_pb2.DTYPE_INT32: np.dtype("<i4"),
-    ingest_pb2.DTYPE_INT64: np.dtype("<i8"),
-}
-_CODES = {v.str: k for k, v in _DTYPES.items()}
-PHASES = {ingest_pb2.PHASE_TRAIN: "train", ingest_pb2.PHASE_EVAL: "eval"}
+# the wire format is written once, in the codec; these names stay importable from here
+_DTYPES = wire.DTYPES
+PHASES = wire.PHASE_NAMES
+encode_array = wire.encode_array
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # used with fullmatch
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_SAMPLES_PER_BATCH = 1 << 22
@@ -116,33 +112,15 @@ class Batch:
         return out
 
 
-def encode_array(values: np.ndarray | torch.Tensor) -> ingest_pb2.Array:
-    """Encode a 1-D (or flattened) array as a little-endian :class:`Array`.
-
-    >>> encode_array(np.arange(3, dtype=np.int64)).dtype == ingest_pb2.DTYPE_INT64
-    True
-    """
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    arr = np.ascontiguousarray(values).reshape(-1)
-    little = arr.dtype.newbyteorder("<")
-    code = _CODES.get(little.str)
-    if code is None:
-        raise ValueError(f"unsupported dtype {arr.dtype}: use float32, float64, int32 or int64")
-    return ingest_pb2.Array(dtype=code, data=arr.astype(little, copy=False).tobytes())
-
-
 def decode_array(arr: ingest_pb2.Array, what: str) -> np.ndarray:
-    """Decode ``arr`` in bulk; ``what`` names the field in errors."""
-    dtype = _DTYPES.get(arr.dtype)
-    if dtype is None:
-        raise InvalidBatch(f"{what}: dtype must be set to one of FLOAT32, FLOAT64, INT32, INT64")
-    if len(arr.data) % dtype.itemsize:
-        raise InvalidBatch(
-            f"{what}: {len(arr.data)} bytes is not a multiple of {dtype.itemsize} ({dtype.name})"
-        )
+    """Decode ``arr`` in bulk (:func:`rankboard.protos.wire.decode_array`); ``what`` names
+    the field in errors, raised as :class:`InvalidBatch`."""
+    try:
+        values = wire.decode_array(arr, what)
+    except wire.WireError as err:
+        raise InvalidBatch(str(err)) from None
     # a writable copy: torch refuses to share read-only buffers without a warning
-    return np.frombuffer(arr.data, dtype=dtype).copy()
+    return values.copy()
 
 
 def _check_name(value: str, what: str) -> str:
