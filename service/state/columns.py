@@ -117,6 +117,32 @@ class SampleColumns:
             sample_ids=ids if ids.shape[0] == n and n else None,
         )
 
+    def mark(self) -> tuple[int, int, set[str]]:
+        """A point to :meth:`truncate` back to (chunks held, samples, key columns)."""
+        return len(self.target), self.samples, set(self.keys)
+
+    def truncate(self, mark: tuple[int, int, set[str]]) -> None:
+        """Drop what was appended since :meth:`mark` (an apply that failed half way).
+
+        >>> import torch
+        >>> cols = SampleColumns()
+        >>> cols.append(torch.tensor([0.2]), torch.tensor([1]), None, {}, None)
+        >>> point = cols.mark()
+        >>> u = {"u": torch.tensor([3])}
+        >>> cols.append(torch.tensor([0.4]), torch.tensor([0]), None, u, None)
+        >>> cols.truncate(point); cols.samples, sorted(cols.keys), len(cols.preds)
+        (1, [], 1)
+        """
+        chunks, samples, keys = mark
+        for col in (self.preds, self.target, self.weights, self.sample_ids):
+            del col[chunks:]
+        for name in list(self.keys):
+            if name in keys:
+                del self.keys[name][chunks:]
+            else:
+                del self.keys[name]
+        self.samples = samples
+
     def copy(self) -> SampleColumns:
         """A copy sharing the chunks (they are never changed in place)."""
         new = SampleColumns()

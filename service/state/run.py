@@ -122,14 +122,7 @@ def retained_nbytes(metrics: Iterable[Metric]) -> int:
     >>> retained_nbytes([m])  # float32 prediction + float32 label per sample
     80
     """
-    total = 0
-    for metric in metrics:
-        for module in metric.modules():
-            for name in getattr(module, "_defaults", {}):
-                value = getattr(module, name)
-                if isinstance(value, list):
-                    total += sum(t.numel() * t.element_size() for t in value)
-    return total
+    return sum(metric.memory_bytes() for metric in metrics)
 
 
 PROBE_ROWS = 256
@@ -270,8 +263,9 @@ class Run:
         return points
 
     def undo_point(self, batch: Batch) -> dict[str, Any]:
-        """What :meth:`rollback` needs to undo applying ``batch``: the state of the windows
-        it touches (retained chunks by reference, other tensors cloned) and the counters."""
+        """What :meth:`rollback` needs to undo applying ``batch``, in O(states), not
+        O(samples held): the lengths of the append-only list states and columns of the
+        windows it touches, clones of their (small, fixed-size) tensor states, counters."""
         steps = {p.step if self.key.phase == "eval" else 0 for p in batch.split()}
         windows: dict[int, Any] = {}
         for step in steps:
@@ -281,8 +275,8 @@ class Run:
                 if w is None
                 else (
                     w.samples,
-                    {k: m.state_snapshot() for k, m in w.metrics.items()},
-                    None if w.columns is None else w.columns.copy(),
+                    {k: _mark(m) for k, m in w.metrics.items()},
+                    None if w.columns is None else w.columns.mark(),
                 )
             )
         counters = (self.samples, self.version, self.last_step, self.history_points)
@@ -294,12 +288,13 @@ class Run:
             if saved is None:
                 self.windows.pop(step, None)
                 continue
-            samples, states, columns = saved
+            samples, marks, columns = saved
             window = self.windows[step]
             window.samples = samples
-            window.columns = columns
+            if window.columns is not None and columns is not None:
+                window.columns.truncate(columns)
             for k, m in window.metrics.items():
-                m.load_state_dict(states[k])
+                _restore(m, marks[k])
         self.samples, self.version, self.last_step, self.history_points = undo["counters"]
         self.updated_at = undo["updated_at"]
 
@@ -319,8 +314,8 @@ class Run:
         decayed = False
         for name, metric in window.metrics.items():
             kwargs = _inputs(metric, name, batch, self.device)
-            refreshed = metric.update(preds, labels, **kwargs)
-            if self.key.phase == "train" and refreshed:
+            metric.update(preds, labels, **kwargs)
+            if self.key.phase == "train" and getattr(metric, "refreshed", False):
                 decayed = True
         if decayed:
             self.history_points += 1
@@ -358,7 +353,7 @@ class Run:
             return {}, 0
         out = {}
         for name, metric in window.metrics.items():
-            out[name] = _state_copy(metric)
+            out[name] = metric.state_copy()
         return out, window.samples
 
     def key_columns(self, step: int) -> list[str]:
@@ -437,18 +432,25 @@ class Run:
         return run
 
 
-def _state_copy(metric: Metric) -> Metric:
-    """A shallow copy of ``metric`` whose states can be computed on independently."""
-    if not getattr(metric, "_defaults", None) or any(
-        isinstance(v, torch.nn.Module) for v in metric.__dict__.get("_modules", {}).values()
-    ):
-        return copy.deepcopy(metric)
-    # copy.copy goes through Metric.__getstate__/__setstate__, which re-wrap ``update`` and
-    # ``compute`` around the copy: the live metric's wrapped methods would compute on the
-    # live state, outside the store's lock (the copy's __dict__ is already its own)
-    new = copy.copy(metric)
-    for name in metric._defaults:
-        value = getattr(metric, name)
-        new.__dict__[name] = list(value) if isinstance(value, list) else value.clone()
-    new._computed = None
-    return new
+def _mark(metric: Metric) -> dict[tuple[str, str], Any]:
+    """Per state of ``metric`` and its sub-metrics: a list state's length (lists are only
+    appended to), or a clone of a tensor state."""
+    out: dict[tuple[str, str], Any] = {}
+    for name, module in metric.named_modules():
+        if isinstance(module, Metric):
+            for key, value in module.metric_state.items():
+                out[(name, key)] = len(value) if isinstance(value, list) else value.clone()
+    return out
+
+
+def _restore(metric: Metric, mark: dict[tuple[str, str], Any]) -> None:
+    """Put ``metric`` back to what :func:`_mark` recorded."""
+    for (name, key), saved in mark.items():
+        module = metric.get_submodule(name) if name else metric
+        value = getattr(module, key)
+        if isinstance(value, list):
+            del value[saved:]
+        else:
+            setattr(module, key, saved)
+
+

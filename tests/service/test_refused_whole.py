@@ -181,3 +181,15 @@ def test_apply_failure_rolls_the_run_back():
             else:
                 assert torch.equal(value, old)
     assert RunKey("exp", "control", "cls", "eval") == run.key
+
+
+def test_metric_hash_does_not_walk_retained_state():
+    """Undo points and checkpoints walk metrics with ``named_modules``, which hashes each
+    module; torchmetrics' hash visits every retained chunk, which made ingestion slow down as
+    a run grew (benchmarks/README.md, "Ingest cost with run size"). The hash is identity."""
+    from rankboard.service.metrics import AUC
+
+    m = AUC(thresholds=0)
+    for _ in range(3):
+        m.update(torch.rand(4), torch.tensor([0, 1, 0, 1]))
+    assert hash(m) == object.__hash__(m)
