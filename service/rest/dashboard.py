@@ -38,6 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from rankboard.service.errors import NotFound
+from rankboard.service.state import query
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore
 
@@ -72,37 +73,11 @@ def compact(values: list[float | None]) -> list[float | None]:
     return out
 
 
-def downsample(points: list[dict[str, Any]], max_points: int | None) -> list[dict[str, Any]]:
-    """At most ``max_points`` points, evenly spaced by index, first and last kept.
-
-    The query layer's ``thin`` when it exists (the history route uses it), else the same
-    rule here.
-
-    >>> [p["step"] for p in downsample([{"step": s} for s in range(10)], 4)]
-    [0, 3, 6, 9]
-    """
-    if max_points is None or len(points) <= max_points:
-        return points
-    if max_points < 2:
-        return points[-1:]
-    n = len(points)
-    idx = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-    return [points[i] for i in idx]
-
-
 def _history_points(
     store: MetricStore, key: RunKey, metric: str, max_points: int
 ) -> list[dict[str, Any]]:
-    try:
-        from rankboard.service.state import query
-    except ImportError:  # the query layer is not there: values without intervals
-        query = None  # type: ignore[assignment]
-    if query is not None and hasattr(query, "history"):
-        return query.history(store, key, metric, max_points)
-    return downsample(
-        [{"step": s, "value": v, "low": None, "high": None} for s, v in store.history(key, metric)],
-        max_points,
-    )
+    """``[{step, value, low, high}]`` from the query layer (eval points with intervals)."""
+    return query.history(store, key, metric, max_points)
 
 
 class HistorySeries(BaseModel):

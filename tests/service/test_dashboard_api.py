@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rankboard.protos import ingest_pb2_grpc
-from rankboard.service.rest.dashboard import compact, downsample
+from rankboard.service.rest.dashboard import compact
 from tests.service.conftest import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,18 +182,7 @@ def test_histories_equal_each_arms_history(service) -> None:
         assert http.get("/v1/experiments/exp/histories", params={"task": "nope"}).status_code == 404
 
 
-def test_downsample_and_compact_follow_their_definitions() -> None:
-    points = [{"step": s} for s in range(1, 1001)]
-    for k in (2, 3, 7, 100, 999, 1000, 5000):
-        got = [p["step"] for p in downsample(points, k)]
-        want = (
-            sorted({1 + round(i * 999 / (k - 1)) for i in range(k)})
-            if k < 1000
-            else list(range(1, 1001))
-        )
-        assert got == want
-        assert got[0] == 1 and got[-1] == 1000 and len(got) <= k
-    assert downsample(points, None) == points
+def test_compact_keeps_six_significant_digits() -> None:
     for v in (0.123456789, -98765.4321, 1.5e-7, 3.0, 0.0):
         c = compact([v])[0]
         assert c == float(f"{v:.6g}")
