@@ -183,7 +183,9 @@ def _train_histories(
     if run.key.phase != "train" or not hasattr(store.registry, "histories"):
         return None
     k = run.key
-    return store.registry.histories((k.experiment, k.arm, k.task, k.phase), max_points)
+    return store.registry.histories(
+        (k.experiment, k.arm, k.task, k.phase), run.metric_keys, max_points
+    )
 
 
 def _columns(arm: str, metric: str, points: list[dict[str, Any]]) -> dict[str, Any]:

@@ -87,47 +87,48 @@ class Registry:
         return [(int(s), v) for s, v in rows]
 
     def histories(
-        self, run: RunTuple, max_points: int | None = None
+        self, run: RunTuple, metrics: Iterable[str], max_points: int | None = None
     ) -> dict[str, list[tuple[int, float | None]]]:
-        """``(step, value)`` of every metric of ``run``, each thinned to ``max_points``
-        evenly spaced by index, first and last kept (rounded like ``numpy.round``), in
-        SQL: a dashboard drawing 50 arms x 20 metrics x 1,000 points reads 40 per series,
-        not a million rows.
+        """``(step, value)`` of each of ``metrics`` in ``run``, thinned to ``max_points``
+        evenly spaced by index, first and last kept (rounded like ``numpy.round``), by
+        primary-key lookups: a dashboard drawing 50 arms x 20 metrics x 1,000 points reads
+        40 rows per series, not a million.
+
+        The store numbers a metric's points without gaps (one per decay or eval step), so
+        the kept ones are found from the first and last point alone. Where points are
+        missing, the thinning is by point number instead (evenly spaced over the numbers,
+        first and last kept), and a lookup that comes back short reads the metric whole
+        and thins it by index.
 
         >>> reg = Registry(":memory:")
         >>> run = ("e", "a", "t", "train")
         >>> reg.record_many(run, [("auc", p, p * 10, p / 10) for p in range(10)])
-        >>> reg.histories(run, 4)
+        >>> reg.histories(run, ["auc"], 4)
         {'auc': [(0, 0.0), (30, 0.3), (60, 0.6), (90, 0.9)]}
         """
-        where = "experiment=? AND arm=? AND task=? AND phase=?"
-        with self._lock:
-            stats = self._conn.execute(
-                f"SELECT metric, COUNT(*), MIN(point), MAX(point) FROM history WHERE {where}"
-                " GROUP BY metric",
-                run,
-            ).fetchall()
-            # points are numbered without gaps (one per decay or eval step): the kept ones
-            # are primary-key lookups; a metric with gaps is read whole and thinned below
-            rows = []
-            for metric, n, lo, hi in stats:
-                if hi - lo + 1 != n:
+        where = "experiment=? AND arm=? AND task=? AND phase=? AND metric=?"
+        out: dict[str, list[tuple[int, float | None]]] = {}
+        for metric in metrics:
+            with self._lock:
+                lo, hi = self._conn.execute(
+                    f"SELECT MIN(point), MAX(point) FROM history WHERE {where}", (*run, metric)
+                ).fetchone()
+                if lo is None:
+                    out[metric] = []
                     continue
-                points = [lo + i for i in _thin_indices(n, max_points)]
+                points = [lo + i for i in _thin_indices(hi - lo + 1, max_points)]
+                rows: list[tuple[int, float | None]] = []
                 for chunk in range(0, len(points), 500):  # SQLite's variable limit
                     part = points[chunk : chunk + 500]
                     rows += self._conn.execute(
-                        f"SELECT metric, step, value FROM history WHERE {where} AND metric=?"
+                        f"SELECT step, value FROM history WHERE {where}"
                         f" AND point IN ({','.join('?' * len(part))}) ORDER BY point",
                         (*run, metric, *part),
                     ).fetchall()
-            gappy = [metric for metric, n, lo, hi in stats if hi - lo + 1 != n]
-        for metric in gappy:
-            points = self.history(run, metric)
-            rows += [(metric, *points[i]) for i in _thin_indices(len(points), max_points)]
-        out: dict[str, list[tuple[int, float | None]]] = {}
-        for metric, step, value in rows:
-            out.setdefault(metric, []).append((int(step), value))
+            if len(rows) != len(points):  # gaps: thin by index over the whole history
+                whole = self.history(run, metric)
+                rows = [whole[i] for i in _thin_indices(len(whole), max_points)]
+            out[metric] = [(int(s), v) for s, v in rows]
         return out
 
     def runs(self) -> list[tuple[str, str, str, str, str, str]]:

@@ -274,3 +274,35 @@ def test_a_built_wheel_ships_the_static_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in STATIC_FILES:
         assert f"rankboard/service/rest/static/{name}" in names, name
+
+
+def test_registry_histories_thin_by_index_and_stay_sane_with_gaps(tmp_path: Path) -> None:
+    """Points numbered without gaps (as the store writes them): exactly the definition.
+    With gaps: real points only, ascending, first and last kept, at most max_points."""
+    from rankboard.service.state.registry import Registry
+
+    reg = Registry(tmp_path / "r.sqlite")
+    run = ("e", "a", "t", "train")
+    rng = np.random.default_rng(4)
+    whole = {
+        "dense": list(range(0, 37)),
+        "gappy": [p for p in range(0, 50) if p % 7 != 3],  # points missing
+    }
+    for metric, points in whole.items():
+        reg.record_many(run, [(metric, p, 10 * p, float(rng.random())) for p in points])
+    for k in (1, 2, 3, 5, 11, 36, 37, 1000, None):
+        got = reg.histories(run, ["dense", "gappy", "absent"], k)
+        assert got["absent"] == []
+        full = reg.history(run, "dense")
+        n = len(full)
+        if k is None or n <= k:
+            want = full
+        elif k < 2:
+            want = full[-1:]
+        else:
+            want = [full[int(i)] for i in np.unique(np.round(np.linspace(0, n - 1, k)))]
+        assert got["dense"] == want, k
+        full = reg.history(run, "gappy")
+        g = got["gappy"]
+        assert set(g) <= set(full) and g == sorted(g) and g[-1] == full[-1]
+        assert len(g) <= (k or len(full)) and (k == 1 or g[0] == full[0])
