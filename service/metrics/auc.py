@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._validation import Batch
@@ -126,18 +127,8 @@ class AUC(_Binned, RankMetric):
             self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
             self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) scores, ``target`` (n,) in {0, 1}, ``weights`` (n,)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         if self.num_buckets:
             self._add_histogram(b)
         else:
@@ -158,9 +149,8 @@ class AUC(_Binned, RankMetric):
             return auc_from_threshold_histogram(hist)
         return auc_from_histogram(hist)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        self._legacy_switch(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _upgrade_state(self, state: dict[str, Any], prefix: str) -> None:
+        self._legacy_switch(state, prefix)
 
     def compute(self) -> Tensor:
         """The AUC as a 0-d float64 tensor (NaN without positives or negatives)."""
@@ -238,18 +228,8 @@ class MulticlassAUC(_Binned, RankMetric):
             )
         return b
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n, C) probabilities, ``target`` (n,) ids in [0, C)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         c = b.preds.shape[1]
         self.num_classes.fill_(c)  # in place: no host-to-device copy (a sync on CUDA)
         if self.num_buckets:
@@ -261,18 +241,21 @@ class MulticlassAUC(_Binned, RankMetric):
             self.preds.append(b.preds)
             self.target.append(b.target)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        self._legacy_switch(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _upgrade_state(self, state: dict[str, Any], prefix: str) -> None:
+        self._legacy_switch(state, prefix)
 
-    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
-        if self.num_buckets:
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """torchmetrics' ``merge_state``; a histogram not sized yet (no batch seen) takes
+        the other side's size."""
+        if isinstance(incoming_state, MulticlassAUC):
+            incoming_state = incoming_state.metric_state
+        if isinstance(incoming_state, dict) and self.num_buckets:
             inc = incoming_state["hist"]
             if inc.numel() == 0:
                 incoming_state = {**incoming_state, "hist": torch.zeros_like(self.hist)}
             elif self.hist.numel() == 0:
                 self.hist = torch.zeros_like(inc)
-        super()._reduce_states(incoming_state)
+        super().merge_state(incoming_state)
 
     def compute(self) -> Tensor:
         """The averaged one-vs-rest AUC, 0-d float64 (NaN when no class is defined)."""

@@ -74,18 +74,8 @@ class Accuracy(RankMetric):
             metric_name="Accuracy",
         )
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``(n,)`` probabilities and 0/1 targets, or ``(n, C)`` and class ids."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         if b.weights is not None:
             w = b.weights.to(torch.float64)
             ok = correct_mask(b.preds, b.target, self.threshold, self.top_k, self.inclusive)
@@ -133,18 +123,8 @@ class RecallAtK(RankMetric):
         self.add_state("hits", zero.clone(), dist_reduce_fx="sum", persistent=True)
         self.add_state("relevant", zero.clone(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n, C), ``target`` (n, C) relevance or (n,) class ids."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         h, r = recall_counts(b.preds, b.target, self.top_k, b.weights)
         self.hits += h
         self.relevant += r

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.entropy import ne_from_sums, ne_sums
 
 
@@ -56,18 +57,8 @@ class NormalizedEntropy(RankMetric):
         self.add_state("sum_positive", zero.clone(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_weight", zero.clone(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) probabilities, ``target`` (n,) in {0, 1}."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         ce, pos, w = ne_sums(b.preds, b.target, b.weights, self.eta)
         self.sum_logloss += ce
         self.sum_positive += pos

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from rankboard.service.metrics._weights import aligned_weights
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.metrics.functional._validation import to_numpy
+from rankboard.service.metrics.functional._validation import Batch, to_numpy
 from rankboard.service.metrics.functional.entropy import ne_sums
 from rankboard.service.metrics.functional.regression import _mean, error_sums
 
@@ -57,18 +57,8 @@ class RootMeanSquaredError(RankMetric):
         self.add_state("sum_error", _zero(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_weight", _zero(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,), optional ``weights`` (n,) >= 0."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         e, w = error_sums(b.preds, b.target, b.weights, squared=True)
         self.sum_error += e
         self.sum_weight += w
@@ -99,18 +89,8 @@ class RSquared(RankMetric):
         for name in ("sum_error", "sum_weight", "sum_label", "sum_label_sq"):
             self.add_state(name, _zero(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,), optional ``weights`` (n,) >= 0."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         e, w = error_sums(b.preds, b.target, b.weights, squared=True)
         y = b.target.to(torch.float64)
         wy = y if b.weights is None else y * b.weights.to(torch.float64)
@@ -151,18 +131,8 @@ class LogLoss(RankMetric):
         self.add_state("sum_logloss", _zero(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_weight", _zero(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) probabilities, ``target`` (n,) in {0, 1}."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         ce, _, w = ne_sums(b.preds, b.target, b.weights, self.eta)
         self.sum_logloss += ce
         self.sum_weight += w
@@ -190,18 +160,8 @@ class Calibration(RankMetric):
         self.add_state("sum_pred", _zero(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_label", _zero(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,) (0/1 or real), ``weights`` (n,)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         p, y = b.preds.to(torch.float64), b.target.to(torch.float64)
         if b.weights is not None:
             w = b.weights.to(torch.float64)
@@ -265,18 +225,8 @@ class AUPRC(RankMetric):
         self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
         self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) scores, ``target`` (n,) in {0, 1}, ``weights`` (n,)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         self.preds.append(b.preds)
         self.target.append(b.target)
         self.weights.append(b.weights if b.weights is not None else b.preds.new_empty(0))
@@ -344,19 +294,9 @@ class RecallSession(RankMetric):
             raise ValueError("RecallSession: labels must be 0 or 1 (or set rank_labels)")
         return b
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,) (0/1, or gains with
         ``rank_labels``), ``grouping_key`` (n,) session ids, ``weights`` (n,)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         sess = to_numpy(b.keys.cpu())
         pred_pos = _rank_within_session(to_numpy(b.preds.cpu()), sess) < self.top_k
         y = to_numpy(b.target.cpu()).astype(np.float64)
@@ -425,18 +365,8 @@ class Windowed(RankMetric):
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Any:
         return self._proto._validate(preds, target, weights, grouping_key)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch (the inner metric's inputs) and drop what falls out of the window."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         self.preds.append(b.preds)
         self.target.append(b.target)
         empty = b.preds.new_empty(0)

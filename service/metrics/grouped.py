@@ -9,6 +9,7 @@ from torch import Tensor
 
 from rankboard.service.metrics._weights import aligned_weights, fill_missing_weights
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.grouped_auc import (
     grouped_auc_from_stats,
     grouped_auc_stats,
@@ -45,25 +46,14 @@ class _GroupedSamples(RankMetric):
         self.add_state("keys", [], dist_reduce_fx="cat", persistent=True)
         self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        missing = prefix + "weights" not in state_dict  # saved before weights were kept
-        super()._load_from_state_dict(state_dict, prefix, *args)  # (pops the states)
-        if missing:
-            self.weights = fill_missing_weights(self.preds)
+    def _upgrade_state(self, state: dict[str, Any], prefix: str) -> None:
+        if prefix + "preds" in state and prefix + "weights" not in state:
+            # saved before weights were kept: every sample unweighted
+            state[prefix + "weights"] = fill_missing_weights(state[prefix + "preds"])
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,), ``grouping_key`` (n,) integer ids,
         optional ``weights`` (n,) >= 0."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         self.preds.append(b.preds)
         self.target.append(b.target)
         self.keys.append(b.keys)
@@ -171,8 +161,6 @@ class GroupedXAUC(_GroupedSamples):
             raise ValueError("GroupedXAUC: max_pairs_per_group must be >= 1")
         self.max_pairs_per_group = max_pairs_per_group
         self.sampler = PairSampler(seed) if max_pairs_per_group is not None else None
-        if self.sampler is not None:
-            self.compute_with_cache = False  # every compute is a new draw
 
     def compute_with_count(self) -> tuple[Tensor, Tensor]:
         preds, target, keys = self._samples()

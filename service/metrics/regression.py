@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.regression import _mean, error_sums
 
 __all__ = ["MeanAbsoluteError", "MeanSquaredError"]
@@ -25,18 +26,8 @@ class _MeanError(RankMetric):
         self.add_state("sum_error", zero.clone(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_weight", zero.clone(), dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,), optional ``weights`` (n,) >= 0."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         e, w = error_sums(b.preds, b.target, b.weights, squared=self.squared)
         self.sum_error += e
         self.sum_weight += w

@@ -70,18 +70,8 @@ class RelativeL1(RankMetric):
             )
         return Batch(p.to(torch.float32), t.to(torch.float32), None, None)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch of reconstructions ``preds`` and inputs ``target`` (same shape)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         p, t = b.preds.to(torch.float64), b.target.to(torch.float64)
         rel = (t - p).abs() / (torch.maximum(t.abs(), p.abs()) + self.epsilon)
         self.sum_rel += rel.sum()
@@ -140,9 +130,9 @@ class UniqueRatio(RankMetric):
         """Add one batch's ratio of distinct rows of ``preds`` (``(n,)`` or ``(n, L)``)."""
         if target is None:
             target = torch.zeros(len(preds))
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
+        super().update(preds, target, weights=weights, grouping_key=grouping_key)
+
+    def _update_batch(self, b: Batch) -> None:
         rows = b.preds.cpu().numpy()
         if rows.ndim == 1:
             rows = rows[:, None]

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rankboard.service.metrics.auc import AUC
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
 
 __all__ = ["DecayAUC", "TrainMetricWrapper"]
 
@@ -53,18 +54,8 @@ class DecayAUC(AUC):
         zeros = torch.zeros(2 * self.num_buckets, dtype=torch.float64)
         self.add_state("buffer", zeros, dist_reduce_fx="sum", persistent=True)
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch to the buffer (see :class:`AUC` for the inputs)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         self._add_histogram(b, self.buffer)
 
     def decay(self, decay: float) -> None:
@@ -72,7 +63,6 @@ class DecayAUC(AUC):
         empty = not bool(self.hist.any())
         self.hist = self.buffer.clone() if empty else decay * self.hist + (1 - decay) * self.buffer
         self.buffer = torch.zeros_like(self.buffer)
-        self._computed = None
 
     def compute(self) -> Tensor:
         """AUC of the decayed state, 0-d float64."""
@@ -80,7 +70,8 @@ class DecayAUC(AUC):
 
 
 class TrainMetricWrapper(RankMetric):
-    """Smooths a metric over training steps; ``update`` returns True on a decay step.
+    """Smooths a metric over training steps; :attr:`refreshed` says whether the last
+    ``update`` was a decay step.
 
     Every ``decay_step``-th non-empty update the value is refreshed: for a
     :class:`DecayAUC` the confusion state decays and the value is its AUC; otherwise the
@@ -92,8 +83,10 @@ class TrainMetricWrapper(RankMetric):
 
     >>> w = TrainMetricWrapper(DecayAUC(bins=10), decay_rate=0.9, decay_step=2)
     >>> w.update(torch.tensor([0.1, 0.8]), torch.tensor([0, 1]))
+    >>> w.refreshed
     False
     >>> w.update(torch.tensor([0.45, 0.4]), torch.tensor([0, 1]))
+    >>> w.refreshed
     True
     >>> w.compute().item(), w.num_updates
     (0.875, 2)
@@ -125,6 +118,11 @@ class TrainMetricWrapper(RankMetric):
         self.add_state("decays", torch.tensor(0), dist_reduce_fx=None, persistent=True)
 
     @property
+    def refreshed(self) -> bool:
+        """Whether the last ``update`` refreshed the value (a decay step)."""
+        return self._last_decayed
+
+    @property
     def num_updates(self) -> int:
         """Non-empty updates since construction or reset."""
         return self._host_steps
@@ -140,28 +138,29 @@ class TrainMetricWrapper(RankMetric):
         """The wrapped metric's validation."""
         self.metric.check_inputs(preds, target, weights=weights, grouping_key=grouping_key)
 
-    def update(  # type: ignore[override]
+    def update(
         self,
         preds: Any,
         target: Any,
         *,
         weights: Any | None = None,
         grouping_key: Any | None = None,
-    ) -> bool:
-        """Update the wrapped metric; True when this update refreshed the value."""
+    ) -> None:
+        """Update the wrapped metric (its inputs); :attr:`refreshed` tells whether this
+        update refreshed the value."""
         self._last_decayed = False
         # the wrapped metric validates (raising before any state changes) and follows
         # the inputs' device; a batch it accepted has a first dimension
         self.metric.update(preds, target, weights=weights, grouping_key=grouping_key)
         if (preds.shape[0] if isinstance(preds, Tensor) else len(preds)) == 0:
-            return False
+            return
         if self.metric.device != self.device:
             self.to(self.metric.device)
         steps = self._host_steps + 1
         self._host_steps = steps
         self.steps.fill_(steps)
         if steps % self.decay_step:
-            return False
+            return
         if isinstance(self.metric, DecayAUC):
             self.metric.decay(self.decay_rate)
             self.value = self.metric.compute().to(torch.float64).clone()
@@ -176,7 +175,6 @@ class TrainMetricWrapper(RankMetric):
                 self.value = self.decay_rate * self.value + (1 - self.decay_rate) * new
         self.decays += 1
         self._last_decayed = True
-        return True
 
     def compute(self) -> Tensor:
         """The smoothed value, 0-d float64 (NaN before the first decay step)."""
@@ -188,6 +186,5 @@ class TrainMetricWrapper(RankMetric):
         self.metric.reset()
         self._host_steps = 0
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _after_load(self) -> None:
         self._host_steps = int(self.steps)

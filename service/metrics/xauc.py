@@ -12,6 +12,7 @@ from torch import Tensor
 
 from rankboard.service.metrics._weights import aligned_weights, fill_missing_weights
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.xauc import (
     grouped_xauc_stats,
     sampled_xauc,
@@ -111,8 +112,6 @@ class XAUC(RankMetric):
         self.sample_ratio = 1e-3 if sample_ratio is None else float(sample_ratio)
         self.max_pairs = max_pairs
         self.sampler = PairSampler(seed) if self.sampling else None
-        if self.sampler is not None:
-            self.compute_with_cache = False  # every compute is a new draw
         if self.in_batch:
             self.add_state(
                 "batch_sum", torch.tensor(0.0, dtype=torch.float64), "sum", persistent=True
@@ -123,24 +122,13 @@ class XAUC(RankMetric):
             self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
             self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        missing = not self.in_batch and prefix + "weights" not in state_dict
-        super()._load_from_state_dict(state_dict, prefix, *args)  # (pops the states)
-        if missing:  # saved before weights were kept: every sample unweighted
-            self.weights = fill_missing_weights(self.preds)
+    def _upgrade_state(self, state: dict[str, Any], prefix: str) -> None:
+        if not self.in_batch and prefix + "preds" in state and prefix + "weights" not in state:
+            # saved before weights were kept: every sample unweighted
+            state[prefix + "weights"] = fill_missing_weights(state[prefix + "preds"])
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) and ``target`` (n,) finite reals, ``weights`` (n,)."""
-        b = self._prepare(preds, target, weights, grouping_key)
-        if b is None:
-            return
         if self.in_batch:
             if b.size < 2:
                 return

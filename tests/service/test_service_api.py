@@ -268,7 +268,8 @@ def _in_process(configs, batches, train: bool = False):
         refreshed = False
         for m in metrics.values():
             kwargs = {"grouping_key": torch.from_numpy(g)} if m.needs_grouping_key else {}
-            refreshed |= bool(m.update(torch.from_numpy(p), torch.from_numpy(y), **kwargs))
+            m.update(torch.from_numpy(p), torch.from_numpy(y), **kwargs)
+            refreshed |= bool(getattr(m, "refreshed", False))
         if train and refreshed:
             for k, m in metrics.items():
                 history[k].append(float(m.compute()))

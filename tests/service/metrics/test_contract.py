@@ -141,13 +141,18 @@ def test_train_wrapper_roundtrip(cfg, rng):
     getattr(tcfg, metric_key(cfg)).CopyFrom(getattr(cfg, metric_key(cfg)))
     w = create_train_metric(tcfg)
     assert math.isnan(w.compute().item())
-    flags = [w.update(**_batch(w, rng)) for _ in range(5)]
+    flags = []
+    for _ in range(5):
+        assert w.update(**_batch(w, rng)) is None  # torchmetrics' contract
+        flags.append(w.refreshed)
     assert flags == [False, True, False, True, False] and w.num_updates == 5
     fresh = create_train_metric(tcfg)
     fresh.load_state_dict(_roundtrip(w.state_dict()))
     assert _same(fresh.compute(), w.compute()) and fresh.num_updates == 5
     batch = _batch(w, rng)
-    assert fresh.update(**batch) and w.update(**batch)
+    fresh.update(**batch)
+    w.update(**batch)
+    assert fresh.refreshed and w.refreshed
     assert _same(fresh.compute(), w.compute())
 
 
@@ -369,8 +374,8 @@ def test_train_wrapper_decay_auc_matches_weighted_reference(rng):
             p = rng.random(50).astype(np.float32)
             y = (rng.random(50) < p).astype(np.float32)
             batches.append((p, y))
-            refreshed = w.update(torch.from_numpy(p), torch.from_numpy(y))
-            assert refreshed == (i == 1)
+            w.update(torch.from_numpy(p), torch.from_numpy(y))
+            assert w.refreshed == (i == 1)
             if k == 0 and i == 0:
                 assert math.isnan(w.compute().item())  # nothing decayed yet
         windows.append(tuple(np.concatenate(a) for a in zip(*batches, strict=True)))
