@@ -341,8 +341,14 @@ class WriteAheadLog:
         self._mark_synced(lsn)
 
     def rotate(self) -> int:
-        """Start a new segment; return its index (replay of later state starts there)."""
+        """Start a new segment; return its index (replay of later state starts there).
+
+        Refused once the log failed: a failed append's leftovers must stay in the last
+        segment, where the next start cuts them as a torn tail.
+        """
         with self._lock:
+            if self._failed is not None:
+                raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
