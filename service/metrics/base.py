@@ -255,6 +255,46 @@ class RankMetric(Metric):
                     total += sum(t.numel() * t.element_size() for t in value)
         return total
 
+    # list states are only appended to between a mark and its undo, except in metrics
+    # that drop or reset samples themselves (they keep whole chunk lists instead)
+    _undo_keeps_lists: ClassVar[bool] = False
+
+    def undo_mark(self) -> dict[tuple[str, str], Any]:
+        """What :meth:`undo` needs to put the states back as they are now: per state of
+        this metric and those it wraps, a list state's length (appended chunks are cut
+        off again) and a clone of a tensor state. O(states), not O(samples held).
+
+        >>> from rankboard.service.metrics import AUC
+        >>> m = AUC(thresholds=0)
+        >>> m.update(torch.tensor([0.1, 0.8]), torch.tensor([0, 1]))
+        >>> mark = m.undo_mark()
+        >>> m.update(torch.tensor([0.9]), torch.tensor([0]))
+        >>> m.undo(mark)
+        >>> len(m.preds), m.compute().item()
+        (1, 1.0)
+        """
+        keep = self._undo_keeps_lists
+        out: dict[tuple[str, str], Any] = {}
+        for prefix, module in self._rank_modules():
+            for key, value in module.metric_state.items():
+                if isinstance(value, list):
+                    out[(prefix, key)] = list(value) if keep else len(value)
+                else:
+                    out[(prefix, key)] = value.detach().clone()
+        return out
+
+    def undo(self, mark: dict[tuple[str, str], Any]) -> None:
+        """Put the states back to what :meth:`undo_mark` recorded (once per mark)."""
+        modules = dict(self._rank_modules())
+        for (prefix, key), saved in mark.items():
+            module = modules[prefix]
+            if isinstance(saved, int):
+                del getattr(module, key)[saved:]
+            else:
+                setattr(module, key, saved)
+        for module in modules.values():
+            module._after_load()
+
     def load_state_dict(  # type: ignore[override]
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:

@@ -332,6 +332,8 @@ class Windowed(RankMetric):
     1.0
     """
 
+    _undo_keeps_lists = True  # old chunks are dropped or cut (the window bounds the list)
+
     def __init__(self, make: Callable[[], RankMetric], window_size: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if window_size < 1:

@@ -93,6 +93,7 @@ class TrainMetricWrapper(RankMetric):
     """
 
     full_state_update = True  # the smoothed value cannot be merged
+    _undo_keeps_lists = True  # a refresh resets the wrapped metric (at most decay_step chunks)
 
     def __init__(
         self, metric: RankMetric, decay_rate: float = 0.9, decay_step: int = 100, **kwargs: Any

@@ -11,7 +11,6 @@ defaults of :func:`default_declaration` apply.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -275,7 +274,7 @@ class Run:
                 if w is None
                 else (
                     w.samples,
-                    {k: _mark(m) for k, m in w.metrics.items()},
+                    {k: m.undo_mark() for k, m in w.metrics.items()},
                     None if w.columns is None else w.columns.mark(),
                 )
             )
@@ -294,7 +293,7 @@ class Run:
             if window.columns is not None and columns is not None:
                 window.columns.truncate(columns)
             for k, m in window.metrics.items():
-                _restore(m, marks[k])
+                m.undo(marks[k])
         self.samples, self.version, self.last_step, self.history_points = undo["counters"]
         self.updated_at = undo["updated_at"]
 
@@ -430,27 +429,3 @@ class Run:
             nbytes = retained_nbytes(m for w in run.windows.values() for m in w.metrics.values())
             run.bytes_per_sample = nbytes / run.samples
         return run
-
-
-def _mark(metric: Metric) -> dict[tuple[str, str], Any]:
-    """Per state of ``metric`` and its sub-metrics: a list state's length (lists are only
-    appended to), or a clone of a tensor state."""
-    out: dict[tuple[str, str], Any] = {}
-    for name, module in metric.named_modules():
-        if isinstance(module, Metric):
-            for key, value in module.metric_state.items():
-                out[(name, key)] = len(value) if isinstance(value, list) else value.clone()
-    return out
-
-
-def _restore(metric: Metric, mark: dict[tuple[str, str], Any]) -> None:
-    """Put ``metric`` back to what :func:`_mark` recorded."""
-    for (name, key), saved in mark.items():
-        module = metric.get_submodule(name) if name else metric
-        value = getattr(module, key)
-        if isinstance(value, list):
-            del value[saved:]
-        else:
-            setattr(module, key, saved)
-
-

@@ -190,3 +190,57 @@ def test_windowed_state_copy() -> None:
     m.update(torch.tensor([0.2, 0.8, 0.3, 0.7]), torch.tensor([0, 1, 0, 1]))
     assert c.compute().item() == 0.0 and m.compute().item() == 1.0
     assert math.isnan(Windowed(lambda: AUC(thresholds=0), window_size=2).compute().item())
+
+
+def _state_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    for k in sa:
+        x, y = sa[k], sb[k]
+        if isinstance(x, list):
+            x = torch.cat(x) if x else torch.zeros(0)
+            y = torch.cat(y) if y else torch.zeros(0)
+        if x.shape != y.shape or not torch.equal(x.isnan(), y.isnan()):
+            return False
+        if not torch.equal(x.nan_to_num(0.0), y.nan_to_num(0.0)):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AUC(thresholds=0),
+        lambda: GroupedAUC(),
+        lambda: NormalizedEntropy(),
+        lambda: Windowed(lambda: AUC(thresholds=0), window_size=150),
+        lambda: TrainMetricWrapper(AUC(thresholds=0), decay_rate=0.5, decay_step=2),
+        lambda: TrainMetricWrapper(DecayAUC(bins=10), decay_rate=0.5, decay_step=2),
+    ],
+)
+def test_undo_puts_every_state_back(make) -> None:
+    """After any number of updates (window trims, decay steps that reset the wrapped
+    metric included), undo gives exactly the state of a metric that never saw them."""
+    rng = np.random.default_rng(12)
+    batches = [_data(rng, 100) for _ in range(5)]
+    m, ref = make(), make()
+
+    def feed(metric, b):
+        p, y, k = b
+        kw = {"grouping_key": k} if metric.needs_grouping_key else {}
+        metric.update(p, y, **kw)
+
+    feed(m, batches[0])
+    feed(ref, batches[0])
+    mark = m.undo_mark()
+    for b in batches[1:4]:
+        feed(m, b)
+    m.undo(mark)
+    assert _state_equal(m, ref)
+    feed(m, batches[4])
+    feed(ref, batches[4])
+    assert _state_equal(m, ref)
+    assert m.compute().item() == pytest.approx(ref.compute().item(), nan_ok=True)
+    if isinstance(m, TrainMetricWrapper):
+        assert m.num_updates == ref.num_updates == 2
