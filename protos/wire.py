@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ __all__ = [
     "declaration_field",
     "decode_array",
     "encode_array",
+    "encode_batch",
     "metric_blocks",
     "metric_fields",
     "parse_metrics",
@@ -151,6 +152,61 @@ def declaration_field(phase: str) -> str:
 
 def _config_type(phase: str) -> type[message.Message]:
     return metric_pb2.TrainMetricConfig if phase == "train" else metric_pb2.MetricConfig
+
+
+# ---------------------------------------------------------------- batches
+def encode_batch(
+    *,
+    producer_id: str,
+    experiment: str,
+    arm: str,
+    task: str,
+    phase: str,
+    step: int,
+    predictions: Any,
+    labels: Any,
+    num_classes: int = 0,
+    weights: Any = None,
+    grouping_keys: Mapping[str, Any] | None = None,
+    sample_ids: Any = None,
+    segments: Sequence[tuple[int, int]] = (),
+    metrics: Sequence[message.Message] = (),
+    sequence: int = 0,
+) -> ingest_pb2.Batch:
+    """A :class:`Batch` as producers send it: float32 values, int64 keys and ids.
+
+    ``predictions`` holds n values, or n x ``num_classes`` row-major; ``segments``
+    are ``(step, samples)`` runs when the batch holds several steps (``step`` is
+    then the first); ``metrics`` is the declaration of ``phase``.
+
+    >>> b = encode_batch(producer_id="p", experiment="e", arm="a", task="ctr", phase="eval",
+    ...     step=3, predictions=[0.5, 0.25], labels=[1, 0], grouping_keys={"user": [7, 7]})
+    >>> decode_array(b.predictions, "p").tolist(), decode_array(b.grouping_keys[0].keys, "k")
+    ([0.5, 0.25], array([7, 7]))
+    """
+    batch = ingest_pb2.Batch(
+        producer_id=producer_id,
+        sequence=sequence,
+        experiment=experiment,
+        arm=arm,
+        task=task,
+        phase=phase_code(phase),
+        step=step,
+        predictions=encode_array(predictions, "<f4"),
+        labels=encode_array(labels, "<f4"),
+        num_classes=num_classes,
+    )
+    for name, col in (grouping_keys or {}).items():
+        batch.grouping_keys.add(name=name, keys=encode_array(col, "<i8"))
+    if weights is not None:
+        batch.weights.CopyFrom(encode_array(weights, "<f4"))
+    if sample_ids is not None:
+        batch.sample_ids.CopyFrom(encode_array(sample_ids, "<i8"))
+    for seg_step, count in segments:
+        batch.segments.add(step=seg_step, samples=count)
+    if metrics:
+        getattr(batch, declaration_field(phase)).extend(metrics)
+    return batch
 
 
 # ---------------------------------------------------------------- declarations
