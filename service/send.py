@@ -1,8 +1,11 @@
 """``rankboard send``: stream a CSV or Parquet file of logged predictions.
 
-It uses the trainers' client (:class:`rankboard.trainer.client.MetricsStream`)
-and exits non-zero with a message that names the column and row when the file
-does not fit. This is how offline prediction dumps are evaluated.
+It encodes the file's rows with the wire codec (:mod:`rankboard.protos.wire`)
+and delivers them through the producers' sender
+(:class:`rankboard.protos.stream.Sender`, which the trainers'
+:class:`~rankboard.trainer.MetricsStream` uses too; no torch, no trainer
+package), and exits non-zero with a message that names the column and row when
+the file does not fit. This is how offline prediction dumps are evaluated.
 
 What a new user can rely on:
 
@@ -37,7 +40,6 @@ What a new user can rely on:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -619,33 +621,33 @@ def _check_reachable(target: str, timeout: float) -> None:
         channel.close()
 
 
+_MAX_UNACKED_SAMPLES = 2_000_000  # in flight per arm: the memory bound of a send
+
+
 def _stream(
     args: argparse.Namespace, data: dict[str, np.ndarray], parts: list[_Part], declaration: str
 ) -> int:
-    import inspect
     import logging
 
-    try:  # before the client (and torch) load: an unreachable service answers in seconds
+    try:  # before grpc's channels open: an unreachable service answers in seconds
         _check_reachable(args.target, args.timeout)
     except SendInputError as err:
         _say(str(err))
         return 2
-    from rankboard.trainer.client import (
+    from rankboard.protos.stream import (
         FlushTimeout,
-        MetricsStream,
         MetricsStreamError,
         RejectedBatchesError,
+        Sender,
     )
 
-    # the client logs rejections and fatal errors; this command says them once itself
-    logging.getLogger("rankboard.trainer.client").setLevel(logging.CRITICAL)
-    if "sample_ids" in data and "sample_ids" not in inspect.signature(MetricsStream.log).parameters:
-        _say("--sample-id-col: this version of the client cannot send sample ids")
-        return 2
+    # the sender logs rejections and fatal errors; this command says them once itself
+    logging.getLogger("rankboard.protos.stream").setLevel(logging.CRITICAL)
     from tqdm import tqdm
 
     total = sum(len(p.rows) for p in parts)
-    metrics = {(args.task, args.phase): _declared_configs(declaration, args.phase)}
+    configs = _declared_configs(declaration, args.phase)
+    token = args.token if args.token is not None else os.environ.get("RANKBOARD_TOKEN") or None
     bar = tqdm(
         total=total,
         unit="samples",
@@ -656,26 +658,17 @@ def _stream(
     failure: str | None = None
     try:
         for part in parts:
-            try:
-                part.stream = MetricsStream(
-                    args.target,
-                    experiment=args.experiment,
-                    arm=part.arm,
-                    producer_id=part.producer_id,
-                    metrics=metrics,
-                    token=args.token,
-                    max_batch_samples=args.batch_size,
-                    first_sequence=1,
-                    linger=0.0,
-                    ack_timeout=max(args.timeout, 5.0),
-                    raise_on_rejected=True,
-                )
-            except ValueError as err:
-                _say(str(err))
-                return 2
+            part.stream = Sender(
+                args.target,
+                part.producer_id,
+                token=token,
+                first_sequence=1,
+                ack_timeout=max(args.timeout, 5.0),
+            )
+            part.stream.start()
         done_before = 0
         for part in parts:
-            failure = _send_part(args, data, part, bar, done_before)
+            failure = _send_part(args, data, part, configs, bar, done_before)
             done_before += len(part.rows)
             if failure:
                 break
@@ -693,13 +686,12 @@ def _stream(
                 )
             except MetricsStreamError as err:
                 failure = str(err)
-            part.stats = part.stream.stats
+            part.stats = part.stream.stats()
     finally:
         bar.close()
         for part in parts:
             if part.stream is not None:
-                with contextlib.suppress(MetricsStreamError):
-                    part.stream.close(timeout=1 if failure else 10)
+                part.stream.close()
     if failure:
         _say(failure)
         return 1
@@ -707,18 +699,18 @@ def _stream(
     for part in parts:
         s = part.stats
         where = run.format(part.arm)
-        if s.sent_batches and s.duplicate_batches == s.sent_batches:
+        if s["sent_batches"] and s["duplicate_batches"] == s["sent_batches"]:
             _say(
                 f"{where}: already sent: the service had every batch of this file for this run,"
                 " nothing changed (--replace sends it again on purpose)"
             )
-        elif s.duplicate_batches:
+        elif s["duplicate_batches"]:
             _say(
-                f"{where}: {s.applied_samples:,} samples applied; {s.duplicate_batches} batches"
-                " were there already (an earlier send of this file), not counted twice"
+                f"{where}: {s['applied_samples']:,} samples applied; {s['duplicate_batches']}"
+                " batches were there already (an earlier send of this file), not counted twice"
             )
         else:
-            _say(f"{where}: {s.applied_samples:,} samples applied")
+            _say(f"{where}: {s['applied_samples']:,} samples applied")
     return 0
 
 
@@ -737,71 +729,78 @@ def _rejection_text(err: Any) -> str:
 
 
 def _send_part(
-    args: argparse.Namespace, data: dict[str, np.ndarray], part: _Part, bar: Any, before: int
+    args: argparse.Namespace,
+    data: dict[str, np.ndarray],
+    part: _Part,
+    configs: list[Any],
+    bar: Any,
+    before: int,
 ) -> str | None:
-    """Log one arm's rows batch by batch; the bar follows acknowledged samples."""
-    from rankboard.trainer.client import FlushTimeout, MetricsStreamError, RejectedBatchesError
+    """Send one arm's rows batch by batch; the bar follows acknowledged samples."""
+    from rankboard.protos import wire
+    from rankboard.protos.stream import FlushTimeout, MetricsStreamError, RejectedBatchesError
 
-    stream = part.stream
+    sender = part.stream
     rows = part.rows
     keys = [k for k in data if k.startswith("key:")]
-    last_progress, last_done = time.monotonic(), -1
-
-    def acked() -> int:
-        s = stream.stats
-        return s.logged_samples - s.pending_samples
+    preds = data["predictions"]
+    classes = preds.shape[1] if preds.ndim == 2 and preds.shape[1] > 1 else 0
+    last_progress, last_done, sent = time.monotonic(), -1, 0
 
     def refresh() -> str | None:
         nonlocal last_progress, last_done
-        done = acked()
+        s = sender.stats()
+        done = sent - s["unacked_samples"]
         if done != last_done:
             last_done, last_progress = done, time.monotonic()
             bar.n = before + done
             bar.refresh()
-        s = stream.stats
         try:  # a fatal error (authentication) or a refused batch ends the send at once
-            stream.flush(timeout=args.timeout if s.rejected_batches else 0)
+            sender.flush(timeout=args.timeout if s["rejected_batches"] else 0)
         except FlushTimeout:
             pass
         except RejectedBatchesError as err:
             return _rejection_text(err)
         except MetricsStreamError as err:
             return str(err)
-        if s.pending_samples and time.monotonic() - last_progress > args.timeout:
+        if s["unacked_samples"] and time.monotonic() - last_progress > args.timeout:
             return (
                 f"the service at {args.target} stopped acknowledging (no progress for"
-                f" {args.timeout:g} s; last error: {s.last_error})"
+                f" {args.timeout:g} s; last error: {s['last_error']})"
             )
         return None
 
-    try:
-        for start in range(0, len(rows), args.batch_size):
-            idx = rows[start : start + args.batch_size]
-            kwargs: dict[str, Any] = {}
-            if "sample_ids" in data:
-                kwargs["sample_ids"] = data["sample_ids"][idx]
-            stream.log(
-                data["predictions"][idx],
-                data["labels"][idx],
-                task=args.task,
-                phase=args.phase,
-                step=args.step,
-                grouping_keys={k[4:]: data[k][idx] for k in keys} or None,
-                weights=data["weights"][idx] if "weights" in data else None,
-                **kwargs,
-            )
-            part.batches += 1
-            if (problem := refresh()) is not None:
-                return problem
-        while stream.stats.pending_samples:
+    for start in range(0, len(rows), args.batch_size):
+        while sender.stats()["unacked_samples"] >= _MAX_UNACKED_SAMPLES:
             if (problem := refresh()) is not None:
                 return problem
             time.sleep(0.05)
-        return refresh()
-    except MetricsStreamError as err:
-        return str(err)
-    except ValueError as err:
-        return str(err)
+        idx = rows[start : start + args.batch_size]
+        batch = wire.encode_batch(
+            producer_id=part.producer_id,
+            experiment=args.experiment,
+            arm=part.arm,
+            task=args.task,
+            phase=args.phase,
+            step=args.step,
+            predictions=preds[idx],
+            labels=data["labels"][idx],
+            num_classes=classes,
+            weights=data["weights"][idx] if "weights" in data else None,
+            grouping_keys={k[4:]: data[k][idx] for k in keys},
+            sample_ids=data["sample_ids"][idx] if "sample_ids" in data else None,
+            metrics=configs,
+        )
+        sender.send([(batch, len(idx))])
+        sent += len(idx)
+        part.batches += 1
+        if (problem := refresh()) is not None:
+            return problem
+    while sender.stats()["unacked_samples"]:
+        if (problem := refresh()) is not None:
+            return problem
+        time.sleep(0.05)
+    return refresh()
 
 
 if __name__ == "__main__":  # pragma: no cover
