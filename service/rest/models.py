@@ -25,6 +25,7 @@ class RunInfo(BaseModel):
         description="memory of the run's retained per-sample state (exact metrics keep"
         " samples; binned and summed ones do not), counted against --max-retained-mb"
     )
+    updated_at: float = Field(description="time of the run's last batch (unix seconds)")
 
 
 class ExperimentSummary(BaseModel):

@@ -62,6 +62,8 @@ def everything(http: httpx.Client) -> dict:
     for v in out.values():
         if isinstance(v, dict):
             v.pop("updated_at", None)
+            for run in v.get("runs", []):
+                run.pop("updated_at", None)
             for e in v.get("experiments", []):
                 e.pop("updated_at", None)
     return out
