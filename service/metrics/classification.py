@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._sums import binary_correct_sums
 from rankboard.service.metrics.functional._validation import Batch, validate_batch
 from rankboard.service.metrics.functional.classification import (
     accuracy_counts,
@@ -76,6 +77,15 @@ class Accuracy(RankMetric):
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``(n,)`` probabilities and 0/1 targets, or ``(n, C)`` and class ids."""
+        if b.preds.dim() == 1:  # binary: one fused pass
+            c, n = binary_correct_sums(b.preds, b.target, b.weights, self.threshold, self.inclusive)
+            if b.weights is None:
+                self.correct += c
+                self.total += n
+            else:
+                self.weighted_correct += c
+                self.weighted_total += n
+            return
         if b.weights is not None:
             w = b.weights.to(torch.float64)
             ok = correct_mask(b.preds, b.target, self.threshold, self.top_k, self.inclusive)

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._sums import logloss_sums
 from rankboard.service.metrics.functional._validation import Batch
-from rankboard.service.metrics.functional.entropy import ne_from_sums, ne_sums
+from rankboard.service.metrics.functional.entropy import ne_from_sums
 
 
 def _nan() -> Tensor:
@@ -59,7 +60,7 @@ class NormalizedEntropy(RankMetric):
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) probabilities, ``target`` (n,) in {0, 1}."""
-        ce, pos, w = ne_sums(b.preds, b.target, b.weights, self.eta)
+        ce, pos, w = logloss_sums(b.preds, b.target, b.weights, self.eta)
         self.sum_logloss += ce
         self.sum_positive += pos
         self.sum_weight += w

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from rankboard.service.metrics._weights import aligned_weights
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._sums import error_sums, logloss_sums
 from rankboard.service.metrics.functional._validation import Batch, to_numpy
-from rankboard.service.metrics.functional.entropy import ne_sums
-from rankboard.service.metrics.functional.regression import _mean, error_sums
+from rankboard.service.metrics.functional.regression import _mean
 
 __all__ = [
     "AUPRC",
@@ -133,7 +133,7 @@ class LogLoss(RankMetric):
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) probabilities, ``target`` (n,) in {0, 1}."""
-        ce, _, w = ne_sums(b.preds, b.target, b.weights, self.eta)
+        ce, _, w = logloss_sums(b.preds, b.target, b.weights, self.eta)
         self.sum_logloss += ce
         self.sum_weight += w
 

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.functional._sums import error_sums
 from rankboard.service.metrics.functional._validation import Batch
-from rankboard.service.metrics.functional.regression import _mean, error_sums
+from rankboard.service.metrics.functional.regression import _mean
 
 __all__ = ["MeanAbsoluteError", "MeanSquaredError"]
 

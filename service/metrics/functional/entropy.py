@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from rankboard.service.metrics.functional._sums import logloss_sums
 from rankboard.service.metrics.functional._validation import validate_batch
 
 __all__ = ["ne_from_sums", "ne_sums", "normalized_entropy"]
@@ -15,18 +16,12 @@ __all__ = ["ne_from_sums", "ne_sums", "normalized_entropy"]
 def ne_sums(
     preds: Tensor, target: Tensor, weights: Tensor | None, eta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(sum w * logloss, sum w * y, sum w)`` in float64; preds clamped to [eta, 1 - eta]."""
-    p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
-    y = target.to(torch.float64)
-    # labels are 0/1, so the loss is -log(1 - |p - y|): one log per sample (torch's
-    # float64 log is 2.5x faster than log1p); 1 - |p - y| is p or 1 - p, exact in float64
-    # for float32 p except 1 - p below 2**-29, where the error is under 1e-16 absolute
-    ce = (p - y).abs_().neg_().add_(1.0).log_().neg_()
-    if weights is None:
-        n = torch.tensor(float(p.numel()), dtype=torch.float64, device=p.device)
-        return ce.sum(), y.sum(), n
-    w = weights.to(torch.float64)
-    return (ce * w).sum(), (y * w).sum(), w.sum()
+    """``(sum w * logloss, sum w * y, sum w)`` as 0-d float64 tensors; preds clamped to
+    [eta, 1 - eta] (unchecked inputs; :func:`._sums.logloss_sums` gives plain numbers)."""
+    return tuple(  # type: ignore[return-value]
+        torch.as_tensor(x, dtype=torch.float64, device=preds.device)
+        for x in logloss_sums(preds, target, weights, eta)
+    )
 
 
 def ne_from_sums(ce: Tensor, pos: Tensor, total: Tensor, eta: float) -> Tensor:

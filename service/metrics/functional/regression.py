@@ -7,25 +7,28 @@ import math
 import torch
 from torch import Tensor
 
+from rankboard.service.metrics.functional._sums import Number, error_sums
 from rankboard.service.metrics.functional._validation import validate_batch
 
 __all__ = ["error_sums", "mean_absolute_error", "mean_squared_error"]
 
 
-def error_sums(
-    preds: Tensor, target: Tensor, weights: Tensor | None, squared: bool
-) -> tuple[Tensor, Tensor]:
-    """``(sum of w * error, sum of w)`` in float64 (unchecked inputs)."""
-    d = preds.to(torch.float64) - target.to(torch.float64)
-    e = d * d if squared else d.abs()
-    if weights is None:
-        return e.sum(), torch.tensor(float(e.numel()), dtype=torch.float64, device=e.device)
-    w = weights.to(torch.float64)
-    return (e * w).sum(), w.sum()
-
-
-def _mean(total: Tensor, weight: Tensor) -> Tensor:
+def _mean(total: Number, weight: Number) -> Tensor:
+    total = torch.as_tensor(total, dtype=torch.float64)
+    weight = torch.as_tensor(weight, dtype=torch.float64)
     return torch.where(weight > 0, total / torch.where(weight > 0, weight, 1.0), math.nan)
+
+
+def _mean_error(preds: Tensor, target: Tensor, weights: Tensor | None, squared: bool) -> Tensor:
+    b = validate_batch(
+        preds,
+        target,
+        label_kind="real",
+        weights=weights,
+        supports_weights=True,
+        metric_name="mean_squared_error" if squared else "mean_absolute_error",
+    )
+    return _mean(*error_sums(b.preds, b.target, b.weights, squared=squared))
 
 
 def mean_absolute_error(preds: Tensor, target: Tensor, *, weights: Tensor | None = None) -> Tensor:
@@ -34,15 +37,7 @@ def mean_absolute_error(preds: Tensor, target: Tensor, *, weights: Tensor | None
     >>> mean_absolute_error(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])).item()
     1.5
     """
-    b = validate_batch(
-        preds,
-        target,
-        label_kind="real",
-        weights=weights,
-        supports_weights=True,
-        metric_name="mean_absolute_error",
-    )
-    return _mean(*error_sums(b.preds, b.target, b.weights, squared=False))
+    return _mean_error(preds, target, weights, squared=False)
 
 
 def mean_squared_error(preds: Tensor, target: Tensor, *, weights: Tensor | None = None) -> Tensor:
@@ -51,12 +46,4 @@ def mean_squared_error(preds: Tensor, target: Tensor, *, weights: Tensor | None 
     >>> mean_squared_error(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])).item()
     2.5
     """
-    b = validate_batch(
-        preds,
-        target,
-        label_kind="real",
-        weights=weights,
-        supports_weights=True,
-        metric_name="mean_squared_error",
-    )
-    return _mean(*error_sums(b.preds, b.target, b.weights, squared=True))
+    return _mean_error(preds, target, weights, squared=True)

@@ -1,0 +1,141 @@
+"""The float64 sums of the streaming metrics (NE, log loss, MSE, MAE, RMSE, R², binary
+accuracy) in one pass each, without fresh temporaries.
+
+On the CPU every sum runs as a few numpy ufuncs in place on a per-thread float64 scratch
+(allocated once, grown to the largest batch up to :data:`_KEEP_MAX` samples): the inputs
+are read where they lie (zero-copy views of the float32 tensors), nothing of size ``n``
+is allocated per batch, and numpy's float64 ``log`` is about 3x torch's here (6 vs 18 µs
+for 8,192 samples). On other devices the torch expression runs (one sync-free graph).
+Results: Python floats on the CPU, 0-d float64 tensors elsewhere; either adds into a
+metric's float64 state.
+
+>>> import torch
+>>> ce, pos, w = logloss_sums(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), None, 1e-12)
+>>> round(ce, 6), pos, w
+(1.386294, 1.0, 2.0)
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["binary_correct_sums", "error_sums", "logloss_sums"]
+
+Number = float | Tensor
+
+_local = threading.local()
+# a thread keeps scratch for batches up to this many samples; larger ones get a fresh array
+_KEEP_MAX = 1 << 20
+
+
+def _scratch(n: int, slot: int, dtype: type = np.float64) -> np.ndarray:
+    """An array of ``n`` elements owned by this thread (one per slot, 0-3)."""
+    bufs: list[np.ndarray] | None = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = [np.empty(0, dtype=np.float64)] * 2 + [np.empty(0, np.bool_)] * 2
+    buf = bufs[slot]
+    if buf.size < n:
+        if n > _KEEP_MAX:
+            return np.empty(n, dtype=dtype)
+        size = min(max(n, 2 * buf.size, 4096), _KEEP_MAX)
+        buf = bufs[slot] = np.empty(size, dtype=dtype)
+    return buf[:n]
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().numpy()
+
+
+def logloss_sums(
+    preds: Tensor, target: Tensor, weights: Tensor | None, eta: float
+) -> tuple[Number, Number, Number]:
+    """``(sum w * logloss, sum w * y, sum w)`` in float64; preds clamped to
+    ``[eta, 1 - eta]``, labels 0/1 (unchecked inputs).
+
+    The loss is torchrec's: ``-log(p)`` for a positive, ``-log(1 - p)`` for a negative,
+    on the clamped ``p``: one log per sample, of ``p`` or ``1 - p`` picked by the label.
+    """
+    n = int(preds.shape[0])
+    if preds.device.type != "cpu":
+        p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
+        y = target.to(torch.float64)
+        ce = torch.where(y > 0, p, 1.0 - p).log_().neg_()
+        if weights is None:
+            return ce.sum(), y.sum(), torch.tensor(float(n), dtype=torch.float64)
+        w = weights.to(torch.float64)
+        return (ce * w).sum(), (y * w).sum(), w.sum()
+    y = _np(target)
+    p = _scratch(n, 0)
+    np.copyto(p, _np(preds))
+    np.clip(p, eta, 1.0 - eta, out=p)
+    q = _scratch(n, 1)
+    np.subtract(1.0, p, out=q)
+    positive = np.not_equal(y, 0, out=_scratch(n, 2, np.bool_))
+    np.copyto(q, p, where=positive)
+    np.log(q, out=q)
+    if weights is None:
+        return -float(q.sum()), float(np.add.reduce(y, dtype=np.float64)), float(n)
+    w = p  # free again
+    np.copyto(w, _np(weights))
+    ce = -float(np.dot(q, w))
+    total = float(w.sum())
+    np.multiply(w, y, out=w)
+    return ce, float(w.sum()), total
+
+
+def error_sums(
+    preds: Tensor, target: Tensor, weights: Tensor | None, squared: bool
+) -> tuple[Number, Number]:
+    """``(sum w * error, sum w)`` in float64, error ``(p - y) ** 2`` or ``|p - y|``
+    (unchecked inputs)."""
+    n = int(preds.shape[0])
+    if preds.device.type != "cpu":
+        d = preds.to(torch.float64) - target.to(torch.float64)
+        e = d * d if squared else d.abs()
+        if weights is None:
+            return e.sum(), torch.tensor(float(n), dtype=torch.float64)
+        w = weights.to(torch.float64)
+        return (e * w).sum(), w.sum()
+    s = _scratch(n, 0)
+    np.copyto(s, _np(preds))
+    np.subtract(s, _np(target), out=s)
+    if weights is None:
+        return float(np.dot(s, s)) if squared else float(np.abs(s, out=s).sum()), float(n)
+    w = _scratch(n, 1)
+    np.copyto(w, _np(weights))
+    if squared:
+        np.multiply(s, s, out=s)
+    else:
+        np.abs(s, out=s)
+    return float(np.dot(s, w)), float(w.sum())
+
+
+def binary_correct_sums(
+    preds: Tensor, target: Tensor, weights: Tensor | None, threshold: float, inclusive: bool
+) -> tuple[Number, Number]:
+    """``(sum w [correct], sum w)`` for 0/1 labels, predicted positive when ``preds >
+    threshold`` (``>=`` with ``inclusive``); counts (ints) without weights."""
+    n = int(preds.shape[0])
+    if preds.device.type != "cpu":
+        pos = preds >= threshold if inclusive else preds > threshold
+        ok = pos == target.to(torch.bool)
+        if weights is None:
+            return ok.sum(), torch.tensor(n)
+        w = weights.to(torch.float64)
+        return (w * ok).sum(), w.sum()
+    pos = _scratch(n, 2, np.bool_)
+    label = _scratch(n, 3, np.bool_)
+    (np.greater_equal if inclusive else np.greater)(_np(preds), threshold, out=pos)
+    np.not_equal(_np(target), 0, out=label)
+    ok = np.equal(pos, label, out=pos)
+    if weights is None:
+        return int(np.count_nonzero(ok)), n
+    w = _scratch(n, 1)
+    np.copyto(w, _np(weights))
+    total = float(w.sum())
+    np.multiply(w, ok, out=w)
+    return float(w.sum()), total
