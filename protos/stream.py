@@ -16,6 +16,14 @@ send`` (a file's rows, already NumPy arrays, encoded with
 :mod:`rankboard.protos.wire`), which is part of the service's command line and
 must not depend on the trainer package. Like the codec it needs no torch.
 
+One open stream is a :class:`rankboard.protos.connection.Connection`; the
+outcomes the sender reports (:class:`Rejection` and the errors) are in
+:mod:`rankboard.protos.delivery`, re-exported here. What is left is one class a
+little over the ~400 lines of the other modules: the sender thread, the ack
+readers and the producers calling :meth:`Sender.send` and :meth:`Sender.flush`
+share its lock and counters, and split further that locking would spread over
+several files.
+
 Threads: one sender thread per :class:`Sender` (it drains its ``source``, if
 any, and reconnects), and one ack reader per stream. One lock guards the state;
 ``work`` wakes the sender thread, ``acked`` wakes whoever waits for acks.
@@ -33,18 +41,23 @@ Example (needs a running service, hence skipped in doctests)::
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
+from rankboard.protos.connection import DEFAULT_CHANNEL_OPTIONS, Connection, Pending
+from rankboard.protos.delivery import (
+    FlushTimeout,
+    MetricsStreamError,
+    RejectedBatchesError,
+    Rejection,
+)
 from rankboard.protos.wire import PHASE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -60,25 +73,6 @@ __all__ = [
     "Sender",
 ]
 
-FATAL_CODES = {
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNIMPLEMENTED,
-}
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    # grpc's own reconnect backoff starts at 1 s and grows to 120 s; keep it
-    # short so that our backoff (which the caller configures) is what counts.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    # no transparent retries inside grpc: a stream cut by a server's shutdown before
-    # its first message was seen could hang in a retry that never completes; our own
-    # reconnect + re-send of unacknowledged batches is what recovers a broken stream
-    ("grpc.enable_retries", 0),
-    ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
-)
 SENDER_COUNTS = (
     "sent_batches",
     "resent_batches",
@@ -89,75 +83,6 @@ SENDER_COUNTS = (
     "rejected_samples",
     "reconnects",
 )
-
-
-class MetricsStreamError(RuntimeError):
-    """The stream cannot deliver: authentication failed, closed, or a fatal gRPC error."""
-
-
-class FlushTimeout(MetricsStreamError, TimeoutError):
-    """A flush ran out of time with samples still unacknowledged."""
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A batch the service refused; it changed nothing on the service.
-
-    >>> r = Rejection(sequence=7, task="ctr", phase="eval", step=3, samples=10,
-    ...               code=3, message="labels must be 0 or 1")
-    >>> str(r)
-    'batch 7 (task ctr, eval, step 3, 10 samples): INVALID_ARGUMENT: labels must be 0 or 1'
-    """
-
-    sequence: int
-    task: str
-    phase: str
-    step: int
-    samples: int
-    code: int
-    message: str
-
-    @property
-    def code_name(self) -> str:
-        """The gRPC status name of :attr:`code` (``INVALID_ARGUMENT``, ...)."""
-        return _CODE_NAMES.get(self.code, str(self.code))
-
-    def __str__(self) -> str:
-        return (
-            f"batch {self.sequence} (task {self.task}, {self.phase}, step {self.step}, "
-            f"{self.samples} samples): {self.code_name}: {self.message}"
-        )
-
-
-class RejectedBatchesError(MetricsStreamError):
-    """Raised by a flush when the service refused batches.
-
-    >>> err = RejectedBatchesError([Rejection(1, "ctr", "eval", 0, 5, 9, "metrics differ")])
-    >>> print(err)
-    the rankboard service rejected 1 batch:
-      batch 1 (task ctr, eval, step 0, 5 samples): FAILED_PRECONDITION: metrics differ
-    """
-
-    def __init__(self, rejections: Sequence[Rejection], more: int = 0) -> None:
-        self.rejections = list(rejections)
-        total = len(self.rejections) + more
-        lines = [f"the rankboard service rejected {total} batch{'es' if total != 1 else ''}:"]
-        lines += [f"  {r}" for r in self.rejections]
-        if more:
-            lines.append(f"  ... and {more} more")
-        super().__init__("\n".join(lines))
-
-
-@dataclass
-class Pending:
-    """An unacknowledged batch: in memory, or stored elsewhere (``batch`` None, ``stored``)."""
-
-    batch: ingest_pb2.Batch | None
-    samples: int
-    sends: int = 0
-    sequence: int = 0
-    meta: tuple[str, int, int] = ("", 0, 0)  # task, phase, step (for a rejection)
-    stored: Any = None  # where a spill store keeps it
 
 
 class BatchSource(Protocol):
@@ -172,31 +97,6 @@ class BatchSource(Protocol):
 
     def encode(self, taken: Any) -> list[tuple[ingest_pb2.Batch, int]]:
         """``(batch, samples)`` of what :meth:`take` returned (lock not held)."""
-
-
-@dataclass
-class _Connection:
-    """One bidi stream: a request queue feeding grpc and the call's ack iterator."""
-
-    load: Callable[[Pending], ingest_pb2.Batch | None]
-    requests: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    call: Any = None
-    reader: threading.Thread | None = None
-    started: float = field(default_factory=time.monotonic)
-    acks: int = 0
-    last_ack: float = field(default_factory=time.monotonic)
-    broken: bool = False
-    closing: bool = False
-    error: str | None = None
-
-    def request_iter(self) -> Iterator[ingest_pb2.Batch]:
-        while True:
-            item = self.requests.get()
-            if item is None:
-                return
-            batch = item.batch if item.batch is not None else self.load(item)
-            if batch is not None:  # None: acknowledged meanwhile
-                yield batch
 
 
 class Sender:
@@ -273,7 +173,7 @@ class Sender:
         self.stopping = False
         self._unreported: list[Rejection] = []
         self._unreported_more = 0
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._streams_opened = 0
         self._thread = threading.Thread(
             target=self._run, name=f"rankboard-stream-{producer_id}", daemon=True
@@ -310,7 +210,7 @@ class Sender:
                 self.unacked_samples += 0 if counted else samples
                 self.counts["sent_batches"] += 1
                 if live:  # in order with re-sends: _open puts them under this lock too
-                    conn.requests.put(pending)
+                    conn.put(pending)
             self.work.notify()  # a stream to open, if none is
 
     def flush(
@@ -429,7 +329,7 @@ class Sender:
             with self.lock:
                 conn, self._conn = self._conn, None
             if conn is not None:
-                self._close_conn(conn)
+                conn.close()
 
     def _check_ack_timeout(self) -> None:
         """Mark the stream broken when acks stopped coming (lock held)."""
@@ -445,8 +345,8 @@ class Sender:
             self.last_error = conn.error
             logger.warning("rankboard stream %s: %s", self.producer_id, conn.error)
 
-    def _after_break(self, conn: _Connection, backoff: float) -> float:
-        self._close_conn(conn)
+    def _after_break(self, conn: Connection, backoff: float) -> float:
+        conn.close()
         with self.lock:
             self._conn = None
         healthy = conn.acks > 0 or time.monotonic() - conn.started > 5.0
@@ -487,8 +387,14 @@ class Sender:
         return batch
 
     def _open(self) -> None:
-        conn = _Connection(load=self._load)
-        conn.call = self._stub.Stream(conn.request_iter(), metadata=self._metadata)
+        conn = Connection(
+            self._stub,
+            self._metadata,
+            load=self._load,
+            on_ack=self._on_ack,
+            on_end=self._on_end,
+            name=f"rankboard-acks-{self.producer_id}",
+        )
         with self.lock:
             if self._streams_opened:
                 self.counts["reconnects"] += 1
@@ -498,7 +404,7 @@ class Sender:
             for p in self.unacked.values():  # stored ones are read back as grpc asks
                 again += p.sends > 0  # the others were never sent yet
                 p.sends += 1
-                conn.requests.put(p)
+                conn.put(p)
             self.counts["resent_batches"] += again
         if again:
             logger.info(
@@ -506,47 +412,23 @@ class Sender:
                 self.producer_id,
                 again,
             )
-        conn.reader = threading.Thread(
-            target=self._read_acks,
-            args=(conn,),
-            name=f"rankboard-acks-{self.producer_id}",
-            daemon=True,
-        )
-        conn.reader.start()
+        conn.start()
 
-    def _close_conn(self, conn: _Connection) -> None:
-        conn.closing = True
-        conn.requests.put(None)
-        if conn.call is not None:
-            conn.call.cancel()
-        if conn.reader is not None and conn.reader is not threading.current_thread():
-            conn.reader.join(timeout=5)
-
-    def _read_acks(self, conn: _Connection) -> None:
-        error: str | None = "the service ended the stream"
-        fatal: MetricsStreamError | None = None
-        try:
-            for ack in conn.call:
-                self._on_ack(conn, ack)
-        except grpc.RpcError as err:
-            code = err.code()
-            error = f"{code.name}: {err.details()}"
-            if code in FATAL_CODES and not conn.closing:
-                fatal = MetricsStreamError(
-                    f"rankboard service at {self.target} refused the stream: {error}"
-                )
+    def _on_end(self, conn: Connection, reason: str, fatal: bool) -> None:
         with self.lock:
             already = conn.broken
             conn.broken = True
             if not conn.closing and not already:
-                conn.error = error
-                self.last_error = error
-                if fatal is not None and self.fatal is None:
-                    logger.error("%s", fatal)
-                    self.fatal = fatal
+                conn.error = reason
+                self.last_error = reason
+                if fatal and self.fatal is None:
+                    self.fatal = MetricsStreamError(
+                        f"rankboard service at {self.target} refused the stream: {reason}"
+                    )
+                    logger.error("%s", self.fatal)
             self.notify_all()
 
-    def _on_ack(self, conn: _Connection, ack: ingest_pb2.Ack) -> None:
+    def _on_ack(self, conn: Connection, ack: ingest_pb2.Ack) -> None:
         rejection = None
         with self.lock:
             conn.acks += 1
