@@ -247,11 +247,14 @@ class StoreCollector(Collector):
         experiments.add_metric([], len({r.key.experiment for r in runs}))
         state = GaugeMetricFamily(
             "rankboard_state_bytes",
-            "Bytes of state: retained per-sample metric state in memory, and on disk the"
-            " write-ahead log, checkpoints and the history registry",
+            "Bytes of state: retained per-sample metric state and fixed state (step windows,"
+            " runs, producer entries) in memory, and on disk the write-ahead log, checkpoints"
+            " and the history registry",
             labels=["store"],
         )
         state.add_metric(["retained"], float(getattr(store, "_retained_bytes", 0.0)))
+        # RELIABILITY: windows, runs and producer entries, charged to the same cap as retained
+        state.add_metric(["fixed"], float(getattr(store, "_fixed_bytes", 0.0)))
         data = Path(store.data_dir)
         state.add_metric(["wal"], _dir_bytes(data / "wal"))
         state.add_metric(["checkpoints"], _dir_bytes(data / "checkpoints"))
