@@ -29,8 +29,8 @@ $(GEN): $(STAMP) $(PROTOS) protos/generate.py
 	$(BIN)/python protos/generate.py
 	@touch $(GEN)
 
-test: protos
-	$(BIN)/ruff check .
+# lint first (ruff check, ruff format --check, mypy), then the tests
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: protos
@@ -56,12 +56,14 @@ browser-deps:
 		echo ">> chromium/chromedriver missing: as root run apt-get install -y chromium chromium-driver"; \
 	fi
 
+# mypy's scope and settings are in pyproject.toml [tool.mypy] (plain `mypy`, no paths)
 lint: protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: protos
 	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
-	rm -rf $(VENV) protos/*_pb2*.py protos/*_pb2.pyi $(GEN)
+	rm -rf $(VENV) protos/*_pb2*.py protos/*_pb2.pyi $(GEN) .mypy_cache

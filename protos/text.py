@@ -41,7 +41,8 @@ def parse_text(text: str, msg: M, *, source: str = "config") -> M:
         # ParseError's text starts with its own "line:column : "; ours says it in words
         detail = str(err).removeprefix(f"{line}:{col} : ")
         raise ConfigError(f"{where}: {detail}") from None
-    missing = msg.FindInitializationErrors()
+    # on every Message at run time; absent from the types-protobuf stubs
+    missing = msg.FindInitializationErrors()  # type: ignore[attr-defined]
     if missing:
         raise ConfigError(f"{source}: missing required field(s): {', '.join(missing)}")
     return msg

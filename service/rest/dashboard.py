@@ -259,7 +259,7 @@ def add_ui_routes(
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:

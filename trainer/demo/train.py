@@ -43,7 +43,7 @@ from rankboard.trainer.client import MetricsStream
 from rankboard.trainer.demo.data import NUM_CATEGORIES, ClickData, make_click_data
 from rankboard.trainer.demo.model import DemoDLRM, model_inputs
 from rankboard.trainer.loss import create_loss
-from rankboard.trainer.optim import apply_sparse_optimizer, build_optimizers
+from rankboard.trainer.optim import TrainOptimizers, apply_sparse_optimizer, build_optimizers
 from rankboard.trainer.optim.fused import table_wise_sharding_plan
 
 __all__ = [
@@ -127,7 +127,7 @@ def ensure_process_group() -> None:
 
 def build_model(
     train_config: train_pb2.TrainConfig, settings: DemoSettings
-) -> tuple[DistributedModelParallel, object]:
+) -> tuple[DistributedModelParallel, TrainOptimizers]:
     """The sharded model and its optimizers (sparse fused, dense + schedules)."""
     device = torch.device("cpu")
     model = DemoDLRM(settings.num_users, settings.num_items, NUM_CATEGORIES)

@@ -250,9 +250,9 @@ def group_param_by_regex_pattern(
                 break
         else:
             remaining[name] = param
-    for pattern, group in zip(patterns, groups, strict=True):
+    for text, group in zip(patterns, groups, strict=True):
         if not group:
-            logger.warning("part optimizer pattern %r matches no parameter", pattern)
+            logger.warning("part optimizer pattern %r matches no parameter", text)
     if compiled and remaining:
         logger.info(
             "%d parameter(s) match no part optimizer and use the main dense optimizer: %s",

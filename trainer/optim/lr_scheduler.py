@@ -78,9 +78,9 @@ class BaseLR(LRScheduler):
         """The learning rate after ``step`` scheduler steps for base rate ``base_lr``."""
         raise NotImplementedError
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         step = max(self.last_epoch, 0)
-        return [0.0 if base == 0 else self.lr_at(base, step) for base in self.base_lrs]
+        return [0.0 if base == 0 else self.lr_at(float(base), step) for base in self.base_lrs]
 
 
 def _check_warmup(warmup_size: int, warmup_learning_rate: float) -> None:

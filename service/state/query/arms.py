@@ -27,7 +27,7 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _pair(bounds: tuple[float, float] | None) -> list[float] | None:
+def _pair(bounds: tuple[float | None, float | None] | None) -> list[float] | None:
     if bounds is None:
         return None
     lo, hi = _finite(bounds[0]), _finite(bounds[1])
@@ -54,7 +54,9 @@ class ArmData:
 
 def arm_data(store: MetricStore, key: RunKey, step: int | None, params: QueryParams) -> ArmData:
     """Values (and, for eval runs, statistics) of ``key`` at ``step`` (default latest)."""
-    snap, stale = store.snapshot(key, step, fresh=params.fresh)
+    got = store.snapshot(key, step, fresh=params.fresh)
+    assert got is not None  # None only with wait=False
+    snap, stale = got
     run = store.run(key)
     if key.phase != "eval":
         return ArmData(

@@ -102,8 +102,9 @@ def compare(
         pairing = "baseline" if arm == baseline else "unpaired: no statistics"
         for name, v in d.values.items():
             b = base.values.get(name)
-            delta[name] = None if v is None or b is None else v - b
-            rel[name] = None if delta[name] is None or not b else delta[name] / abs(b)
+            dv = None if v is None or b is None else v - b
+            delta[name] = dv
+            rel[name] = None if dv is None or not b else dv / abs(b)
             d_int[name] = d_se[name] = p_values[name] = verdicts[name] = None
             if arm == baseline:
                 continue
