@@ -73,6 +73,10 @@ Modules (the split of kafka-python's and librdkafka's producers)
   package) delivers through it too; its names are re-exported here.
 * :mod:`rankboard.protos.wire`: the wire codec (arrays, phases, declarations).
 
+Logs go to the ``rankboard.trainer.client.*`` loggers (spilling, dropped records,
+samples never acknowledged) and to ``rankboard.protos.stream`` (reconnects,
+re-sends, rejected batches, fatal errors).
+
 Example (needs a running service, hence skipped in doctests)::
 
     >>> from rankboard.trainer.client import MetricsStream
