@@ -16,10 +16,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -143,3 +146,49 @@ def test_console_script_and_imports_work_from_the_venv() -> None:
         timeout=120,
     )
     assert imp.returncode == 0, imp.stderr[-3000:]
+
+
+def pins(*files: str) -> dict[str, Version]:
+    """``name==version`` lines of requirements files, by canonical name."""
+    out: dict[str, Version] = {}
+    for name in files:
+        for line in (ROOT / "requirements" / name).read_text().splitlines():
+            if "==" in line and not line.lstrip().startswith("#"):
+                dist, _, version = line.partition("==")
+                out[canonical(dist.strip())] = Version(version.strip())
+    return out
+
+
+def test_declared_ranges_admit_the_pinned_versions() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {
+        "runtime": (project["dependencies"], pins("torch-cpu.txt", "base.txt")),
+        "trainer": (
+            project["optional-dependencies"]["trainer"],
+            pins("torch-cpu.txt", "torchrec.txt"),
+        ),
+        "dev": (project["optional-dependencies"]["dev"], pins("base.txt")),
+    }
+    for group, (requirements, pinned) in groups.items():
+        assert requirements, group
+        for line in requirements:
+            req = Requirement(line)
+            name = canonical(req.name)
+            assert name in pinned, f"{group}: {name} has no pin in requirements/"
+            assert pinned[name] in req.specifier, f"{group}: {line} excludes the pin {pinned[name]}"
+
+
+def test_service_image_installs_the_runtime_dependencies_only() -> None:
+    dockerfile = re.sub(r"\\\n", " ", (ROOT / "docker" / "Dockerfile.service").read_text())
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")]
+    installs = " ".join(runs)
+    # the pins file (which also pins pytest, ruff, mypy, ...) only constrains versions
+    assert "-r requirements/base.txt" not in installs
+    assert "--constraint requirements/base.txt -r /tmp/runtime.txt" in installs
+    # the list the image installs is pyproject's runtime dependencies, nothing else
+    (code,) = re.findall(r'python -c "([^"]+)" > /tmp/runtime\.txt', installs)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert out.stdout.splitlines() == project["dependencies"]
