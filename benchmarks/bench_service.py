@@ -1,17 +1,32 @@
 """Service ingestion and load benchmark, on loopback, against a `rankboard serve` process.
 
-Producers are separate processes streaming pre-encoded 8k-sample batches with
-grouping keys over ``Ingest/Stream`` (so the figure is the service's, not the
-client's encoding); pollers are threads of one more process hitting the REST
-snapshot of the run being filled. The baseline, measured in the same run, is
-the in-process update of the same metrics (the metric classes alone, no gRPC,
-no log): the ratio says what the service costs on top of the math.
+Producers are separate processes streaming pre-encoded batches with grouping keys over
+``Ingest/Stream`` (so the figure is the service's, not the client's encoding); each
+producer writes its own run (arm ``control``, ``arm1``, ...; ``--same-run`` puts them all
+in ``control``); pollers are threads of one more process hitting the REST snapshot of
+``control``. The baseline, measured in the same run, is the in-process update of the same
+metrics (``Run.apply`` of decoded batches: the metric classes alone, no gRPC, no log, no
+decoding), with torch on one thread, after a warm-up, timed for at least
+``--baseline-seconds``, the median of 3 repeats.
+
+The figure that matters is CPU seconds per sample: the service process's (user + system
+time of every thread, read from ``/proc/<pid>/stat`` between the producers' start and
+end) over the samples acknowledged, against the baseline's (``time.process_time`` over
+the samples applied). Their ratio is what ingestion costs on top of the math; wall-clock
+throughput on a shared 2-core machine says more about the neighbours.
+
+Several ``--batch`` and ``--producers`` values run every combination, each against a
+fresh service (the baseline is measured once per batch size). The only thing on stdout
+is one JSON document (a list of reports when several combinations ran); progress and
+notes go to stderr.
 
 Examples::
 
+    # issue 17: CPU per sample, 1, 2 and 8 producers, 8k and 64k batches
+    python benchmarks/bench_service.py --producers 1 2 8 --batch 8192 65536 --duration 10
     # issue 4: one producer, default eval metrics, no pollers
     python benchmarks/bench_service.py --producers 1 --pollers 0 --duration 20
-    # issue 6: load test, 4 producers and 20 pollers on a run of 10M samples
+    # issue 6: load test, 2 producers and 20 pollers on a run of 10M samples
     python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000
     # the same with dashboards polling every 0.1 s each instead of back to back
     python benchmarks/bench_service.py --producers 2 --pollers 20 --duration 30 --preload 10000000 \
@@ -39,6 +54,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,17 +102,21 @@ def producer(
     arm: str = "control",
     max_batches: int | None = None,
     rate: float | None = None,
+    ready: Any = None,
 ) -> None:
     """Stream batches for ``duration`` seconds (at most ``rate`` samples/s when set);
-    report samples and ack latencies."""
+    report samples and ack latencies. With ``ready`` (a barrier) the batches are built
+    first and streaming starts when every party is ready."""
     import grpc
 
     from rankboard.protos import ingest_pb2_grpc
 
-    pool = make_messages(64, n, f"bench-{idx}", seed=idx, arm=arm)
+    pool = make_messages(max(4, min(64, (1 << 22) // n)), n, f"bench-{idx}", seed=idx, arm=arm)
     sent: dict[int, float] = {}
     latencies: list[float] = []
     errors = 0
+    if ready is not None:
+        ready.wait()
     deadline = time.perf_counter() + duration
     seq = 0
 
@@ -133,7 +153,13 @@ def producer(
 
 
 def streams_process(
-    target: str, streams: int, duration: float, n: int, queue: mp.Queue, window: int = 2
+    target: str,
+    streams: int,
+    duration: float,
+    n: int,
+    queue: mp.Queue,
+    window: int = 2,
+    ready: Any = None,
 ) -> None:
     """``streams`` producers in one process, each its own ``Ingest/Stream`` with at most
     ``window`` batches in flight, over 4 grpc.aio channels; report samples and ack latencies.
@@ -191,6 +217,8 @@ def streams_process(
             await ch.close()
         return seconds
 
+    if ready is not None:
+        ready.wait()
     seconds = asyncio.run(main())
     queue.put(
         {
@@ -203,7 +231,12 @@ def streams_process(
 
 
 def poller_process(
-    url: str, pollers: int, duration: float, queue: mp.Queue, interval: float = 0.0
+    url: str,
+    pollers: int,
+    duration: float,
+    queue: mp.Queue,
+    interval: float = 0.0,
+    ready: Any = None,
 ) -> None:
     """``pollers`` dashboard clients, each a thread with a keep-alive connection,
     polling every ``interval`` seconds (0: back to back).
@@ -218,6 +251,8 @@ def poller_process(
     path = f"{parts.path}?{parts.query}"
     lat: list[float] = []
     errors = [0]
+    if ready is not None:
+        ready.wait()
     deadline = time.perf_counter() + duration
 
     def poll() -> None:
@@ -252,18 +287,54 @@ def poller_process(
     queue.put({"latencies": lat, "errors": errors[0]})
 
 
-def in_process_rate(n: int, batches: int = 200) -> float:
-    """Samples/s of the default eval metrics' update, in process (the baseline)."""
+def in_process_baseline(
+    n: int, min_seconds: float = 2.0, repeats: int = 3, warmup: int = 20
+) -> dict[str, float]:
+    """The default eval metrics' in-process update (the baseline): samples/s and CPU
+    seconds per sample, the median of ``repeats`` timings of at least ``min_seconds`` each,
+    after ``warmup`` batches, torch on one thread.
+
+    Each repeat applies the same pre-decoded batches to a fresh run (a run grows with
+    what it retains, as the service's does over the timed part).
+    """
+    import torch
+
     from rankboard.service.state.batch import decode_batch
     from rankboard.service.state.run import Run
 
-    msgs = make_messages(batches, n, "base", seed=99)
-    run = Run.create(decode_batch(msgs[0]), device=__import__("torch").device("cpu"))
-    decoded = [decode_batch(m) for m in msgs]
-    start = time.perf_counter()
-    for b in decoded:
-        run.apply(b)
-    return batches * n / (time.perf_counter() - start)
+    torch.set_num_threads(1)
+    pool = [decode_batch(m) for m in make_messages(16, n, "base", seed=99)]
+    rates, cpus = [], []
+    for _ in range(repeats):
+        run = Run.create(pool[0], device=torch.device("cpu"))
+        for i in range(warmup):
+            run.apply(pool[i % len(pool)])
+        done = 0
+        wall, cpu = time.perf_counter(), time.process_time()
+        while True:
+            for _ in range(8):
+                run.apply(pool[done % len(pool)])
+                done += 1
+            elapsed = time.perf_counter() - wall
+            if elapsed >= min_seconds:
+                break
+        rates.append(done * n / elapsed)
+        cpus.append((time.process_time() - cpu) / (done * n))
+        del run
+    return {
+        "samples_per_s": float(np.median(rates)),
+        "cpu_s_per_sample": float(np.median(cpus)),
+        "samples_per_s_repeats": rates,
+    }
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of every thread of ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
 
 
 def wait_with_progress(q: mp.Queue, count: int, duration: float) -> list[dict]:
@@ -287,41 +358,13 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q) * 1e3) if values else None  # JSON null, not NaN
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--producers", type=int, default=1)
-    ap.add_argument(
-        "--streams",
-        type=int,
-        default=0,
-        help="extra producer streams multiplexed in one grpc.aio process (many ranks)",
-    )
-    ap.add_argument("--pollers", type=int, default=0)
-    ap.add_argument("--duration", type=float, default=20.0)
-    ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument(
-        "--preload",
-        type=int,
-        default=0,
-        help="samples streamed into the polled run before the timed part",
-    )
-    ap.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"])
-    ap.add_argument(
-        "--poll-interval",
-        type=float,
-        default=0.0,
-        help="seconds between a poller's requests (default 0: back to back)",
-    )
-    ap.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        help="samples/s per producer (default: as fast as the service takes)",
-    )
-    args = ap.parse_args()
+def note(text: str) -> None:
+    """A line for the reader, on stderr (stdout carries the JSON report only)."""
+    print(text, file=sys.stderr, flush=True)
 
-    base = in_process_rate(args.batch)
-    print(f"in-process update of the default eval metrics: {base / 1e6:.2f}M samples/s", flush=True)
+
+def measure(args: argparse.Namespace, n: int, producers: int, base: dict[str, float]) -> dict:
+    """One combination against a fresh ``rankboard serve``: its report."""
     gport, hport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
@@ -345,7 +388,7 @@ def main() -> None:
                 "--max-samples-per-run",
                 str(10**9),
                 "--max-samples-total",
-                str(10**9),
+                str(10**10),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -358,30 +401,36 @@ def main() -> None:
             ctx = mp.get_context("spawn")
             q: mp.Queue = ctx.Queue()
             if args.preload:
-                count = args.preload // args.batch
-                print(
-                    f"preloading {count * args.batch} samples (about "
-                    f"{count * args.batch / 3e6:.0f} s) ...",
-                    flush=True,
-                )
-                p = ctx.Process(
-                    target=producer, args=(target, 999, 1e9, args.batch, q, "control", count)
-                )
+                count = args.preload // n
+                note(f"preloading {count * n} samples (about {count * n / 3e6:.0f} s) ...")
+                p = ctx.Process(target=producer, args=(target, 999, 1e9, n, q, "control", count))
                 p.start()
                 q.get()
                 p.join()
+            parties = producers + bool(args.streams) + bool(args.pollers) + 1
+            ready = ctx.Barrier(parties)
             procs = [
                 ctx.Process(
                     target=producer,
-                    args=(target, i, args.duration, args.batch, q, "control", None, args.rate),
+                    args=(
+                        target,
+                        i,
+                        args.duration,
+                        n,
+                        q,
+                        "control" if args.same_run or i == 0 else f"arm{i}",
+                        None,
+                        args.rate,
+                        ready,
+                    ),
                 )
-                for i in range(args.producers)
+                for i in range(producers)
             ]
             if args.streams:
                 procs.append(
                     ctx.Process(
                         target=streams_process,
-                        args=(target, args.streams, args.duration, args.batch, q),
+                        args=(target, args.streams, args.duration, n, q, 2, ready),
                     )
                 )
             url = (
@@ -392,12 +441,16 @@ def main() -> None:
                 procs.append(
                     ctx.Process(
                         target=poller_process,
-                        args=(url, args.pollers, args.duration, q, args.poll_interval),
+                        args=(url, args.pollers, args.duration, q, args.poll_interval, ready),
                     )
                 )
             for p in procs:
                 p.start()
+            ready.wait()  # every producer built its batches: the timed part starts
+            cpu0, wall0 = process_cpu_seconds(proc.pid), time.perf_counter()
             results = wait_with_progress(q, len(procs), args.duration)
+            cpu = process_cpu_seconds(proc.pid) - cpu0
+            wall = time.perf_counter() - wall0
             for p in procs:
                 p.join()
             status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -411,25 +464,98 @@ def main() -> None:
     seconds = max(r["seconds"] for r in prod)
     acks = [x for r in prod for x in r["latencies"]]
     snaps = [x for r in polls for x in r["latencies"]]
-    report = {
-        "producers": args.producers,
+    cpu_per_sample = cpu / samples if samples else None
+    return {
+        "producers": producers,
+        "same_run": args.same_run,
         "streams": args.streams,
         "pollers": args.pollers,
-        "batch": args.batch,
+        "batch": n,
         "fsync": args.fsync,
         "preload": args.preload,
         "rate_per_producer": args.rate,
         "poll_interval_s": args.poll_interval,
         "ingested_samples_per_s": samples / seconds,
-        "in_process_samples_per_s": base,
-        "ratio_service_to_in_process": samples / seconds / base,
+        "in_process_samples_per_s": base["samples_per_s"],
+        "ratio_service_to_in_process": samples / seconds / base["samples_per_s"],
+        "service_cpu_s": cpu,
+        "service_wall_s": wall,
+        "service_cpu_us_per_sample": cpu_per_sample * 1e6 if cpu_per_sample else None,
+        "in_process_cpu_us_per_sample": base["cpu_s_per_sample"] * 1e6,
+        "cpu_ratio_service_to_in_process": (
+            cpu_per_sample / base["cpu_s_per_sample"] if cpu_per_sample else None
+        ),
         "ack_ms": {"p50": pct(acks, 50), "p99": pct(acks, 99)},
         "snapshot_ms": {"p50": pct(snaps, 50), "p99": pct(snaps, 99), "requests": len(snaps)},
         "errors": sum(r["errors"] for r in results),
         "service_peak_rss_mb": peak_kb / 1024,
         "exit_code": proc.returncode,
     }
-    print(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--producers", type=int, nargs="+", default=[1], help="one or more producer counts"
+    )
+    ap.add_argument(
+        "--same-run",
+        action="store_true",
+        help="every producer writes the same run (default: a run each, arms control, arm1, ...)",
+    )
+    ap.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="extra producer streams multiplexed in one grpc.aio process (many ranks)",
+    )
+    ap.add_argument("--pollers", type=int, default=0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--batch", type=int, nargs="+", default=[8192], help="one or more sizes")
+    ap.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=2.0,
+        help="the least time each of the baseline's 3 repeats is timed",
+    )
+    ap.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        help="samples streamed into the polled run before the timed part",
+    )
+    ap.add_argument("--fsync", default="batch", choices=["batch", "interval", "none"])
+    ap.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.0,
+        help="seconds between a poller's requests (default 0: back to back)",
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="samples/s per producer (default: as fast as the service takes)",
+    )
+    args = ap.parse_args()
+
+    reports = []
+    for n in args.batch:
+        base = in_process_baseline(n, args.baseline_seconds)
+        note(
+            f"batch {n}: in-process update of the default eval metrics"
+            f" {base['samples_per_s'] / 1e6:.2f}M samples/s,"
+            f" {base['cpu_s_per_sample'] * 1e9:.1f} ns CPU a sample (median of 3)"
+        )
+        for producers in args.producers:
+            report = measure(args, n, producers, base)
+            note(
+                f"batch {n}, {producers} producers: {report['ingested_samples_per_s'] / 1e6:.2f}M"
+                f" samples/s, CPU per sample x{report['cpu_ratio_service_to_in_process'] or 0:.2f}"
+                " of the in-process update"
+            )
+            reports.append(report)
+    print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
 
 
 if __name__ == "__main__":
