@@ -7,7 +7,10 @@ Prints times and ratios: GroupedAUC compute against a per-group sklearn loop (ti
 fraction of the groups and scaled linearly, ``--ref-fraction 1`` for all of them, with
 the values compared on the same groups), the 10M / 1M-group GroupedAUC compute, binned
 DecayAUC update throughput against a samples x thresholds comparison, and exact XAUC
-(time at 1M, equality with brute force at 5k).
+(time at 1M, equality with brute force at 5k), and the fused float64 sums of NE, MSE,
+MAE and binary accuracy against the torch expressions they replaced (``--only sums``).
+
+    .venv/bin/python benchmarks/bench_metrics.py --only sums gauc-big   # issue 17's figures
 """
 
 from __future__ import annotations
@@ -21,7 +24,20 @@ import torch
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from rankboard.service.metrics import XAUC, Accuracy, DecayAUC, GroupedAUC, RecallAtK
+from rankboard.service.metrics import (
+    XAUC,
+    Accuracy,
+    DecayAUC,
+    GroupedAUC,
+    MeanSquaredError,
+    NormalizedEntropy,
+    RecallAtK,
+)
+from rankboard.service.metrics.functional._sums import (
+    binary_correct_sums,
+    error_sums,
+    logloss_sums,
+)
 
 
 def _timed(fn, *args, **kwargs):
@@ -102,14 +118,18 @@ def bench_grouped_auc_big(n: int, groups: int) -> None:
     # interleaved, best of three each: this machine's load swings more than the ratio
     best = {"unweighted": math.inf, "weighted": math.inf}
     out = {}
+    first = None
     for _ in range(3):
         for name, metric in (("unweighted", m), ("weighted", mw)):
             out[name], t = _timed(metric.compute_with_count)
+            first = t if first is None else first
             best[name] = min(best[name], t)
     value, count = out["unweighted"]
+    sort = bench_sort_baseline(n)
     print(
         f"GroupedAUC compute {n:,} samples / {groups:,} groups: {best['unweighted']:.2f} s "
-        f"(value {value.item():.6f}, {count.item():,} groups)"
+        f"best of 3, first {first:.2f} s (x{best['unweighted'] / sort:.1f} of the sort; "
+        f"value {value.item():.6f}, {count.item():,} groups)"
     )
     print(
         f"weighted GroupedAUC compute, same data: {best['weighted']:.2f} s "
@@ -195,6 +215,114 @@ def bench_unweighted_updates(batches: int, batch_size: int) -> None:
         print(f"{name} update, unweighted, batches of {batch_size}: {rate / 1e6:.1f}M samples/s")
 
 
+def _torch_logloss_sums(preds, target, weights, eta):
+    """The baseline: NE's sums as torch expressions on fresh float64 temporaries (the
+    update before the fused kernel)."""
+    p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
+    y = target.to(torch.float64)
+    ce = (p - y).abs_().neg_().add_(1.0).log_().neg_()
+    if weights is None:
+        return ce.sum(), y.sum(), torch.tensor(float(p.numel()), dtype=torch.float64)
+    w = weights.to(torch.float64)
+    return (ce * w).sum(), (y * w).sum(), w.sum()
+
+
+def _torch_error_sums(preds, target, weights, squared):
+    d = preds.to(torch.float64) - target.to(torch.float64)
+    e = d * d if squared else d.abs()
+    if weights is None:
+        return e.sum(), torch.tensor(float(e.numel()), dtype=torch.float64)
+    w = weights.to(torch.float64)
+    return (e * w).sum(), w.sum()
+
+
+def _torch_correct_sums(preds, target, weights, threshold, inclusive):
+    ok = (preds >= threshold if inclusive else preds > threshold) == target.to(torch.bool)
+    if weights is None:
+        return ok.sum().to(torch.int64), torch.tensor(preds.shape[0])
+    w = weights.to(torch.float64)
+    return (w * ok).sum(), w.sum()
+
+
+def _per_call_us(fn, batches, rounds: int) -> float:
+    """Median over ``rounds`` of the mean time per call over ``batches`` (µs)."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(*b)
+        times.append((time.perf_counter() - t0) / len(batches) * 1e6)
+    return float(np.median(times))  # (one round: its mean)
+
+
+def bench_sums(sizes=(8192, 65536), seconds: float = 0.25) -> None:
+    """The fused sums against the torch expressions they replaced, on one torch thread
+    (the service's), interleaved in one process, best of 7 rounds (this machine's load
+    swings more than the ratios); and NE / MSE / Accuracy ``update`` per batch."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(7)
+    for n in sizes:
+        k = 16
+        p = [torch.from_numpy(rng.random(n).astype(np.float32)) for _ in range(k)]
+        y = [torch.from_numpy((rng.random(n) < 0.3).astype(np.float32)) for _ in range(k)]
+        w = [torch.from_numpy(rng.random(n).astype(np.float32)) for _ in range(k)]
+        cases = [
+            ("NE sums", logloss_sums, _torch_logloss_sums, 1e-12),
+            ("MSE sums", error_sums, _torch_error_sums, True),
+            ("MAE sums", error_sums, _torch_error_sums, False),
+        ]
+        for weighted in (False, True):
+            ws = w if weighted else [None] * k
+            for name, new, old, arg in cases:
+                batches = [(p[i], y[i], ws[i], arg) for i in range(k)]
+                reps = max(1, int(seconds / (n * 2e-8 * k)))
+                res = {"old": [], "new": []}
+                for _ in range(7):  # interleaved rounds
+                    res["old"].append(_per_call_us(old, batches * reps, 1))
+                    res["new"].append(_per_call_us(new, batches * reps, 1))
+                o, f = min(res["old"]), min(res["new"])
+                label = "weighted" if weighted else "unweighted"
+                print(
+                    f"{name} {label}, {n:,} samples: fused {f:.1f} µs, torch expression "
+                    f"{o:.1f} µs: x{o / f:.2f}"
+                )
+            batches = [(p[i], y[i], ws[i], 0.5, False) for i in range(k)]
+            res = {"old": [], "new": []}
+            for _ in range(7):
+                res["old"].append(_per_call_us(_torch_correct_sums, batches * 20, 1))
+                res["new"].append(_per_call_us(binary_correct_sums, batches * 20, 1))
+            o, f = min(res["old"]), min(res["new"])
+            label = "weighted" if weighted else "unweighted"
+            print(
+                f"Accuracy counts {label}, {n:,} samples: fused {f:.1f} µs, torch expression "
+                f"{o:.1f} µs: x{o / f:.2f}"
+            )
+        for name, m in (
+            ("NormalizedEntropy", NormalizedEntropy()),
+            ("MeanSquaredError", MeanSquaredError()),
+            ("Accuracy", Accuracy()),
+        ):
+            batches = [(p[i], y[i]) for i in range(k)] * 20
+            us = min(_per_call_us(m.update, batches, 1) for _ in range(7))
+            print(f"{name}.update (validation included), {n:,} samples: {us:.1f} µs a batch")
+    torch.set_num_threads(threads)
+
+
+def bench_sort_baseline(n: int) -> float:
+    """Seconds to sort ``n`` random int64 in place (best of 3): the floor of a sort-based
+    grouped AUC, measured in the same run."""
+    a = np.random.default_rng(5).integers(0, 2**62, n)
+    best = math.inf
+    for _ in range(3):
+        b = a.copy()
+        t0 = time.perf_counter()
+        b.sort()
+        best = min(best, time.perf_counter() - t0)
+    print(f"np.sort of {n:,} random int64 (same-run baseline): {best:.3f} s")
+    return best
+
+
 def brute_xauc(p, t):
     d = (t[:, None] - t[None, :]).astype(np.float64) * (p[:, None] - p[None, :])
     n = len(p)
@@ -232,17 +360,27 @@ def main() -> None:
     )
     ap.add_argument("--batches", type=int, default=2000)
     ap.add_argument("--xauc-samples", type=int, default=1_000_000)
+    parts = ("gauc", "gauc-big", "decay", "updates", "xauc", "sums")
+    ap.add_argument("--only", nargs="+", choices=parts, help="run only these parts")
     args = ap.parse_args()
     if args.quick:
         args.samples, args.groups = 100_000, 10_000
         args.big_samples, args.big_groups = 1_000_000, 100_000
         args.batches, args.xauc_samples = 300, 100_000
+    only = set(args.only or parts)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_grouped_auc(args.samples, args.groups, args.ref_fraction)
-    bench_grouped_auc_big(args.big_samples, args.big_groups)
-    bench_decay_update(args.batches, 4096, max(5, args.batches // 50))
-    bench_unweighted_updates(args.batches, 4096)
-    bench_xauc(args.xauc_samples, 2000 if args.quick else 5000)
+    if "gauc" in only:
+        bench_grouped_auc(args.samples, args.groups, args.ref_fraction)
+    if "gauc-big" in only:
+        bench_grouped_auc_big(args.big_samples, args.big_groups)
+    if "decay" in only:
+        bench_decay_update(args.batches, 4096, max(5, args.batches // 50))
+    if "updates" in only:
+        bench_unweighted_updates(args.batches, 4096)
+    if "xauc" in only:
+        bench_xauc(args.xauc_samples, 2000 if args.quick else 5000)
+    if "sums" in only:
+        bench_sums((8192,) if args.quick else (8192, 65536))
 
 
 if __name__ == "__main__":

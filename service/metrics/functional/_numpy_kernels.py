@@ -22,9 +22,12 @@ __all__ = [
 
 def float_key_np(x: np.ndarray) -> np.ndarray:
     """Order-preserving uint64 in ``[0, 2**32)`` of finite float32 values (-0.0 == 0.0)."""
-    bits = (x.astype(np.float32) + np.float32(0.0)).view(np.int32).astype(np.int64)
-    bits = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (bits + (1 << 31)).astype(np.uint64)
+    bits = np.add(x, np.float32(0.0), dtype=np.float32).view(np.int32)  # a copy; -0.0 -> 0.0
+    # negatives: flip the 31 value bits (mask 0x7FFFFFFF from the arithmetic sign shift)
+    bits ^= (bits >> 31) & 0x7FFFFFFF
+    out = bits.astype(np.int64)
+    out += 1 << 31
+    return out.view(np.uint64)
 
 
 def _count_flags(flags: np.ndarray) -> np.ndarray:
@@ -101,24 +104,40 @@ def grouped_auc_np(
     n = preds.size
     if weights is not None:
         return _grouped_auc_weighted_np(preds, target, groups, weights)
+    # one packed key (group, prediction, label), sorted in place; every step in place or
+    # into one fresh array: at 10M samples each new 80 MB array costs page faults
     key = float_key_np(preds)
-    gbits = 0
     if groups is not None:
         gid, bound = dense_ids_np(groups)
-        gbits = int(bound - 1).bit_length()
-        if gbits > 30:
+        if int(bound - 1).bit_length() > 30:
             raise OverflowError("too many groups to pack")
-        key |= gid << np.uint64(32)
-    key = (key << np.uint64(1)) | target.astype(np.uint64)
-    key = np.sort(key)
-    t = (key & np.uint64(1)).astype(np.int64)
-    seg = key >> np.uint64(1)
-    starts = np.flatnonzero(np.concatenate(([True], seg[1:] != seg[:-1])))
-    cpos = np.concatenate(([0], np.cumsum(t)))
-    ends = np.append(starts[1:], n)
-    pos_s = cpos[ends] - cpos[starts]
-    neg_s = (ends - starts) - pos_s
-    cneg_before = starts - cpos[starts]
+        gid <<= np.uint64(32)
+        key |= gid
+        del gid
+    key <<= np.uint64(1)
+    key |= (target != 0).view(np.uint8)
+    key.sort()
+    cpos = np.empty(n + 1, dtype=np.int64)
+    cpos[0] = 0
+    np.bitwise_and(key, np.uint64(1), out=cpos[1:], casting="unsafe")
+    np.cumsum(cpos[1:], out=cpos[1:])
+    seg = key
+    seg >>= np.uint64(1)
+    change = np.empty(n, dtype=np.bool_)
+    change[0] = True
+    np.not_equal(seg[1:], seg[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    del change
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = n
+    cpos_start = cpos[starts]
+    pos_s = cpos[ends] - cpos_start
+    del cpos
+    neg_s = ends - starts
+    neg_s -= pos_s
+    del ends
+    cneg_before = starts - cpos_start
     if groups is None:
         u2 = np.array([np.sum(pos_s * (2 * cneg_before + neg_s))])
         return u2, np.array([pos_s.sum()]), np.array([neg_s.sum()])
@@ -135,15 +154,31 @@ def _reduce_groups(
     int_result: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-group ``(2 U, pos, neg)`` from tie segments sorted by (group, prediction)."""
-    gstart = np.concatenate(([True], sg[1:] != sg[:-1]))
-    gi = _count_flags(gstart) - 1
+    # segments are sorted by group: per-group sums are reduceat over contiguous runs (a
+    # bincount with float weights took 0.34 s of a 10M / 1M-group compute, this 0.02 s)
+    gstart = np.empty(sg.size, dtype=np.bool_)
+    gstart[0] = True
+    np.not_equal(sg[1:], sg[:-1], out=gstart[1:])
     first = np.flatnonzero(gstart)
-    rel = cneg_before - cneg_before[first][gi]
-    g = first.size
-    u2 = np.bincount(gi, weights=pos_s * (2 * rel + neg_s), minlength=g)
+    del gstart
     pos_g = np.add.reduceat(pos_s, first)
     neg_g = np.add.reduceat(neg_s, first)
-    return (u2.astype(np.int64) if int_result else u2), pos_g, neg_g
+    if int_result:
+        # exact in int64: sum of pos_s (2 cneg_before + neg_s) over the group's segments,
+        # less 2 pos_g times the negatives before the group
+        v = 2 * cneg_before
+        v += neg_s
+        v *= pos_s
+        u2 = np.add.reduceat(v, first)
+        u2 -= 2 * cneg_before[first] * pos_g
+        return u2, pos_g, neg_g
+    # float weights: offsets relative to the group's start first (no cancellation of
+    # large running sums)
+    rel = cneg_before - np.repeat(cneg_before[first], np.diff(first, append=sg.size))
+    rel *= 2
+    rel += neg_s
+    rel *= pos_s
+    return np.add.reduceat(rel, first), pos_g, neg_g
 
 
 _PACK_BITS = 64  # tests lower it to take the argsort path
