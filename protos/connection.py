@@ -58,7 +58,8 @@ class Pending:
     samples: int
     sends: int = 0
     sequence: int = 0
-    meta: tuple[str, int, int] = ("", 0, 0)  # task, phase, step (for a rejection)
+    # task, phase, step (for a rejection)
+    meta: tuple[str, ingest_pb2.Phase, int] = ("", ingest_pb2.PHASE_UNSPECIFIED, 0)
     stored: Any = None  # where a spill store keeps it
 
 

@@ -194,23 +194,22 @@ class Sender:
         them neither queued nor unacknowledged while they are encoded).
         """
         with self.lock:
-            conn = self._conn
-            live = conn is not None and not conn.broken
+            live = self._conn if self._conn is not None and not self._conn.broken else None
             for batch, samples in batches:
                 batch.sequence = self.next_sequence
                 self.next_sequence += 1
                 pending = Pending(
                     batch,
                     samples,
-                    sends=int(live),
+                    sends=int(live is not None),
                     sequence=batch.sequence,
                     meta=(batch.task, batch.phase, batch.step),
                 )
                 self.unacked[batch.sequence] = pending
                 self.unacked_samples += 0 if counted else samples
                 self.counts["sent_batches"] += 1
-                if live:  # in order with re-sends: _open puts them under this lock too
-                    conn.put(pending)
+                if live is not None:  # in order with re-sends: _open puts them under the lock too
+                    live.put(pending)
             self.work.notify()  # a stream to open, if none is
 
     def flush(

@@ -71,7 +71,7 @@ class DeclarationError(ValueError):
 
 
 # ---------------------------------------------------------------- arrays
-DTYPES: dict[int, np.dtype] = {
+DTYPES: dict[ingest_pb2.DType, np.dtype] = {
     ingest_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     ingest_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
     ingest_pb2.DTYPE_INT32: np.dtype("<i4"),
@@ -123,12 +123,15 @@ def decode_array(arr: ingest_pb2.Array, what: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- phases
-PHASE_NAMES: dict[int, str] = {ingest_pb2.PHASE_TRAIN: "train", ingest_pb2.PHASE_EVAL: "eval"}
+PHASE_NAMES: dict[ingest_pb2.Phase, str] = {
+    ingest_pb2.PHASE_TRAIN: "train",
+    ingest_pb2.PHASE_EVAL: "eval",
+}
 """Wire phase code -> ``"train"`` / ``"eval"``."""
 _PHASE_CODES = {name: code for code, name in PHASE_NAMES.items()}
 
 
-def phase_code(phase: str) -> int:
+def phase_code(phase: str) -> ingest_pb2.Phase:
     """The wire code of ``"train"`` or ``"eval"``; ValueError for anything else.
 
     >>> phase_code("eval") == ingest_pb2.PHASE_EVAL
@@ -410,8 +413,9 @@ def parse_metrics(
         validate_metrics_text(metrics, phase, source=label)
         holder = parse_text(metric_blocks(metrics, phase), ingest_pb2.Batch(), source=label)
         return list(getattr(holder, field_name))
-    out = list(metrics)
-    for m in out:
+    out: list[Any] = []
+    for m in metrics:
         if not isinstance(m, want):
             raise TypeError(f"{phase} metrics must be {want.__name__} messages, got {type(m)!r}")
+        out.append(m)
     return out

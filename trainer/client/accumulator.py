@@ -226,9 +226,18 @@ class Accumulator:
 
         preds = cat([r.predictions for r in records])
         labels = cat([r.labels for r in records])
-        weights = cat([r.weights for r in records]) if first.weights is not None else None
+        # records share a batch only when they have the same columns (Record.shape_key)
+        weights = (
+            cat([r.weights for r in records if r.weights is not None])
+            if first.weights is not None
+            else None
+        )
         keys = {name: cat([r.keys[name] for r in records]) for name in first.keys}
-        ids = cat([r.sample_ids for r in records]) if first.sample_ids is not None else None
+        ids = (
+            cat([r.sample_ids for r in records if r.sample_ids is not None])
+            if first.sample_ids is not None
+            else None
+        )
         n = labels.shape[0]
         width = max(first.num_classes, 1)
         declared = self.declared.get((first.task, first.phase), [])
