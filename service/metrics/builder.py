@@ -165,12 +165,25 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
 def create_metric(cfg: metric_pb2.MetricConfig) -> RankMetric:
     """The evaluation metric configured by ``cfg``.
 
+    ``step_decay_rate`` (an older rankboard field, never used) is refused.
+
     >>> m = create_metric(metric_pb2.MetricConfig(auc=metric_pb2.AUC(thresholds=0)))
     >>> type(m).__name__, m.thresholds
     ('AUC', 0)
+    >>> create_metric(metric_pb2.MetricConfig(auc=metric_pb2.AUC(), step_decay_rate=0.5))
+    Traceback (most recent call last):
+    ...
+    ValueError: auc: MetricConfig.step_decay_rate is not supported: ...
     """
     name = metric_key(cfg)
     msg = getattr(cfg, name)
+    if cfg.HasField("step_decay_rate"):
+        raise ValueError(
+            f"{name}: MetricConfig.step_decay_rate is not supported: tzrec's MetricConfig "
+            "has no such field and evaluation metrics are not smoothed; to smooth a metric "
+            "over training steps declare it as a train metric (TrainMetricConfig.decay_rate "
+            "and decay_step), or use window_size for the last samples only"
+        )
     if cfg.HasField("window_size"):
         size = int(cfg.window_size)
         if size < 1:

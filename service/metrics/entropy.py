@@ -25,8 +25,9 @@ class NormalizedEntropy(RankMetric):
 
     ``preds`` are probabilities in [0, 1] (a logit is refused), clamped to
     ``[eta, 1 - eta]``; the observed (weighted) positive rate is clamped likewise, so a
-    stream with a single class gives a finite (large) value. NaN only without samples or
-    with zero total weight. Lower is better.
+    stream with a single class gives a finite, very large value (about log loss / eta):
+    the value torchrec's and tzrec's NE report (see docs/metric-conventions.md). NaN only
+    without samples or with zero total weight. Lower is better.
 
     >>> m = NormalizedEntropy()
     >>> m.update(torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0, 1, 1]))

@@ -25,12 +25,25 @@ def ne_sums(
 
 
 def ne_from_sums(ce: Tensor, pos: Tensor, total: Tensor, eta: float) -> Tensor:
-    """NE from the sums of :func:`ne_sums`; NaN when there is no (weight of) sample."""
+    """NE from the sums of :func:`ne_sums`; NaN when there is no (weight of) sample.
+
+    As torchrec's ``compute_ne`` and tzrec's ``NormalizedEntropy``: the baseline is the
+    log loss of the positive rate clamped to ``[eta, 1 - eta]``, summed over the
+    positives and negatives actually seen (``-(pos log r + neg log(1 - r))``). With one
+    class only the baseline is tiny, not zero, so the value is finite and very large
+    (about ``logloss / eta``), the same number torchrec and tzrec report.
+
+    >>> one_class = ne_from_sums(*ne_sums(torch.tensor([0.9, 0.8]), torch.ones(2), None, 1e-12),
+    ...                          eta=1e-12)
+    >>> round(one_class.item() / 1e11, 4)  # mean log loss 0.164 over -log(1 - 1e-12)
+    1.6426
+    """
     ok = total > 0
     t = torch.where(ok, total, 1.0)
     rate = (pos / t).clamp(eta, 1.0 - eta)
-    base = -(rate * torch.log(rate) + (1.0 - rate) * torch.log1p(-rate))
-    return torch.where(ok, (ce / t) / base, math.nan)
+    neg = (t - pos).clamp(min=0.0)
+    base = -(pos * torch.log(rate) + neg * torch.log(1.0 - rate))
+    return torch.where(ok, ce / base, math.nan)
 
 
 def normalized_entropy(
@@ -43,7 +56,7 @@ def normalized_entropy(
     """Normalized entropy of probabilities ``preds`` against 0/1 labels.
 
     With only one class present the base rate is clamped to ``[eta, 1 - eta]`` and the
-    value is finite (large); it is NaN only without samples.
+    value is finite and very large, as in torchrec and tzrec; NaN only without samples.
 
     >>> round(normalized_entropy(torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0, 1, 1])).item(), 4)
     0.4395

@@ -305,3 +305,32 @@ def test_window_state_is_bounded_and_checkpointable(rng):
     assert again.compute().item() == pytest.approx(m.compute().item(), rel=1e-12)
     with pytest.raises(ValueError, match="window_size"):
         create_metric(parse_text("auc {} window_size: 0", pb.MetricConfig()))
+
+
+@pytest.mark.parametrize("label", [0, 1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ne_single_class_equals_torchrec_and_tzrec(label: int, weighted: bool, rng):
+    """One class only: the value torchrec's ``compute_ne`` gives (torchrec's own code,
+    run here), and tzrec's ``NormalizedEntropy.compute`` formula (written out: it is not
+    installed): finite and very large, not NaN or infinite."""
+    from torchrec.metrics.ne import compute_cross_entropy, compute_ne
+
+    n, eta = 500, 1e-12
+    p = rng.uniform(0.05, 0.95, n).astype(np.float32)
+    y = np.full(n, label, dtype=np.float32)
+    w = rng.random(n).astype(np.float32) if weighted else np.ones(n, dtype=np.float32)
+    m = NormalizedEntropy(eta=eta)
+    m.update(T(p), T(y), weights=T(w) if weighted else None)
+    ours = m.compute().item()
+
+    pt, yt, wt = (torch.from_numpy(a).double() for a in (p, y, w))
+    ce = compute_cross_entropy(yt, pt, wt, eta).sum()
+    pos, neg = (wt * yt).sum(), (wt * (1 - yt)).sum()
+    theirs = compute_ne(ce, wt.sum(), pos, neg, eta).item()
+    assert math.isfinite(ours) and ours > 1e9
+    assert ours == pytest.approx(theirs, rel=1e-9)
+    if not weighted:  # tzrec has no weights
+        ce_tz = -(yt * torch.log(pt) + (1 - yt) * torch.log(1 - pt)).sum()
+        rate = (yt.sum() / n).clamp(eta, 1 - eta)
+        norm = -(yt.sum() * torch.log(rate) + (n - yt.sum()) * torch.log(1 - rate))
+        assert ours == pytest.approx((ce_tz / norm).item(), rel=1e-6)  # tzrec: float32
