@@ -84,7 +84,7 @@ def ne_influence(
     p = np.clip(as_numpy(preds).astype(np.float64).reshape(-1), eta, 1.0 - eta)
     y = as_numpy(target).astype(np.float64).reshape(-1)
     n = p.size
-    ce = -np.log(1.0 - np.abs(p - y))
+    ce = -np.log(np.where(y > 0, p, 1.0 - p))  # the metric's (torchrec's) log loss
     w, total = _weights(weights, n)
     if not total > 0:
         return MeanInfluence(math.nan, np.zeros(n))
@@ -95,7 +95,7 @@ def ne_influence(
         a = float((w * ce).sum()) / total
         r_raw = float((w * y).sum()) / total
     r = min(max(r_raw, eta), 1.0 - eta)
-    h = -(r * math.log(r) + (1.0 - r) * math.log1p(-r))
+    h = -(r_raw * math.log(r) + (1.0 - r_raw) * math.log(1.0 - r))  # the metric's baseline
     dh = math.log((1.0 - r) / r) if eta < r_raw < 1.0 - eta else 0.0
     value = a / h
     term = (ce - a) / h - (a * dh / (h * h)) * (y - r_raw)
