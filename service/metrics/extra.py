@@ -22,6 +22,7 @@ from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._sums import error_sums, logloss_sums
 from rankboard.service.metrics.functional._validation import Batch, to_numpy
 from rankboard.service.metrics.functional.regression import _mean
+from rankboard.service.metrics.regression import MeanSquaredError
 
 __all__ = [
     "AUPRC",
@@ -39,8 +40,9 @@ def _zero() -> Tensor:
     return torch.tensor(0.0, dtype=torch.float64)
 
 
-class RootMeanSquaredError(RankMetric):
-    """Square root of the weighted mean squared error (torchrec's ``rmse``).
+class RootMeanSquaredError(MeanSquaredError):
+    """Square root of the weighted mean squared error (torchrec's ``rmse``): the states of
+    :class:`MeanSquaredError`.
 
     >>> m = RootMeanSquaredError()
     >>> m.update(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
@@ -48,24 +50,9 @@ class RootMeanSquaredError(RankMetric):
     1.581139
     """
 
-    supports_weights = True
-    label_kind = "real"
-    higher_is_better = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("sum_error", _zero(), dist_reduce_fx="sum", persistent=True)
-        self.add_state("sum_weight", _zero(), dist_reduce_fx="sum", persistent=True)
-
-    def _update_batch(self, b: Batch) -> None:
-        """Add a batch: ``preds`` (n,), ``target`` (n,), optional ``weights`` (n,) >= 0."""
-        e, w = error_sums(b.preds, b.target, b.weights, squared=True)
-        self.sum_error += e
-        self.sum_weight += w
-
     def compute(self) -> Tensor:
         """RMSE, 0-d float64; NaN without (weight of) samples (torchrec: 0)."""
-        return torch.sqrt(_mean(self.sum_error, self.sum_weight))
+        return torch.sqrt(super().compute())
 
 
 class RSquared(RankMetric):
@@ -353,19 +340,8 @@ class Windowed(RankMetric):
         for name in ("preds", "target", "weights", "keys"):
             self.add_state(name, [], dist_reduce_fx="cat", persistent=True)
 
-    def check_inputs(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
-        """The inner metric's validation."""
-        self._proto.check_inputs(preds, target, weights=weights, grouping_key=grouping_key)
-
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Any:
-        return self._proto._validate(preds, target, weights, grouping_key)
+        return self._proto._validate(preds, target, weights, grouping_key)  # the inner's
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch (the inner metric's inputs) and drop what falls out of the window."""

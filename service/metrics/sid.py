@@ -30,6 +30,16 @@ def _real_2d(x: Any, name: str, who: str) -> Tensor:
     return t
 
 
+def _no_extras(metric: RankMetric, weights: Any, grouping_key: Any) -> str:
+    """The metric's name, after refusing weights and grouping keys (neither is taken)."""
+    who = type(metric).__name__
+    if weights is not None:
+        raise ValueError(f"{who} does not support per-sample weights")
+    if grouping_key is not None:
+        raise ValueError(f"{who} does not take a grouping key")
+    return who
+
+
 class RelativeL1(RankMetric):
     """Mean symmetric relative-L1 error ``|t - p| / (max(|t|, |p|) + epsilon)``.
 
@@ -57,11 +67,7 @@ class RelativeL1(RankMetric):
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
-        who = type(self).__name__
-        if weights is not None:
-            raise ValueError(f"{who} does not support per-sample weights")
-        if grouping_key is not None:
-            raise ValueError(f"{who} does not take a grouping key")
+        who = _no_extras(self, weights, grouping_key)
         p = _real_2d(preds, "preds", who)
         t = _real_2d(target, "target", who)
         if p.shape != t.shape:
@@ -108,11 +114,7 @@ class UniqueRatio(RankMetric):
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
-        who = type(self).__name__
-        if weights is not None:
-            raise ValueError(f"{who} does not support per-sample weights")
-        if grouping_key is not None:
-            raise ValueError(f"{who} does not take a grouping key")
+        who = _no_extras(self, weights, grouping_key)
         p = _real_2d(preds, "preds", who)
         t = target if isinstance(target, Tensor) else torch.as_tensor(target)
         if t.dim() < 1 or t.shape[0] != p.shape[0]:

@@ -128,35 +128,18 @@ class TrainMetricWrapper(RankMetric):
         """Non-empty updates since construction or reset."""
         return self._host_steps
 
-    def check_inputs(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
-        """The wrapped metric's validation."""
-        self.metric.check_inputs(preds, target, weights=weights, grouping_key=grouping_key)
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
+        return self.metric._validate(preds, target, weights, grouping_key)  # the wrapped's
 
-    def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
-    ) -> None:
+    def update(self, *args: Any, **kwargs: Any) -> None:
         """Update the wrapped metric (its inputs); :attr:`refreshed` tells whether this
         update refreshed the value."""
         self._last_decayed = False
-        # the wrapped metric validates (raising before any state changes) and follows
-        # the inputs' device; a batch it accepted has a first dimension
-        self.metric.update(preds, target, weights=weights, grouping_key=grouping_key)
-        if (preds.shape[0] if isinstance(preds, Tensor) else len(preds)) == 0:
-            return
-        if self.metric.device != self.device:
-            self.to(self.metric.device)
+        super().update(*args, **kwargs)
+
+    def _update_batch(self, b: Batch) -> None:
+        # the batch is validated (raised before any state changed) and on this device
+        self.metric.update(b.preds, b.target, weights=b.weights, grouping_key=b.keys)
         steps = self._host_steps + 1
         self._host_steps = steps
         self.steps.fill_(steps)
