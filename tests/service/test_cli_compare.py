@@ -13,8 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from rankboard.service.cli import main
 from rankboard.service.compare import format_compare
-from tests.service.test_cli_firsthour import ab_export, write_csv
-from tests.service.test_crash_recovery import free_port
+from tests.helpers import ab_export, free_port, write_csv
 
 
 @pytest.fixture

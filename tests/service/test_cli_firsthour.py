@@ -19,32 +19,7 @@ import pytest
 from sklearn.metrics import mean_squared_error, roc_auc_score
 
 from rankboard.service.cli import main
-from tests.service.test_crash_recovery import free_port
-from tests.service.test_service_api import ref_gauc
-
-
-def write_csv(path: Path, columns: dict[str, list]) -> Path:
-    names = list(columns)
-    rows = zip(*columns.values(), strict=True)
-    path.write_text(",".join(names) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    return path
-
-
-def ab_export(n: int = 4000, seed: int = 3) -> dict[str, list]:
-    """A one-file A/B export: string user ids, an arm column, a timestamp."""
-    rng = np.random.default_rng(seed)
-    arm = rng.choice(["control", "treatment"], n)
-    y = (rng.random(n) < 0.3).astype(int)
-    lift = np.where(arm == "treatment", 0.35, 0.25)
-    p = np.round(np.clip(lift * y + 0.7 * rng.random(n), 0, 1), 3)
-    users = rng.integers(0, 150, n)
-    return {
-        "user_id": [f"u{100000 + u}" for u in users],
-        "arm": list(arm),
-        "prediction": list(p),
-        "label": list(y),
-        "ts": list(range(1_700_000_000, 1_700_000_000 + n)),
-    }
+from tests.helpers import ab_export, free_port, sklearn_gauc, write_csv
 
 
 def run_send(capsys, target: str, path: Path, *extra: str) -> tuple[int, str]:
@@ -244,7 +219,7 @@ def test_string_user_ids_are_hashed_and_grouped_auc_matches(service, tmp_path, c
     y = np.array(data["label"])[m]
     users = np.array(data["user_id"])[m]  # grouped by the strings themselves
     got = metrics(service.http_url, "control", fresh="true")["metrics"]
-    assert got["grouped_auc"] == pytest.approx(ref_gauc(p, y, users), abs=1e-9)
+    assert got["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, users), abs=1e-9)
     assert got["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
 
 
@@ -293,7 +268,7 @@ def test_arm_column_sends_each_arm_to_its_run(service, tmp_path, capsys) -> None
         assert got["samples"] == int(m.sum())
         assert got["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
         users = np.array(data["user_id"])[m]
-        assert got["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, users), abs=1e-9)
+        assert got["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, users), abs=1e-9)
 
 
 def test_a_row_without_an_arm_is_refused(service, tmp_path, capsys) -> None:

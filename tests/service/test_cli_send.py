@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.service.test_service_api import ref_gauc
+from tests.helpers import ServiceProcess, sklearn_gauc
 
 
 def rankboard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def test_send_file_then_query(service, tmp_path: Path, table, fmt: str) -> None:
     p, y, g = table["score"], table["click"], table["user_id"]
     assert body["step"] == 7 and body["samples"] == 5000
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
-    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, g), abs=1e-9)
 
 
 def test_send_rejected_exits_nonzero_with_message_once(service, tmp_path: Path) -> None:
@@ -126,8 +126,6 @@ def test_send_missing_column(service, tmp_path: Path) -> None:
 def test_tokens_from_the_environment(tmp_path: Path) -> None:
     """`serve` takes RANKBOARD_TOKEN / RANKBOARD_READ_TOKEN, `send` RANKBOARD_TOKEN."""
     import os
-
-    from tests.service.test_crash_recovery import ServiceProcess
 
     env = {**os.environ, "RANKBOARD_TOKEN": "w-env", "RANKBOARD_READ_TOKEN": "r-env"}
     svc = ServiceProcess(tmp_path / "data", env=env)

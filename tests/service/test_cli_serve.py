@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rankboard.service.datadir_lock import DataDirLock
-from tests.service.test_crash_recovery import ServiceProcess, free_port
+from tests.helpers import ServiceProcess, free_port
 
 
 def serve(data_dir: Path | str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -7,11 +7,7 @@ both services and float sums agree bit for bit: the comparison is exact.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +17,7 @@ import httpx
 import numpy as np
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
-from tests.service.conftest import make_batch
+from tests.helpers import ServiceProcess, make_batch
 
 STREAMS = [  # (producer, arm, phase)
     ("p-control-eval", "control", ingest_pb2.PHASE_EVAL),
@@ -54,59 +50,6 @@ def dataset(producer_index: int) -> list[ingest_pb2.Batch]:
             )
         )
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServiceProcess:
-    def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
-    ) -> None:
-        self.data_dir = data_dir
-        self.env = env
-        self.args = args
-        self.gport, self.hport = free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rankboard.service.cli",
-                "serve",
-                "--grpc-port",
-                str(self.gport),
-                "--http-port",
-                str(self.hport),
-                "--data-dir",
-                str(self.data_dir),
-                "--device",
-                "cpu",
-                "--checkpoint-interval",
-                "0.3",
-                "--log-level",
-                "WARNING",
-                *self.args,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
-        line = self.proc.stdout.readline()
-        assert "gRPC on" in line, line
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
 
 
 def paced(batches: list[ingest_pb2.Batch]):

@@ -17,7 +17,7 @@ import pytest
 
 from rankboard.protos import ingest_pb2_grpc
 from rankboard.service.rest.dashboard import compact
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_FILES = [

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from rankboard.protos import ingest_pb2_grpc
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 READ, WRITE = "dash-read", "dash-write"
 ARMS = ("control", "treatment", "treatment_b")

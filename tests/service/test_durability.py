@@ -17,7 +17,7 @@ from rankboard.service.state import wal as wal_module
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore, StateLost, StoreConfig
 from rankboard.service.state.wal import RECORD_BATCH, LogFailed, WriteAheadLog
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 KEY = RunKey("exp", "control", "ctr", "eval")
 

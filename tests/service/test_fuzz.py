@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
 from rankboard.service.server import Service, ServiceConfig, run_service
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

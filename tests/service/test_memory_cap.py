@@ -27,8 +27,7 @@ from rankboard.protos import ingest_pb2, ingest_pb2_grpc, parse_text
 from rankboard.service.state import caps
 from rankboard.service.state.batch import decode_batch
 from rankboard.service.state.run import Run
-
-from .conftest import make_batch
+from tests.helpers import make_batch
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 

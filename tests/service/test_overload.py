@@ -13,7 +13,7 @@ import pytest
 
 from rankboard.protos import ingest_pb2_grpc
 from rankboard.trainer.client import MetricsStream
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 
 def test_resource_exhausted_then_client_retries(service_factory) -> None:

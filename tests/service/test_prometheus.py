@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rankboard.protos import ingest_pb2_grpc
 from rankboard.service.rest.prometheus import StoreCollector, exposition
 from rankboard.service.state.store import MetricStore, StoreConfig
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 
 def scrape(http: httpx.Client, **kw) -> dict[str, list]:

@@ -17,7 +17,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, roc_auc_sco
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
 from rankboard.service.grpc_api import SERVICE_NAME
 from rankboard.service.rest import models
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch, sklearn_gauc
 
 
 def ref_ne(p: np.ndarray, y: np.ndarray, eta: float = 1e-12) -> float:
@@ -25,15 +25,6 @@ def ref_ne(p: np.ndarray, y: np.ndarray, eta: float = 1e-12) -> float:
     ce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     r = min(max(y.mean(), eta), 1 - eta)
     return ce / (-(r * math.log(r) + (1 - r) * math.log(1 - r)))
-
-
-def ref_gauc(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
-    vals = []
-    for key in np.unique(g):
-        m = g == key
-        if 0 < y[m].sum() < m.sum():
-            vals.append(roc_auc_score(y[m], p[m]))
-    return float(np.mean(vals))
 
 
 def click_data(n: int, seed: int, users: int = 50) -> tuple[np.ndarray, ...]:
@@ -66,7 +57,7 @@ def test_eval_defaults_equal_independent_reference(stub, http) -> None:
     assert set(body["metrics"]) == {"auc", "normalized_entropy", "grouped_auc"}
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
     assert body["metrics"]["normalized_entropy"] == pytest.approx(ref_ne(p, y), rel=1e-6)
-    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, g), abs=1e-9)
     assert body["stale"] is False
 
 
@@ -108,7 +99,7 @@ def test_declared_metrics_and_eval_steps(stub, http) -> None:
     assert latest["metrics"]["auc"] == pytest.approx(roc_auc_score(y2, p2), abs=1e-9)
     first = get_metrics(http, step=100)
     assert first["metrics"]["auc"] == pytest.approx(roc_auc_score(y1, p1), abs=1e-9)
-    assert first["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p1, y1, g1), abs=1e-9)
+    assert first["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p1, y1, g1), abs=1e-9)
     hist = http.get(
         "/v1/experiments/exp/arms/control/history",
         params={"task": "ctr", "phase": "eval", "metric": "auc"},
@@ -245,7 +236,7 @@ def test_restart_keeps_state_and_idempotency(service_factory, tmp_path) -> None:
     ).json()
     assert body["samples"] == 600
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
-    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, g), abs=1e-9)
 
 
 def test_delete_experiment(stub, http) -> None:
@@ -393,7 +384,7 @@ def test_compare_every_delta_against_independent_values(stub, http) -> None:
         arm: {
             "auc": roc_auc_score(y, p),
             "normalized_entropy": ref_ne(p, y),
-            "grouped_auc": ref_gauc(p, y, g),
+            "grouped_auc": sklearn_gauc(p, y, g),
         }
         for arm, (p, y, g) in arms.items()
     }
@@ -443,7 +434,7 @@ def test_concurrent_producers_into_one_run(service, http) -> None:
     body = get_metrics(http)
     assert body["samples"] == 8000
     assert body["metrics"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
-    assert body["metrics"]["grouped_auc"] == pytest.approx(ref_gauc(p, y, g), abs=1e-9)
+    assert body["metrics"]["grouped_auc"] == pytest.approx(sklearn_gauc(p, y, g), abs=1e-9)
 
 
 def test_device_resolution() -> None:

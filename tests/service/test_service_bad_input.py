@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 P = np.array([0.1, 0.7, 0.4, 0.9], np.float32)
 Y = np.array([0, 1, 0, 1], np.float32)

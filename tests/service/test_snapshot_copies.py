@@ -10,16 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from rankboard.service.state.batch import decode_batch
 from rankboard.service.state.run import Run
-from tests.service.conftest import make_batch
-
-
-def _group_auc(p: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
-    vals = [
-        roc_auc_score(y[g == k], p[g == k])
-        for k in np.unique(g)
-        if 0 < y[g == k].sum() < (g == k).sum()
-    ]
-    return float(np.mean(vals))
+from tests.helpers import make_batch, sklearn_gauc
 
 
 def test_copies_do_not_see_later_updates() -> None:
@@ -43,9 +34,9 @@ def test_copies_do_not_see_later_updates() -> None:
         roc_auc_score(y[:2000], p[:2000]), abs=1e-12
     )
     assert copies["grouped_auc"].compute().item() == pytest.approx(
-        _group_auc(p[:2000], y[:2000], g[:2000]), abs=1e-12
+        sklearn_gauc(p[:2000], y[:2000], g[:2000]), abs=1e-12
     )
     now, samples = run.sources(1)
     assert samples == 4000
     assert now["auc"].compute().item() == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-    assert now["grouped_auc"].compute().item() == pytest.approx(_group_auc(p, y, g), abs=1e-12)
+    assert now["grouped_auc"].compute().item() == pytest.approx(sklearn_gauc(p, y, g), abs=1e-12)

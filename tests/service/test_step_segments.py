@@ -14,8 +14,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
-
-from .conftest import make_batch
+from tests.helpers import make_batch
 
 DECL = "auc { thresholds: 200 } decay_rate: 0.5 decay_step: 2"
 

@@ -243,7 +243,7 @@ def test_retired_ema_config_is_refused_with_its_replacement(text: str, hint: str
 
 
 def test_ema_on_a_sharded_model_averages_the_dense_weights_only(sharded_model) -> None:
-    from .conftest import make_batch
+    from tests.trainer.helpers import make_batch
 
     cfg = parse_text(
         "sparse_optimizer { adagrad_optimizer { lr: 0.1 } constant_learning_rate {} } "

@@ -14,8 +14,7 @@ from rankboard.trainer.optim import (
     dense_named_parameters,
     set_initial_accumulator,
 )
-
-from .conftest import DIM, NUM_ROWS, SmallRanker, make_batch
+from tests.trainer.helpers import DIM, NUM_ROWS, SmallRanker, make_batch
 
 
 def sparse(text: str) -> optimizer_pb2.SparseOptimizer:

@@ -17,8 +17,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 
 from rankboard.protos import parse_text, train_pb2
 from rankboard.trainer.optim import build_optimizers
-
-from .conftest import make_batch
+from tests.trainer.helpers import make_batch
 
 CONFIG = r"""
 sparse_optimizer {

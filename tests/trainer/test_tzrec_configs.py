@@ -49,7 +49,7 @@ def test_the_copies_are_there_and_name_their_source() -> None:
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.stem)
 def test_train_config_parses_builds_and_steps(path: Path, sharded_model) -> None:
-    from .conftest import make_batch
+    from tests.trainer.helpers import make_batch
 
     (body,) = blocks(path.read_text(), "train_config")
     cfg = parse_text(body, train_pb2.TrainConfig(), source=source_of(path))
