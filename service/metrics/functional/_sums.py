@@ -29,6 +29,9 @@ __all__ = ["binary_correct_sums", "error_sums", "logloss_sums"]
 Number = float | Tensor
 
 _local = threading.local()
+# CPU tensors take the numpy kernels; tests flip this to check that the torch code used on
+# other devices agrees
+_use_numpy = True
 # a thread keeps scratch for batches up to this many samples; larger ones get a fresh array
 _KEEP_MAX = 1 << 20
 
@@ -61,7 +64,7 @@ def logloss_sums(
     on the clamped ``p``: one log per sample, of ``p`` or ``1 - p`` picked by the label.
     """
     n = int(preds.shape[0])
-    if preds.device.type != "cpu":
+    if preds.device.type != "cpu" or not _use_numpy:
         p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
         y = target.to(torch.float64)
         ce = torch.where(y > 0, p, 1.0 - p).log_().neg_()
@@ -103,7 +106,7 @@ def error_sums(
     """``(sum w * error, sum w)`` in float64, error ``(p - y) ** 2`` or ``|p - y|``
     (unchecked inputs)."""
     n = int(preds.shape[0])
-    if preds.device.type != "cpu":
+    if preds.device.type != "cpu" or not _use_numpy:
         d = preds.to(torch.float64) - target.to(torch.float64)
         e = d * d if squared else d.abs()
         if weights is None:
@@ -132,7 +135,7 @@ def binary_correct_sums(
     """``(sum w [correct], sum w)`` for 0/1 labels, predicted positive when ``preds >
     threshold`` (``>=`` with ``inclusive``); counts (ints) without weights."""
     n = int(preds.shape[0])
-    if preds.device.type != "cpu":
+    if preds.device.type != "cpu" or not _use_numpy:
         pos = preds >= threshold if inclusive else preds > threshold
         ok = pos == target.to(torch.bool)
         if weights is None:

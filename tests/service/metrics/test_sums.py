@@ -142,3 +142,25 @@ def test_a_batch_larger_than_the_kept_scratch(monkeypatch: pytest.MonkeyPatch) -
     ref = mean_squared_error(y, p.astype(np.float64), sample_weight=w.astype(np.float64))
     assert e / total == pytest.approx(ref, rel=1e-12)
     assert [b.size for b in _sums._local.bufs] == kept  # not grown to 5000
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_torch_path_of_other_devices_agrees(
+    weighted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch expressions that run on other devices (here forced on the CPU) give the
+    numpy kernels' sums."""
+    rng = np.random.default_rng(7)
+    p, y, w = _batch(rng, 3000, weighted)
+    calls = [
+        lambda: logloss_sums(_t(p), _t(y), _t(w), 1e-7),
+        lambda: error_sums(_t(p), _t(y), _t(w), True),
+        lambda: error_sums(_t(p), _t(y), _t(w), False),
+        lambda: binary_correct_sums(_t(p), _t(y), _t(w), 0.5, False),
+        lambda: binary_correct_sums(_t(p), _t(y), _t(w), 0.5, True),
+    ]
+    fast = [[float(x) for x in c()] for c in calls]
+    monkeypatch.setattr(_sums, "_use_numpy", False)
+    slow = [[float(x) for x in c()] for c in calls]
+    for a, b in zip(fast, slow, strict=True):
+        assert a == pytest.approx(b, rel=1e-12)
