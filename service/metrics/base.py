@@ -230,6 +230,15 @@ class RankMetric(Metric):
         >>> c.preds[0] is m.preds[0]
         True
         """
+        if next(self.children(), None) is None:
+            # a shallow copy (torchmetrics' __getstate__/__setstate__ bind the copy's own
+            # update and compute) with its own state objects: ~20x cheaper than deepcopy
+            new = copy.copy(self)
+            for name, value in self.metric_state.items():
+                setattr(new, name, list(value) if isinstance(value, list) else value.clone())
+            return new
+        # wrapped metrics (registered submodules) need their own copies: a deep copy
+        # that reuses the sample chunks
         memo: dict[int, Any] = {}
         for _, module in self._rank_modules():
             for value in module.metric_state.values():
