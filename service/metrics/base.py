@@ -69,10 +69,10 @@ class RankMetric(Metric):
         kwargs["compute_with_cache"] = False
         super().__init__(**kwargs)
         # True once the state lives on a device chosen by data or a loaded state: the
-        # first non-empty update after construction or reset() moves the metric there
+        # first non-empty update after construction or reset() moves the metric there.
+        # It also counts as "updated" (a loaded state, or update_batch, which does not go
+        # through torchmetrics' update wrapper)
         self._placed = False
-        # a loaded state counts as updated (no "compute before update" warning)
-        self._loaded = False
 
     def add_state(
         self,
@@ -91,7 +91,7 @@ class RankMetric(Metric):
     def update_called(self) -> bool:
         """Whether the metric was updated (or loaded from a state) since construction or
         ``reset()``."""
-        return self._loaded or super().update_called
+        return self._placed or super().update_called
 
     def _validate(
         self,
@@ -121,9 +121,30 @@ class RankMetric(Metric):
         *,
         weights: Any | None = None,
         grouping_key: Any | None = None,
-    ) -> None:
-        """Raise ``ValueError`` if ``update`` would refuse this batch; changes nothing."""
-        self._validate(preds, target, weights, grouping_key)
+    ) -> Batch:
+        """Raise ``ValueError`` if ``update`` would refuse this batch; changes nothing.
+
+        Returns the validated batch (compact dtypes), which :meth:`update_batch` adds
+        without checking it again: validate once, apply later.
+        """
+        return self._validate(preds, target, weights, grouping_key)
+
+    def update_batch(self, batch: Batch) -> None:
+        """Add a batch returned by this metric's :meth:`check_inputs`, not checked again
+        (the service validates each batch once, when it checks it against the state).
+        The same effect as ``update`` with the original inputs; a batch validated by a
+        metric of another kind may break this one's rules, so do not mix them.
+
+        >>> from rankboard.service.metrics import AUC
+        >>> m = AUC(thresholds=0)
+        >>> b = m.check_inputs(torch.tensor([0.1, 0.8]), torch.tensor([0, 1]))
+        >>> m.update_batch(b)
+        >>> m.compute().item()
+        1.0
+        """
+        b = self._placed_batch(batch)
+        if b is not None:
+            self._update_batch(b)
 
     def update(
         self,
@@ -153,7 +174,11 @@ class RankMetric(Metric):
         grouping_key: Any | None,
     ) -> Batch | None:
         """Validate, follow the device, and return the batch (None when it is empty)."""
-        b = self._validate(preds, target, weights, grouping_key)
+        return self._placed_batch(self._validate(preds, target, weights, grouping_key))
+
+    def _placed_batch(self, b: Batch) -> Batch | None:
+        """``b`` on the metric's device (the first non-empty batch since construction or
+        reset moves the metric to it); None when it is empty."""
         if b.size == 0:
             return None
         dev = b.preds.device
@@ -170,7 +195,6 @@ class RankMetric(Metric):
         """Reset the states to their defaults (torchmetrics' ``reset``)."""
         super().reset()
         self._placed = False
-        self._loaded = False
 
     def _rank_modules(self) -> Iterator[tuple[str, RankMetric]]:
         """``(state key prefix, metric)`` for this metric and every metric it wraps."""
@@ -316,7 +340,6 @@ class RankMetric(Metric):
             module._upgrade_state(state, prefix)
         out = super().load_state_dict(state, strict=strict, assign=assign)
         for _, module in modules:
-            module._loaded = True
             module._placed = True
             module._after_load()
         return out

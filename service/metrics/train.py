@@ -137,9 +137,15 @@ class TrainMetricWrapper(RankMetric):
         self._last_decayed = False
         super().update(*args, **kwargs)
 
+    def update_batch(self, batch: Batch) -> None:
+        """:meth:`RankMetric.update_batch`; :attr:`refreshed` as for ``update``."""
+        self._last_decayed = False
+        super().update_batch(batch)
+
     def _update_batch(self, b: Batch) -> None:
-        # the batch is validated (raised before any state changed) and on this device
-        self.metric.update(b.preds, b.target, weights=b.weights, grouping_key=b.keys)
+        # validated by the wrapped metric's rules (raised before any state changed), on
+        # this device: the wrapped metric takes it as is
+        self.metric.update_batch(b)
         steps = self._host_steps + 1
         self._host_steps = steps
         self.steps.fill_(steps)

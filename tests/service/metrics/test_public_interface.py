@@ -244,3 +244,39 @@ def test_undo_puts_every_state_back(make) -> None:
     assert m.compute().item() == pytest.approx(ref.compute().item(), nan_ok=True)
     if isinstance(m, TrainMetricWrapper):
         assert m.num_updates == ref.num_updates == 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AUC(thresholds=0),
+        lambda: AUC(thresholds=50),
+        lambda: GroupedAUC(),
+        lambda: NormalizedEntropy(),
+        lambda: MulticlassAUC(bins=10),
+        lambda: Windowed(lambda: GroupedAUC(), window_size=150),
+        lambda: TrainMetricWrapper(AUC(thresholds=0), decay_rate=0.5, decay_step=2),
+        lambda: TrainMetricWrapper(DecayAUC(bins=10), decay_rate=0.5, decay_step=2),
+    ],
+)
+def test_check_once_then_update_batch_equals_update(make) -> None:
+    """Validate once (check_inputs returns the batch), apply later (update_batch): the
+    same states, values and refresh flags as update with the raw inputs."""
+    rng = np.random.default_rng(13)
+    a, b = make(), make()
+    for i in range(5):
+        p, y, k = _data(rng, 0 if i == 2 else 100)  # an empty batch too
+        if isinstance(a, MulticlassAUC):
+            p = torch.from_numpy(rng.dirichlet(np.ones(3), p.shape[0]).astype(np.float32))
+            y = torch.from_numpy(rng.integers(0, 3, p.shape[0]))
+        kw = {"grouping_key": k} if a.needs_grouping_key else {}
+        a.update(p, y, **kw)
+        b.update_batch(b.check_inputs(p, y, **kw))
+        assert _state_equal(a, b)
+        if isinstance(a, TrainMetricWrapper):
+            assert a.refreshed == b.refreshed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # updated: no "compute before update" warning
+        assert b.compute().item() == pytest.approx(a.compute().item(), nan_ok=True)
+    with pytest.raises(ValueError):
+        b.check_inputs(torch.tensor([0.5, float("nan")]), torch.tensor([0, 1]))
