@@ -59,6 +59,60 @@ class ChunkRef(NamedTuple):
     pos: int
 
 
+class ChunkSpan(NamedTuple):
+    """``count`` chunks of a list, in chunk file ``file`` from ``pos`` on, ``step`` apart.
+
+    A manifest stores a chunk list as spans, not one :class:`ChunkRef` a chunk: the
+    chunks a checkpoint adds to a list lie next to each other in its chunk file (step
+    1), and the empty chunks of an unweighted stream are all one chunk (step 0). So a
+    manifest grows with the lists and the checkpoints that fed them, not with the chunks.
+
+    >>> _spans([ChunkRef(3, 0), ChunkRef(3, 1), ChunkRef(3, 2), ChunkRef(4, 7), ChunkRef(4, 7)])
+    [ChunkSpan(file=3, pos=0, count=3, step=1), ChunkSpan(file=4, pos=7, count=2, step=0)]
+    >>> list(_refs(ChunkSpan(4, 7, 2, 0)))
+    [ChunkRef(file=4, pos=7), ChunkRef(file=4, pos=7)]
+    """
+
+    file: int
+    pos: int
+    count: int
+    step: int
+
+
+def _spans(refs: list[ChunkRef]) -> list[ChunkSpan]:
+    """``refs`` (one a chunk, in list order) as the fewest :class:`ChunkSpan`."""
+    out: list[ChunkSpan] = []
+    for ref in refs:
+        if out:
+            last = out[-1]
+            if last.file == ref.file:
+                if last.count == 1 and ref.pos - last.pos in (0, 1):
+                    out[-1] = ChunkSpan(last.file, last.pos, 2, ref.pos - last.pos)
+                    continue
+                if ref.pos == last.pos + last.count * last.step and last.count > 1:
+                    out[-1] = last._replace(count=last.count + 1)
+                    continue
+        out.append(ChunkSpan(ref.file, ref.pos, 1, 1))
+    return out
+
+
+def _refs(span: ChunkSpan) -> Iterator[ChunkRef]:
+    for i in range(span.count):
+        yield ChunkRef(span.file, span.pos + i * span.step)
+
+
+def _same_bytes(chunk: torch.Tensor) -> tuple:
+    """A key equal for the tensors (alive together) that view the same bytes the same way.
+
+    Retained columns and metric states hold different tensor objects over the same
+    memory (a batch's predictions are kept by the sample columns and by AUC): a
+    checkpoint writes such bytes once. Empty chunks all share one key per dtype.
+    """
+    if chunk.numel() == 0:
+        return (0, chunk.dtype, tuple(chunk.shape), chunk.device)
+    return (chunk.data_ptr(), chunk.dtype, tuple(chunk.shape), chunk.stride(), chunk.device)
+
+
 def _manifest_path(folder: Path, index: int) -> Path:
     return folder / f"ckpt-{index:012d}.pt"
 
@@ -223,12 +277,12 @@ class Checkpoints:
         Chunks of deleted runs stay in their file as long as a live chunk shares it.
         """
         live: dict[int, int] = {}
-        seen: set[int] = set()
+        seen: set[ChunkRef] = set()
         for chunk in _chunks_of(state):
             where = self._written.get(chunk)
-            if where is None or id(chunk) in seen:
+            if where is None or where in seen:  # a chunk counts once, however many views
                 continue
-            seen.add(id(chunk))
+            seen.add(where)
             live[where.file] = live.get(where.file, 0) + chunk.numel() * chunk.element_size()
         return {
             file: nbytes / self._file_bytes[file]
@@ -247,7 +301,8 @@ class Checkpoints:
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         new: list[torch.Tensor] = []
-        fresh: dict[int, tuple[torch.Tensor, ChunkRef]] = {}  # id -> chunk, where
+        fresh: dict[tuple, ChunkRef] = {}  # same-bytes key -> where, for this file's chunks
+        placed: list[tuple[torch.Tensor, ChunkRef]] = []  # every tensor object written now
         files: set[int] = set()
         compact = {f for f, frac in self.live_fractions(state).items() if frac < COMPACT_BELOW}
         if compact:
@@ -257,12 +312,14 @@ class Checkpoints:
             where = self._written.get(chunk)
             if where is not None and where.file in compact:
                 where = None
-            if where is None and id(chunk) in fresh:  # shared by several metrics
-                where = fresh[id(chunk)][1]
             if where is None:
-                where = ChunkRef(index, len(new))
-                new.append(chunk.detach().cpu())
-                fresh[id(chunk)] = (chunk, where)
+                key = _same_bytes(chunk)  # shared by several metrics or the columns
+                where = fresh.get(key)
+                if where is None:
+                    where = ChunkRef(index, len(new))
+                    new.append(chunk.detach().cpu())
+                    fresh[key] = where
+                placed.append((chunk, where))
             files.add(where.file)
             return where
 
@@ -270,7 +327,7 @@ class Checkpoints:
             if isinstance(obj, dict):
                 return {k: externalize(v) for k, v in obj.items()}
             if _is_chunk_list(obj):
-                return [ref(c) for c in obj]
+                return _spans([ref(c) for c in obj])
             if isinstance(obj, list):
                 return [externalize(v) for v in obj]
             if isinstance(obj, torch.Tensor):
@@ -284,7 +341,7 @@ class Checkpoints:
             self._file_bytes[index] = sum(c.numel() * c.element_size() for c in new)
         size += write_file(_manifest_path(self.folder, index), manifest)
         _fsync_dir(self.folder)
-        for chunk, where in fresh.values():  # on disk now: later checkpoints refer to it
+        for chunk, where in placed:  # on disk now: later checkpoints refer to it
             self._written[chunk] = where
         self._collect_garbage()
         return size
@@ -324,11 +381,13 @@ class Checkpoints:
             self._file_bytes[f] = sum(c.numel() * c.element_size() for c in tensors)
 
         def resolve(obj: Any) -> Any:
-            if isinstance(obj, ChunkRef):
+            if isinstance(obj, ChunkRef):  # manifests before spans: a ref a chunk
                 return chunks[obj.file][obj.pos]
             if isinstance(obj, dict):
                 return {k: resolve(v) for k, v in obj.items()}
             if isinstance(obj, list):
+                if obj and isinstance(obj[0], ChunkSpan):
+                    return [chunks[r.file][r.pos] for span in obj for r in _refs(span)]
                 return [resolve(v) for v in obj]
             return obj
 
@@ -337,6 +396,9 @@ class Checkpoints:
         def remember(obj: Any) -> None:  # loaded chunks are on disk already
             if isinstance(obj, ChunkRef):
                 self._written[chunks[obj.file][obj.pos]] = obj
+            elif isinstance(obj, ChunkSpan):
+                for r in _refs(obj):
+                    self._written[chunks[r.file][r.pos]] = r
             elif isinstance(obj, dict):
                 for v in obj.values():
                     remember(v)
