@@ -127,6 +127,37 @@ def retained_nbytes(metrics: Iterable[Metric]) -> int:
 PROBE_ROWS = 256
 
 
+@dataclass(frozen=True)
+class Computed:
+    """A metric's results computed at once, standing in for a copy of the metric in a
+    snapshot source: ``compute()``, ``extra_values()`` and ``num_groups`` as the metric
+    gave them when it was computed."""
+
+    value: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    num_groups: int | None = None
+
+    @classmethod
+    def of(cls, metric: Metric) -> Computed:
+        """Compute ``metric`` now (its state must not change meanwhile)."""
+        value = metric.compute()
+        extra = getattr(metric, "extra_values", None)
+        groups = getattr(metric, "num_groups", None)
+        return cls(
+            value,
+            dict(extra()) if callable(extra) else {},
+            groups if groups is None or not callable(groups) else None,
+        )
+
+    def compute(self) -> torch.Tensor:
+        """The value computed."""
+        return self.value
+
+    def extra_values(self) -> dict[str, torch.Tensor]:
+        """The extra values computed."""
+        return self.extras
+
+
 @dataclass
 class Window:
     """The metrics of one eval step (or the single window of a train run).
@@ -350,9 +381,14 @@ class Run:
         window = self.windows.get(0 if self.key.phase == "train" else step)
         if window is None:
             return {}, 0
-        out = {}
+        out: dict[str, Any] = {}
         for name, metric in window.metrics.items():
-            out[name] = metric.state_copy()
+            if self.key.phase == "train":
+                # decayed metrics keep small fixed states: computing them here, under the
+                # caller's lock, is ~20x cheaper than copying the wrapper's modules
+                out[name] = Computed.of(metric)
+            else:
+                out[name] = metric.state_copy()
         return out, window.samples
 
     def key_columns(self, step: int) -> list[str]:
