@@ -215,11 +215,10 @@ class WriteAheadLog:
         with self._lock:
             if self._failed is not None:
                 raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
-            # header and payload as two writes: a large payload bypasses the buffer uncopied
+            # header and payload in one writev on the file's descriptor (its buffer is
+            # always empty here): one system call, the payload not copied in user space
             try:
-                self._file.write(header)
-                self._file.write(payload)
-                self._file.flush()
+                _write_all(self._file.fileno(), header, payload)
             except OSError as err:  # disk full, file too large, I/O error
                 self._undo_partial_write(err)
                 raise
@@ -440,6 +439,17 @@ class WriteAheadLog:
             f.truncate(good)
             f.flush()
             os.fsync(f.fileno())
+
+
+def _write_all(fd: int, header: bytes, payload: bytes) -> None:
+    """Write ``header`` then ``payload`` at ``fd``'s end: one ``writev``, more only when
+    the kernel takes part of it (a short write: then the rest, or the error it hits)."""
+    size = len(header) + len(payload)
+    done = os.writev(fd, (header, payload))
+    while done < size:
+        rest = memoryview(header + payload if done < len(header) else payload)
+        start = done if done < len(header) else done - len(header)
+        done += os.write(fd, rest[start:])
 
 
 class AfterScan:
