@@ -113,6 +113,13 @@ class AUC(_Binned, RankMetric):
     supports_weights = True
     label_kind = "binary"
 
+    # states (registered by add_state in __init__)
+    hist: Tensor
+    points: Tensor
+    preds: list[Tensor]
+    target: list[Tensor]
+    weights: list[Tensor]
+
     def __init__(self, thresholds: int | None = None, bins: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.thresholds, self.bins = _binning(type(self).__name__, thresholds, bins)
@@ -197,6 +204,13 @@ class MulticlassAUC(_Binned, RankMetric):
 
     label_kind = "multiclass"
     multiclass_preds = True
+
+    # states (registered by add_state in __init__)
+    num_classes: Tensor
+    hist: Tensor
+    points: Tensor
+    preds: list[Tensor]
+    target: list[Tensor]
 
     def __init__(
         self, thresholds: int | None = None, average: str = "macro", bins: int = 0, **kwargs: Any

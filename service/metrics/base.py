@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 class RankMetric(Metric):
     """Base class: validation, device following and persistence for all metrics."""
 
-    supports_weights: ClassVar[bool] = False
-    needs_grouping_key: ClassVar[bool] = False
-    label_kind: ClassVar[LabelKind] = "binary"
-    multiclass_preds: ClassVar[bool] = False
-    allow_multihot_target: ClassVar[bool] = False
-    prob_preds: ClassVar[bool] = False
+    # what a caller passes; class attributes (wrappers and binned AUCs set them per instance)
+    supports_weights: bool = False
+    needs_grouping_key: bool = False
+    label_kind: LabelKind = "binary"
+    multiclass_preds: bool = False
+    allow_multihot_target: bool = False
+    prob_preds: bool = False
 
     is_differentiable = False
     higher_is_better: bool | None = True
@@ -186,7 +187,13 @@ class RankMetric(Metric):
             if not self._placed:
                 self.to(dev)
             else:
-                b = Batch(*(None if x is None else x.to(self.device) for x in b))
+                to = self.device
+                b = Batch(
+                    b.preds.to(to),
+                    b.target.to(to),
+                    None if b.weights is None else b.weights.to(to),
+                    None if b.keys is None else b.keys.to(to),
+                )
         if not self._placed:
             self._placed = True
         return b
@@ -328,7 +335,7 @@ class RankMetric(Metric):
         for module in modules.values():
             module._after_load()
 
-    def load_state_dict(  # type: ignore[override]
+    def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
         """torchmetrics' ``load_state_dict``, after each metric (this one and those it

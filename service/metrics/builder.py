@@ -89,7 +89,7 @@ def normalize_config(cfg: AnyMetricConfig) -> AnyMetricConfig:
     return cfg
 
 
-def _auc_binning(msg: Any) -> dict[str, int | None]:
+def _auc_binning(msg: Any) -> dict[str, Any]:
     if msg.HasField("bins"):
         if msg.HasField("thresholds"):
             raise ValueError(

@@ -44,6 +44,12 @@ class Accuracy(RankMetric):
     label_kind = "binary"
     supports_weights = True
 
+    # states (registered by add_state in __init__)
+    correct: Tensor
+    total: Tensor
+    weighted_correct: Tensor
+    weighted_total: Tensor
+
     def __init__(
         self, threshold: float = 0.5, top_k: int = 1, inclusive: bool = False, **kwargs: Any
     ) -> None:
@@ -123,6 +129,10 @@ class RecallAtK(RankMetric):
     multiclass_preds = True
     allow_multihot_target = True
     supports_weights = True
+
+    # states (registered by add_state in __init__)
+    hits: Tensor
+    relevant: Tensor
 
     def __init__(self, top_k: int = 5, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -48,6 +48,11 @@ class NormalizedEntropy(RankMetric):
     prob_preds = True
     higher_is_better = False
 
+    # states (registered by add_state in __init__)
+    sum_logloss: Tensor
+    sum_positive: Tensor
+    sum_weight: Tensor
+
     def __init__(self, eta: float = 1e-12, include_logloss: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0 < eta < 0.5:

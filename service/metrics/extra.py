@@ -71,6 +71,12 @@ class RSquared(RankMetric):
     supports_weights = True
     label_kind = "real"
 
+    # states (registered by add_state in __init__)
+    sum_error: Tensor
+    sum_weight: Tensor
+    sum_label: Tensor
+    sum_label_sq: Tensor
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name in ("sum_error", "sum_weight", "sum_label", "sum_label_sq"):
@@ -110,6 +116,10 @@ class LogLoss(RankMetric):
     prob_preds = True
     higher_is_better = False
 
+    # states (registered by add_state in __init__)
+    sum_logloss: Tensor
+    sum_weight: Tensor
+
     def __init__(self, eta: float = 1e-12, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0 < eta < 0.5:
@@ -141,6 +151,10 @@ class Calibration(RankMetric):
 
     supports_weights = True
     label_kind = "real"
+
+    # states (registered by add_state in __init__)
+    sum_pred: Tensor
+    sum_label: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -206,6 +220,11 @@ class AUPRC(RankMetric):
     supports_weights = True
     label_kind = "binary"
 
+    # states (registered by add_state in __init__)
+    preds: list[Tensor]
+    target: list[Tensor]
+    weights: list[Tensor]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
@@ -263,6 +282,10 @@ class RecallSession(RankMetric):
     needs_grouping_key = True
     label_kind = "real"
 
+    # states (registered by add_state in __init__)
+    true_pos: Tensor
+    false_neg: Tensor
+
     def __init__(
         self, grouping_key: str = "", top_k: int = 5, rank_labels: bool = False, **kwargs: Any
     ) -> None:
@@ -284,6 +307,7 @@ class RecallSession(RankMetric):
     def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,), ``target`` (n,) (0/1, or gains with
         ``rank_labels``), ``grouping_key`` (n,) session ids, ``weights`` (n,)."""
+        assert b.keys is not None  # needs_grouping_key: validated
         sess = to_numpy(b.keys.cpu())
         pred_pos = _rank_within_session(to_numpy(b.preds.cpu()), sess) < self.top_k
         y = to_numpy(b.target.cpu()).astype(np.float64)
@@ -321,6 +345,12 @@ class Windowed(RankMetric):
 
     _undo_keeps_lists = True  # old chunks are dropped or cut (the window bounds the list)
 
+    # states (registered by add_state in __init__)
+    preds: list[Tensor]
+    target: list[Tensor]
+    weights: list[Tensor]
+    keys: list[Tensor]
+
     def __init__(self, make: Callable[[], RankMetric], window_size: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if window_size < 1:
@@ -334,14 +364,15 @@ class Windowed(RankMetric):
         self.label_kind = proto.label_kind
         self.prob_preds = proto.prob_preds
         if hasattr(proto, "grouping_key_name"):
-            self.grouping_key_name: str = proto.grouping_key_name
+            self.grouping_key_name: str = str(proto.grouping_key_name)
         # not a registered submodule: its (empty) states stay out of state_dict
         self.__dict__["_proto"] = proto
         for name in ("preds", "target", "weights", "keys"):
             self.add_state(name, [], dist_reduce_fx="cat", persistent=True)
 
-    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Any:
-        return self._proto._validate(preds, target, weights, grouping_key)  # the inner's
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
+        proto: RankMetric = self.__dict__["_proto"]
+        return proto._validate(preds, target, weights, grouping_key)  # the inner's
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch (the inner metric's inputs) and drop what falls out of the window."""

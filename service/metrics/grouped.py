@@ -37,6 +37,12 @@ class _GroupedSamples(RankMetric):
     needs_grouping_key = True
     supports_weights = True
 
+    # states (registered by add_state in __init__)
+    preds: list[Tensor]
+    target: list[Tensor]
+    keys: list[Tensor]
+    weights: list[Tensor]
+
     def __init__(self, grouping_key: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.grouping_key_name = grouping_key
@@ -56,6 +62,7 @@ class _GroupedSamples(RankMetric):
         optional ``weights`` (n,) >= 0."""
         self.preds.append(b.preds)
         self.target.append(b.target)
+        assert b.keys is not None  # needs_grouping_key: validated
         self.keys.append(b.keys)
         # an empty chunk stands for unit weights: unweighted streams keep no weights
         self.weights.append(b.weights if b.weights is not None else b.preds.new_empty(0))

@@ -21,6 +21,10 @@ class _MeanError(RankMetric):
     higher_is_better = False
     squared = False
 
+    # states (registered by add_state in __init__)
+    sum_error: Tensor
+    sum_weight: Tensor
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         zero = torch.tensor(0.0, dtype=torch.float64)

@@ -57,6 +57,10 @@ class RelativeL1(RankMetric):
     label_kind = "real"
     higher_is_better = False
 
+    # states (registered by add_state in __init__)
+    sum_rel: Tensor
+    count: Tensor
+
     def __init__(self, epsilon: float = 1e-4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not (math.isfinite(epsilon) and epsilon >= 0):
@@ -106,6 +110,10 @@ class UniqueRatio(RankMetric):
     """
 
     label_kind = "real"
+
+    # states (registered by add_state in __init__)
+    ratio_sum: Tensor
+    count: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

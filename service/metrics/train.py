@@ -45,6 +45,9 @@ class DecayAUC(AUC):
     0.875
     """
 
+    # states (registered by add_state in __init__)
+    buffer: Tensor
+
     def __init__(self, thresholds: int | None = None, bins: int = 0, **kwargs: Any) -> None:
         if thresholds is not None and thresholds < 1 and bins < 1:
             raise ValueError(
@@ -95,6 +98,12 @@ class TrainMetricWrapper(RankMetric):
     full_state_update = True  # the smoothed value cannot be merged
     _undo_keeps_lists = True  # a refresh resets the wrapped metric (at most decay_step chunks)
 
+    # states (registered by add_state in __init__)
+    value: Tensor
+    steps: Tensor
+    decays: Tensor
+    metric: RankMetric
+
     def __init__(
         self, metric: RankMetric, decay_rate: float = 0.9, decay_step: int = 100, **kwargs: Any
     ) -> None:
@@ -112,7 +121,7 @@ class TrainMetricWrapper(RankMetric):
         self.needs_grouping_key = metric.needs_grouping_key
         self.label_kind = metric.label_kind
         if hasattr(metric, "grouping_key_name"):
-            self.grouping_key_name: str = metric.grouping_key_name
+            self.grouping_key_name: str = str(metric.grouping_key_name)
         nan = torch.tensor(math.nan, dtype=torch.float64)
         self.add_state("value", nan, dist_reduce_fx=None, persistent=True)
         self.add_state("steps", torch.tensor(0), dist_reduce_fx=None, persistent=True)

@@ -94,6 +94,13 @@ class XAUC(RankMetric):
     label_kind = "real"
     supports_weights = True
 
+    # states (registered by add_state in __init__)
+    batch_sum: Tensor
+    batch_count: Tensor
+    preds: list[Tensor]
+    target: list[Tensor]
+    weights: list[Tensor]
+
     def __init__(
         self,
         sample_ratio: float | None = None,

@@ -51,7 +51,8 @@ def _scratch(n: int, slot: int, dtype: type = np.float64) -> np.ndarray:
 
 
 def _np(x: Tensor) -> np.ndarray:
-    return x.detach().numpy()
+    out: np.ndarray = x.detach().numpy()
+    return out
 
 
 def logloss_sums(
@@ -65,13 +66,13 @@ def logloss_sums(
     """
     n = int(preds.shape[0])
     if preds.device.type != "cpu" or not _use_numpy:
-        p = preds.to(torch.float64).clamp(eta, 1.0 - eta)
-        y = target.to(torch.float64)
-        ce = torch.where(y > 0, p, 1.0 - p).log_().neg_()
+        tp = preds.to(torch.float64).clamp(eta, 1.0 - eta)
+        ty = target.to(torch.float64)
+        ce = torch.where(ty > 0, tp, 1.0 - tp).log_().neg_()
         if weights is None:
-            return ce.sum(), y.sum(), torch.tensor(float(n), dtype=torch.float64)
-        w = weights.to(torch.float64)
-        return (ce * w).sum(), (y * w).sum(), w.sum()
+            return ce.sum(), ty.sum(), torch.tensor(float(n), dtype=torch.float64)
+        tw = weights.to(torch.float64)
+        return (ce * tw).sum(), (ty * tw).sum(), tw.sum()
     y = _np(target)
     p = _scratch(n, 0)
     np.copyto(p, _np(preds))
@@ -111,8 +112,8 @@ def error_sums(
         e = d * d if squared else d.abs()
         if weights is None:
             return e.sum(), torch.tensor(float(n), dtype=torch.float64)
-        w = weights.to(torch.float64)
-        return (e * w).sum(), w.sum()
+        tw = weights.to(torch.float64)
+        return (e * tw).sum(), tw.sum()
     s = _scratch(n, 0)
     np.copyto(s, _np(preds))
     np.subtract(s, _np(target), out=s)
@@ -136,12 +137,12 @@ def binary_correct_sums(
     threshold`` (``>=`` with ``inclusive``); counts (ints) without weights."""
     n = int(preds.shape[0])
     if preds.device.type != "cpu" or not _use_numpy:
-        pos = preds >= threshold if inclusive else preds > threshold
-        ok = pos == target.to(torch.bool)
+        tpos = preds >= threshold if inclusive else preds > threshold
+        tok = tpos == target.to(torch.bool)
         if weights is None:
-            return ok.sum(), torch.tensor(n)
-        w = weights.to(torch.float64)
-        return (w * ok).sum(), w.sum()
+            return tok.sum(), torch.tensor(n)
+        tw = weights.to(torch.float64)
+        return (tw * tok).sum(), tw.sum()
     pos = _scratch(n, 3, np.bool_)
     label = _scratch(n, 4, np.bool_)
     (np.greater_equal if inclusive else np.greater)(_np(preds), threshold, out=pos)

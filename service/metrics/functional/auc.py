@@ -173,11 +173,11 @@ def add_threshold_counts(
     """
     t = int(thresholds)
     if hist.device.type == "cpu" and preds.device.type == "cpu" and hist.is_contiguous():
-        idx = _bin_indices_np(to_numpy(preds), t)
-        idx += (to_numpy(target) != 0).astype(np.intp) * t
-        w = None if weights is None else to_numpy(weights)
+        idx_np = _bin_indices_np(to_numpy(preds), t)
+        idx_np += (to_numpy(target) != 0).astype(np.intp) * t
+        w_np = None if weights is None else to_numpy(weights)
         h = hist.numpy()
-        h += np.bincount(idx, weights=w, minlength=2 * t)
+        h += np.bincount(idx_np, weights=w_np, minlength=2 * t)
         return
     idx = bin_indices(preds, t) + target.to(torch.int64) * t
     w = None if weights is None else weights.to(torch.float64)

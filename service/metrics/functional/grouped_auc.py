@@ -58,7 +58,7 @@ def grouped_auc_stats(
         return GroupAUCStats(z, z, z)
     if dev.type == "cpu" and _use_numpy:
         try:
-            u2, p, q = grouped_auc_np(
+            u2_np, pos_np, neg_np = grouped_auc_np(
                 to_numpy(preds),
                 to_numpy(target),
                 None if groups is None else to_numpy(groups),
@@ -68,7 +68,7 @@ def grouped_auc_stats(
             pass
         else:
             f = torch.from_numpy
-            return GroupAUCStats(f(u2).double() / 2, f(p).double(), f(q).double())
+            return GroupAUCStats(f(u2_np).double() / 2, f(pos_np).double(), f(neg_np).double())
     key = float_sort_key(preds)
     if groups is not None:
         gid, _ = dense_ids(groups.to(torch.int64))
