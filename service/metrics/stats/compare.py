@@ -399,47 +399,49 @@ def arm_stats(
             strata=r.strata,
         )
     if kind == "XAUC" and not metric.in_batch and not metric.sampling:
-        r = xauc_influence(p, y)
+        rx = xauc_influence(p, y)
         return _influence_stats(
-            name, r.value, r.psi, method="u-statistic" + suffix, cols=cols, cluster=cluster
+            name, rx.value, rx.psi, method="u-statistic" + suffix, cols=cols, cluster=cluster
         )
     if kind == "GroupedAUC" or (
         kind == "GroupedXAUC" and getattr(metric, "max_pairs_per_group", None) is None
     ):
         return _grouped_stats(metric, cols, name, cluster)
     if kind == "NormalizedEntropy":
-        r = ne_influence(p, y, w, eta=metric.eta)
+        rn = ne_influence(p, y, w, eta=metric.eta)
         return _influence_stats(
-            name, r.value, r.psi, method="delta" + suffix, cols=cols, cluster=cluster
+            name, rn.value, rn.psi, method="delta" + suffix, cols=cols, cluster=cluster
         )
     if kind in ("MeanSquaredError", "MeanAbsoluteError"):
-        r = mean_error_influence(p, y, w, squared=kind == "MeanSquaredError")
+        re_ = mean_error_influence(p, y, w, squared=kind == "MeanSquaredError")
         return _influence_stats(
-            name, r.value, r.psi, method="delta" + suffix, cols=cols, cluster=cluster
+            name, re_.value, re_.psi, method="delta" + suffix, cols=cols, cluster=cluster
         )
     if kind == "MulticlassAUC":
         thresholds = int(getattr(metric, "thresholds", 0) or 0)
         bins = int(getattr(metric, "bins", 0) or 0)
         if thresholds and not hasattr(metric, "bins"):  # before threshold points existed
             bins, thresholds = thresholds, 0
-        r = multiclass_auc_influence(p, y, average=metric.average, bins=bins, thresholds=thresholds)
+        rm = multiclass_auc_influence(
+            p, y, average=metric.average, bins=bins, thresholds=thresholds
+        )
         return _influence_stats(
             name,
-            r.value,
-            r.psi,
+            rm.value,
+            rm.psi,
             method="delong" + suffix,
             cols=cols,
             cluster=cluster,
-            labels=r.labels,
+            labels=rm.labels,
         )
     if kind == "RecallAtK":
         return _ratio_bootstrap_stats(
             *recall_terms(p, y, metric.top_k), cols, name, cluster, bootstrap_replicates, seed
         )
     if kind == "Accuracy":
-        r = accuracy_influence(p, y, threshold=metric.threshold, top_k=metric.top_k)
+        ra = accuracy_influence(p, y, threshold=metric.threshold, top_k=metric.top_k)
         return _influence_stats(
-            name, r.value, r.psi, method="delta" + suffix, cols=cols, cluster=cluster
+            name, ra.value, ra.psi, method="delta" + suffix, cols=cols, cluster=cluster
         )
     return _bootstrap_stats(metric, cols, name, cluster, bootstrap_replicates, seed)
 

@@ -166,8 +166,9 @@ def _influence_from_ties(
         if n1 == 0 or n0 == 0:
             return AUCInfluence(math.nan, np.zeros(n), strata)
         value = (u2 / 2) / (w1 * w0)
-        pos_f, neg_f = pos_g.astype(np.float64), neg_g.astype(np.float64)
-        cneg_f = cneg_before.astype(np.float64)
+        pos_f: np.ndarray = pos_g.astype(np.float64)
+        neg_f: np.ndarray = neg_g.astype(np.float64)
+        cneg_f: np.ndarray = cneg_before.astype(np.float64)
         half = np.full(groups, 0.5)
     else:
         w = np.asarray(weights, dtype=np.float64)

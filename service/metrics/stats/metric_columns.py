@@ -75,11 +75,14 @@ def columns_from_metric(metric: Any) -> Columns:
     if preds is None:
         raise ValueError(f"{kind}: no samples yet")
     target = _cat(metric.target)
+    assert target is not None  # a target per retained prediction
     weights = None
     if kind == "AUC":
         w = metric._weights(torch.from_numpy(preds))
         weights = None if w is None else w.detach().cpu().numpy()
     keys: dict[str, np.ndarray] = {}
     if getattr(metric, "needs_grouping_key", False):
-        keys[metric.grouping_key_name] = _cat(metric.keys)
+        key_col = _cat(metric.keys)
+        assert key_col is not None  # a grouped metric keeps a key per retained sample
+        keys[metric.grouping_key_name] = key_col
     return Columns(preds, target, weights, keys)
