@@ -164,3 +164,16 @@ def ab_export(n: int = 4000, seed: int = 3) -> dict[str, list]:
         "label": list(y),
         "ts": list(range(1_700_000_000, 1_700_000_000 + n)),
     }
+
+
+def fetch_metrics(url: str, arm: str, task: str = "ctr", phase: str = "eval") -> dict:
+    """``GET .../arms/{arm}/metrics`` of experiment ``exp``, recomputed (``fresh=true``)."""
+    import httpx
+
+    r = httpx.get(
+        f"{url}/v1/experiments/exp/arms/{arm}/metrics",
+        params={"task": task, "phase": phase, "fresh": "true"},
+        timeout=60,
+    )
+    r.raise_for_status()
+    return r.json()

@@ -12,10 +12,6 @@ import pytest
 from rankboard.protos import ingest_pb2_grpc
 from rankboard.service.server import Service, ServiceConfig, run_service
 
-# re-exported for the test files that still import it from here (owners mid-change);
-# new code imports it from tests.helpers
-from tests.helpers import make_batch as make_batch
-
 
 @pytest.fixture
 def service_factory(tmp_path: Path) -> Iterator:

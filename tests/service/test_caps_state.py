@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore, StoreConfig
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 P1 = np.array([0.3], np.float32)

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
 from rankboard.service.state.batch import RunKey
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 STREAMS = 512
 ACTIVE_BATCHES = 3  # every other producer sends this many batches; the rest send one

@@ -23,7 +23,7 @@ from rankboard.service.state import checkpoint as checkpoint_module
 from rankboard.service.state.batch import RunKey
 from rankboard.service.state.store import MetricStore, StateLost, StoreConfig
 from rankboard.service.state.wal import LogCorrupt, WriteAheadLog
-from tests.service.conftest import make_batch
+from tests.helpers import make_batch
 
 KEY = RunKey("exp", "control", "ctr", "eval")
 N = 200

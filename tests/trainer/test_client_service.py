@@ -9,16 +9,16 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from rankboard.service.server import ServiceConfig, run_service
 from rankboard.trainer.client import MetricsStream
+from tests.helpers import fetch_metrics as metrics
+from tests.helpers import free_port
 
 EVAL_METRICS = 'metrics { auc { thresholds: 0 } } metrics { grouped_auc { grouping_key: "user" } }'
 
@@ -31,22 +31,6 @@ def reference_grouped_auc(preds: np.ndarray, labels: np.ndarray, groups: np.ndar
         if 0 < labels[m].sum() < m.sum():
             aucs.append(roc_auc_score(labels[m], preds[m]))
     return float(np.mean(aucs))
-
-
-def metrics(url: str, arm: str, task: str = "ctr", phase: str = "eval") -> dict:
-    r = httpx.get(
-        f"{url}/v1/experiments/exp/arms/{arm}/metrics",
-        params={"task": task, "phase": phase, "fresh": "true"},
-        timeout=60,
-    )
-    r.raise_for_status()
-    return r.json()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_ranks_grouped_auc_equals_whole_data(tmp_path: Path) -> None:

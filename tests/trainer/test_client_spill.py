@@ -17,7 +17,8 @@ from sklearn.metrics import roc_auc_score
 
 from rankboard.service.server import ServiceConfig, run_service
 from rankboard.trainer.client import MetricsStream
-from tests.trainer.test_client_service import free_port, metrics
+from tests.helpers import fetch_metrics as metrics
+from tests.helpers import free_port
 
 
 def test_outage_spills_then_everything_arrives_once(tmp_path: Path, caplog) -> None:
