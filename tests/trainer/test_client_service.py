@@ -18,19 +18,9 @@ from sklearn.metrics import roc_auc_score
 from rankboard.service.server import ServiceConfig, run_service
 from rankboard.trainer.client import MetricsStream
 from tests.helpers import fetch_metrics as metrics
-from tests.helpers import free_port
+from tests.helpers import free_port, sklearn_gauc
 
 EVAL_METRICS = 'metrics { auc { thresholds: 0 } } metrics { grouped_auc { grouping_key: "user" } }'
-
-
-def reference_grouped_auc(preds: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Mean of sklearn's AUC over the groups that have both classes."""
-    aucs = []
-    for g in np.unique(groups):
-        m = groups == g
-        if 0 < labels[m].sum() < m.sum():
-            aucs.append(roc_auc_score(labels[m], preds[m]))
-    return float(np.mean(aucs))
 
 
 def test_two_ranks_grouped_auc_equals_whole_data(tmp_path: Path) -> None:
@@ -75,7 +65,7 @@ def test_two_ranks_grouped_auc_equals_whole_data(tmp_path: Path) -> None:
     assert got["samples"] == n and got["step"] == 100
     assert got["metrics"]["auc"] == pytest.approx(roc_auc_score(labels, preds), abs=1e-9)
     assert got["metrics"]["grouped_auc"] == pytest.approx(
-        reference_grouped_auc(preds, labels, users), abs=1e-9
+        sklearn_gauc(preds, labels, users), abs=1e-9
     )
 
 
