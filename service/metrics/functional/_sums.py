@@ -33,7 +33,7 @@ _local = threading.local()
 # other devices agrees
 _use_numpy = True
 # a thread keeps scratch for batches up to this many samples; larger ones get a fresh array
-_KEEP_MAX = 1 << 20
+_KEEP_MAX = 1 << 18  # 2 MB per float64 slot: 6.5 MB a thread at most
 
 
 def _scratch(n: int, slot: int, dtype: type = np.float64) -> np.ndarray:
