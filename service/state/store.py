@@ -154,6 +154,10 @@ class MetricStore:
         State changes before the sync; a crash loses both, and the producer re-sends.
         """
         batch = decode_batch(msg, self.config.max_samples_per_batch)
+        # the record's bytes and checksum before the lock (zlib releases the GIL on large
+        # payloads): under the lock only what must keep the log order the apply order
+        payload = raw if raw is not None else msg.SerializeToString()
+        crc = WriteAheadLog.checksum(RECORD_BATCH, payload)
         with self._lock:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry on another instance")
@@ -173,11 +177,7 @@ class MetricStore:
                 undo = run.undo_point(batch)
                 self._apply(run, batch, new)
                 try:
-                    lsn = self._wal.append(
-                        RECORD_BATCH,
-                        raw if raw is not None else msg.SerializeToString(),
-                        wait=False,
-                    )
+                    lsn = self._wal.append(RECORD_BATCH, payload, wait=False, crc=crc)
                 except BaseException:
                     self._unapply(run, batch, new, undo, last)
                     raise

@@ -209,9 +209,24 @@ class WriteAheadLog:
         """Indices of the segments on disk, ascending."""
         return sorted(int(p.stem) for p in self.folder.glob("*.wal") if p.stem.isdigit())
 
-    def append(self, kind: int, payload: bytes, wait: bool = True) -> int:
-        """Append one record; return its lsn, durable on return when ``wait``."""
-        header = _HEADER.pack(len(payload), zlib.crc32(payload, _KIND_CRC[kind]), kind)
+    @staticmethod
+    def checksum(kind: int, payload: bytes) -> int:
+        """The crc32 a record of ``kind`` with ``payload`` carries (see :meth:`append`).
+
+        >>> WriteAheadLog.checksum(RECORD_BATCH, b"abc") == zlib.crc32(b"\x01abc")
+        True
+        """
+        return zlib.crc32(payload, _KIND_CRC[kind])
+
+    def append(self, kind: int, payload: bytes, wait: bool = True, crc: int | None = None) -> int:
+        """Append one record; return its lsn, durable on return when ``wait``.
+
+        ``crc``: the record's :meth:`checksum` when the caller took it already (the store
+        takes it before its lock: a pass over the payload that needs no order).
+        """
+        if crc is None:
+            crc = zlib.crc32(payload, _KIND_CRC[kind])
+        header = _HEADER.pack(len(payload), crc, kind)
         with self._lock:
             if self._failed is not None:
                 raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
