@@ -158,6 +158,22 @@ class Computed:
         return self.extras
 
 
+def _split_checked(
+    whole: dict[str, Any], segments: Sequence[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """A whole batch's validated inputs cut into its step segments (views, no copies)."""
+    out, lo = [], 0
+    for _, count in segments:
+        out.append(
+            {
+                name: type(b)(*(None if x is None else x[lo : lo + count] for x in b))
+                for name, b in whole.items()
+            }
+        )
+        lo += count
+    return out
+
+
 @dataclass
 class Window:
     """The metrics of one eval step (or the single window of a train run).
@@ -189,6 +205,8 @@ class Run:
     # bytes of retained per-sample state a sample of this run costs (None: not probed yet)
     bytes_per_sample: float | None = None
     _prototype: dict[str, Metric] = field(default_factory=dict, repr=False)
+    # (batch, per-segment validated inputs) of the last check(), consumed by apply()
+    _checked: tuple[Batch, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, batch: Batch, device: torch.device) -> Run:
@@ -265,15 +283,22 @@ class Run:
         # count), or a fresh window's metrics for a new step; a train batch's segments all
         # go to its one window and are checked at once
         parts = batch.split() if self.key.phase == "eval" else [batch]
+        checked: list[dict[str, Any]] = []
         for part in parts:
             window = self.windows.get(part.step if self.key.phase == "eval" else 0)
             metrics = self._prototype if window is None else window.metrics
+            validated: dict[str, Any] = {}
             for name, metric in metrics.items():
                 kwargs = _inputs(metric, name, part, torch.device("cpu"))
                 try:
-                    metric.check_inputs(part.predictions, part.labels, **kwargs)
+                    validated[name] = metric.check_inputs(part.predictions, part.labels, **kwargs)
                 except ValueError as err:
                     raise InvalidBatch(f"metric {name!r}: {err}") from None
+            checked.append(validated)
+        if self.key.phase == "train" and batch.step_segments:
+            checked = _split_checked(checked[0], batch.step_segments)
+        # validated once: apply() of this very batch adds these without checking again
+        self._checked = (batch, checked)
 
     def apply(self, batch: Batch) -> list[tuple[str, int, int, float]]:
         """Update the metrics with a checked batch, one update per step segment, all or
@@ -283,10 +308,12 @@ class Run:
         ``(metric, point, step, value)``.
         """
         undo = self.undo_point(batch)
+        pending, self._checked = self._checked, None
+        checked = pending[1] if pending is not None and pending[0] is batch else None
         try:
             points: list[tuple[str, int, int, float]] = []
-            for part in batch.split():
-                points.extend(self._apply_segment(part))
+            for i, part in enumerate(batch.split()):
+                points.extend(self._apply_segment(part, None if checked is None else checked[i]))
         except BaseException:
             self.rollback(undo)
             raise
@@ -328,7 +355,9 @@ class Run:
         self.samples, self.version, self.last_step, self.history_points = undo["counters"]
         self.updated_at = undo["updated_at"]
 
-    def _apply_segment(self, batch: Batch) -> list[tuple[str, int, int, float]]:
+    def _apply_segment(
+        self, batch: Batch, validated: dict[str, Any] | None = None
+    ) -> list[tuple[str, int, int, float]]:
         step = batch.step if self.key.phase == "eval" else 0
         window = self.windows.get(step)
         if window is None:
@@ -338,13 +367,16 @@ class Run:
             if self.key.phase == "eval":
                 window.columns = SampleColumns()
             self.windows[step] = window
-        preds = batch.predictions.to(self.device, non_blocking=True)
-        labels = batch.labels.to(self.device, non_blocking=True)
         points: list[tuple[str, int, int, float]] = []
         decayed = False
+        if validated is None:
+            preds = batch.predictions.to(self.device, non_blocking=True)
+            labels = batch.labels.to(self.device, non_blocking=True)
         for name, metric in window.metrics.items():
-            kwargs = _inputs(metric, name, batch, self.device)
-            metric.update(preds, labels, **kwargs)
+            if validated is not None:
+                metric.update_batch(validated[name])
+            else:
+                metric.update(preds, labels, **_inputs(metric, name, batch, self.device))
             if self.key.phase == "train" and getattr(metric, "refreshed", False):
                 decayed = True
         if decayed:
