@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from google.protobuf import text_format
-from torchmetrics import Metric
 
 from rankboard.protos import metric_pb2
 from rankboard.service import metrics as rbm
 from rankboard.service.errors import DeclarationConflict, InvalidBatch
+from rankboard.service.metrics.base import RankMetric
 from rankboard.service.state.batch import Batch, RunKey
 from rankboard.service.state.columns import SampleColumns
 
@@ -64,9 +64,9 @@ def default_declaration(batch: Batch) -> list[Config]:
             )
     elif kind == "real":
         for field_name in ("xauc", "mean_squared_error", "mean_absolute_error"):
-            cfg = metric_pb2.MetricConfig()
-            getattr(cfg, field_name).SetInParent()
-            out.append(cfg)
+            eval_cfg = metric_pb2.MetricConfig()
+            getattr(eval_cfg, field_name).SetInParent()
+            out.append(eval_cfg)
     else:
         out.append(metric_pb2.MetricConfig(multiclass_auc=metric_pb2.MulticlassAUC(thresholds=0)))
         out.append(metric_pb2.MetricConfig(accuracy=metric_pb2.Accuracy()))
@@ -82,26 +82,29 @@ def declaration_text(configs: Sequence[Config]) -> str:
     lines = []
     for c in configs:
         norm = type(c)()
-        norm.CopyFrom(c)
+        norm.CopyFrom(c)  # type: ignore[arg-type]  # the same message type as c
         lines.append(text_format.MessageToString(rbm.normalize_config(norm), as_one_line=True))
     return "\n".join(lines)
 
 
-def _build(phase: str, configs: Sequence[Config]) -> dict[str, Metric]:
+def _build(phase: str, configs: Sequence[Config]) -> dict[str, RankMetric]:
     try:
         if phase == "train":
-            return dict(rbm.create_train_metrics(configs))
-        return dict(rbm.create_metrics(configs))
+            train = [c for c in configs if isinstance(c, metric_pb2.TrainMetricConfig)]
+            return dict(rbm.create_train_metrics(train))
+        return dict(
+            rbm.create_metrics([c for c in configs if isinstance(c, metric_pb2.MetricConfig)])
+        )
     except ValueError as err:
         raise InvalidBatch(f"bad metric declaration: {err}") from None
 
 
-def _inputs(metric: Metric, name: str, batch: Batch, device: torch.device) -> dict[str, Any]:
+def _inputs(metric: RankMetric, name: str, batch: Batch, device: torch.device) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if batch.weights is not None and getattr(metric, "supports_weights", False):
         kwargs["weights"] = batch.weights.to(device, non_blocking=True)
     if getattr(metric, "needs_grouping_key", False):
-        key_name = metric.grouping_key_name
+        key_name = str(getattr(metric, "grouping_key_name", ""))
         keys = batch.grouping_keys.get(key_name)
         if keys is None:
             raise InvalidBatch(
@@ -112,7 +115,7 @@ def _inputs(metric: Metric, name: str, batch: Batch, device: torch.device) -> di
     return kwargs
 
 
-def retained_nbytes(metrics: Iterable[Metric]) -> int:
+def retained_nbytes(metrics: Iterable[RankMetric]) -> int:
     """Bytes held by the per-sample (list) states of ``metrics``, wrapped metrics included.
 
     >>> import torch
@@ -138,7 +141,7 @@ class Computed:
     num_groups: int | None = None
 
     @classmethod
-    def of(cls, metric: Metric) -> Computed:
+    def of(cls, metric: RankMetric) -> Computed:
         """Compute ``metric`` now (its state must not change meanwhile)."""
         value = metric.compute()
         extra = getattr(metric, "extra_values", None)
@@ -182,7 +185,7 @@ class Window:
     statistics; train windows (decayed metrics) do not.
     """
 
-    metrics: dict[str, Metric]
+    metrics: dict[str, RankMetric]
     samples: int = 0
     columns: SampleColumns | None = None
 
@@ -204,7 +207,7 @@ class Run:
     updated_at: float = field(default_factory=time.time)
     # bytes of retained per-sample state a sample of this run costs (None: not probed yet)
     bytes_per_sample: float | None = None
-    _prototype: dict[str, Metric] = field(default_factory=dict, repr=False)
+    _prototype: dict[str, RankMetric] = field(default_factory=dict, repr=False)
     # (batch, per-segment validated inputs) of the last check(), consumed by apply()
     _checked: tuple[Batch, list[dict[str, Any]]] | None = field(default=None, repr=False)
 
@@ -217,7 +220,7 @@ class Run:
         if phase == "train" and batch.metrics:
             raise InvalidBatch("a train batch declares metrics; use train_metrics")
         declared = batch.train_metrics if phase == "train" else batch.metrics
-        configs = list(declared) if declared else default_declaration(batch)
+        configs: list[Config] = list(declared) if declared else default_declaration(batch)
         run = cls(batch.key, configs, bool(declared), label_kind_of(batch), device)
         run._prototype = _build(phase, configs)
         return run
@@ -404,7 +407,7 @@ class Run:
             return max(self.windows)
         return self.last_step
 
-    def sources(self, step: int) -> tuple[dict[str, Metric], int]:
+    def sources(self, step: int) -> tuple[dict[str, RankMetric], int]:
         """Copies of the metrics of ``step`` that can be computed without the lock.
 
         Per-sample list states are shared (they are only ever appended to);
