@@ -12,122 +12,32 @@ defaults of :func:`default_declaration` apply.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from google.protobuf import text_format
 
 from rankboard.protos import metric_pb2
-from rankboard.service import metrics as rbm
 from rankboard.service.errors import DeclarationConflict, InvalidBatch
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.state.batch import Batch, RunKey
 from rankboard.service.state.columns import SampleColumns
+from rankboard.service.state.declaration import (
+    Config,
+    build_metrics,
+    declaration_text,
+    default_declaration,
+    label_kind_of,
+    metric_inputs,
+    retained_nbytes,
+)
 
-Config = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
+# re-exported: callers that built metrics or their inputs through run.py
+_build = build_metrics
+_inputs = metric_inputs
 
-
-def label_kind_of(batch: Batch) -> str:
-    """``multiclass`` for (n, C) predictions, ``binary`` for labels in {0, 1}, else ``real``."""
-    if batch.predictions.dim() == 2:
-        return "multiclass"
-    labels = batch.labels
-    return "binary" if bool(((labels == 0) | (labels == 1)).all()) else "real"
-
-
-def default_declaration(batch: Batch) -> list[Config]:
-    """The metrics of a run whose first batch declares none.
-
-    eval, binary labels: exact ``auc``, ``normalized_entropy`` and, when grouping
-    keys come, ``grouped_auc`` on the first key column; eval, real labels: exact
-    ``xauc``, ``mean_squared_error``, ``mean_absolute_error``; eval, multi-class:
-    exact ``multiclass_auc`` and ``accuracy``; train: decayed ``auc`` (binary),
-    ``accuracy`` (multi-class) or ``mean_squared_error`` (real).
-    """
-    kind = label_kind_of(batch)
-    if batch.key.phase == "train":
-        cfg = metric_pb2.TrainMetricConfig()
-        {"binary": cfg.auc, "real": cfg.mean_squared_error, "multiclass": cfg.accuracy}[
-            kind
-        ].SetInParent()
-        return [cfg]
-    out: list[Config] = []
-    if kind == "binary":
-        out.append(metric_pb2.MetricConfig(auc=metric_pb2.AUC(thresholds=0)))
-        out.append(metric_pb2.MetricConfig(normalized_entropy=metric_pb2.NormalizedEntropy()))
-        if batch.grouping_keys:
-            name = next(iter(batch.grouping_keys))
-            out.append(
-                metric_pb2.MetricConfig(grouped_auc=metric_pb2.GroupedAUC(grouping_key=name))
-            )
-    elif kind == "real":
-        for field_name in ("xauc", "mean_squared_error", "mean_absolute_error"):
-            eval_cfg = metric_pb2.MetricConfig()
-            getattr(eval_cfg, field_name).SetInParent()
-            out.append(eval_cfg)
-    else:
-        out.append(metric_pb2.MetricConfig(multiclass_auc=metric_pb2.MulticlassAUC(thresholds=0)))
-        out.append(metric_pb2.MetricConfig(accuracy=metric_pb2.Accuracy()))
-    return out
-
-
-def declaration_text(configs: Sequence[Config]) -> str:
-    """Canonical text of a declaration (one config per line), for comparison and display.
-
-    Configs are normalized first (an older client's legacy train decay fields read as
-    tzrec's), so the same declaration from old and new clients compares equal.
-    """
-    lines = []
-    for c in configs:
-        norm = type(c)()
-        norm.CopyFrom(c)  # type: ignore[arg-type]  # the same message type as c
-        lines.append(text_format.MessageToString(rbm.normalize_config(norm), as_one_line=True))
-    return "\n".join(lines)
-
-
-def _build(phase: str, configs: Sequence[Config]) -> dict[str, RankMetric]:
-    try:
-        if phase == "train":
-            train = [c for c in configs if isinstance(c, metric_pb2.TrainMetricConfig)]
-            return dict(rbm.create_train_metrics(train))
-        return dict(
-            rbm.create_metrics([c for c in configs if isinstance(c, metric_pb2.MetricConfig)])
-        )
-    except ValueError as err:
-        raise InvalidBatch(f"bad metric declaration: {err}") from None
-
-
-def _inputs(metric: RankMetric, name: str, batch: Batch, device: torch.device) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if batch.weights is not None and getattr(metric, "supports_weights", False):
-        kwargs["weights"] = batch.weights.to(device, non_blocking=True)
-    if getattr(metric, "needs_grouping_key", False):
-        key_name = str(getattr(metric, "grouping_key_name", ""))
-        keys = batch.grouping_keys.get(key_name)
-        if keys is None:
-            raise InvalidBatch(
-                f"metric {name!r} groups by {key_name!r} but the batch has no grouping key"
-                f" column of that name (it has: {sorted(batch.grouping_keys) or 'none'})"
-            )
-        kwargs["grouping_key"] = keys.to(device, non_blocking=True)
-    return kwargs
-
-
-def retained_nbytes(metrics: Iterable[RankMetric]) -> int:
-    """Bytes held by the per-sample (list) states of ``metrics``, wrapped metrics included.
-
-    >>> import torch
-    >>> m = rbm.AUC(thresholds=0)
-    >>> m.update(torch.rand(10), torch.randint(0, 2, (10,)))
-    >>> retained_nbytes([m])  # float32 prediction + float32 label per sample
-    80
-    """
-    return sum(metric.memory_bytes() for metric in metrics)
-
-
-PROBE_ROWS = 256
+PROBE_ROWS = 256  # rows of a first batch fed to fresh metrics to measure their memory
 
 
 @dataclass(frozen=True)
@@ -222,7 +132,7 @@ class Run:
         declared = batch.train_metrics if phase == "train" else batch.metrics
         configs: list[Config] = list(declared) if declared else default_declaration(batch)
         run = cls(batch.key, configs, bool(declared), label_kind_of(batch), device)
-        run._prototype = _build(phase, configs)
+        run._prototype = build_metrics(phase, configs)
         return run
 
     @property
@@ -254,10 +164,10 @@ class Run:
             self.bytes_per_sample = 0.0
             return 0.0
         part = batch.rows(0, min(batch.num_samples, PROBE_ROWS))
-        metrics = _build(self.key.phase, self.configs)
+        metrics = build_metrics(self.key.phase, self.configs)
         cpu = torch.device("cpu")
         for name, metric in metrics.items():
-            metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
+            metric.update(part.predictions, part.labels, **metric_inputs(metric, name, part, cpu))
         columns = SampleColumns()
         columns.append(
             part.predictions, part.labels, part.weights, part.grouping_keys, part.sample_ids
@@ -292,7 +202,7 @@ class Run:
             metrics = self._prototype if window is None else window.metrics
             validated: dict[str, Any] = {}
             for name, metric in metrics.items():
-                kwargs = _inputs(metric, name, part, torch.device("cpu"))
+                kwargs = metric_inputs(metric, name, part, torch.device("cpu"))
                 try:
                     validated[name] = metric.check_inputs(part.predictions, part.labels, **kwargs)
                 except ValueError as err:
@@ -364,7 +274,7 @@ class Run:
         step = batch.step if self.key.phase == "eval" else 0
         window = self.windows.get(step)
         if window is None:
-            window = Window(_build(self.key.phase, self.configs))
+            window = Window(build_metrics(self.key.phase, self.configs))
             for m in window.metrics.values():
                 m.to(self.device)
             if self.key.phase == "eval":
@@ -379,7 +289,7 @@ class Run:
             if validated is not None:
                 metric.update_batch(validated[name])
             else:
-                metric.update(preds, labels, **_inputs(metric, name, batch, self.device))
+                metric.update(preds, labels, **metric_inputs(metric, name, batch, self.device))
             if self.key.phase == "train" and getattr(metric, "refreshed", False):
                 decayed = True
         if decayed:
@@ -479,7 +389,7 @@ class Run:
         msg_cls = metric_pb2.TrainMetricConfig if key.phase == "train" else metric_pb2.MetricConfig
         configs = [msg_cls.FromString(b) for b in state["configs"]]
         run = cls(key, configs, state["declared"], state["label_kind"], device)
-        run._prototype = _build(key.phase, configs)
+        run._prototype = build_metrics(key.phase, configs)
         run.samples = state["samples"]
         run.version = state["version"]
         run.last_step = state["last_step"]
@@ -487,7 +397,7 @@ class Run:
         run.updated_at = state.get("updated_at", time.time())
         run.bytes_per_sample = state.get("bytes_per_sample")
         for step, w in state["windows"].items():
-            metrics = _build(key.phase, configs)
+            metrics = build_metrics(key.phase, configs)
             for k, m in metrics.items():
                 m.load_state_dict(w["metrics"][k])
                 m.to(device)
