@@ -37,6 +37,7 @@ import logging
 import os
 import pickle
 import struct
+import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 log = logging.getLogger(__name__)
 _MAGIC = b"RBCK"
@@ -81,19 +81,19 @@ class ChunkSpan(NamedTuple):
 
 def _spans(refs: list[ChunkRef]) -> list[ChunkSpan]:
     """``refs`` (one a chunk, in list order) as the fewest :class:`ChunkSpan`."""
-    out: list[ChunkSpan] = []
-    for ref in refs:
-        if out:
-            last = out[-1]
-            if last.file == ref.file:
-                if last.count == 1 and ref.pos - last.pos in (0, 1):
-                    out[-1] = ChunkSpan(last.file, last.pos, 2, ref.pos - last.pos)
-                    continue
-                if ref.pos == last.pos + last.count * last.step and last.count > 1:
-                    out[-1] = last._replace(count=last.count + 1)
-                    continue
-        out.append(ChunkSpan(ref.file, ref.pos, 1, 1))
-    return out
+    out: list[list[int]] = []  # [file, pos, count, step], as tuples at the end
+    last: list[int] = [-1, 0, 0, 1]
+    for file, pos in refs:
+        if file == last[0]:
+            if last[2] == 1 and pos - last[1] in (0, 1):
+                last[2], last[3] = 2, pos - last[1]
+                continue
+            if last[2] > 1 and pos == last[1] + last[2] * last[3]:
+                last[2] += 1
+                continue
+        last = [file, pos, 1, 1]
+        out.append(last)
+    return [ChunkSpan(*span) for span in out]
 
 
 def _refs(span: ChunkSpan) -> Iterator[ChunkRef]:
@@ -262,13 +262,47 @@ def _chunks_of(obj: Any) -> Iterator[torch.Tensor]:
             yield from _chunks_of(v)
 
 
+class _Placed:
+    """Where chunks were written, by tensor identity; an entry goes with its tensor.
+
+    A dict on ``id`` with a weak reference to tell a reused id from the tensor itself
+    (``torch.utils.weak.WeakIdKeyDictionary`` did the same in Python a lookup, 3 us a
+    chunk: half a second a checkpoint at 70k chunks). Any doubt reads as "not written"
+    (the chunk is written again), never as another tensor's place.
+
+    >>> placed, t = _Placed(), torch.arange(3)
+    >>> placed[t] = ChunkRef(1, 0)
+    >>> placed.get(t), placed.get(torch.arange(3))
+    (ChunkRef(file=1, pos=0), None)
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[weakref.ref, ChunkRef]] = {}
+
+    def get(self, chunk: torch.Tensor) -> ChunkRef | None:
+        entry = self._by_id.get(id(chunk))
+        if entry is None or entry[0]() is not chunk:
+            return None
+        return entry[1]
+
+    def __setitem__(self, chunk: torch.Tensor, where: ChunkRef) -> None:
+        key, by_id = id(chunk), self._by_id
+
+        def gone(ref: weakref.ref) -> None:  # the tensor was freed: its id may be reused
+            entry = by_id.get(key)
+            if entry is not None and entry[0] is ref:
+                by_id.pop(key, None)
+
+        by_id[key] = (weakref.ref(chunk, gone), where)
+
+
 class Checkpoints:
     """The checkpoints of one data dir, remembering which chunks are already on disk."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         # chunk tensor (by identity) -> where it was written; entries vanish with it
-        self._written = WeakIdKeyDictionary()
+        self._written = _Placed()
         self._file_bytes: dict[int, int] = {}  # chunk file -> bytes of the chunks in it
 
     def live_fractions(self, state: dict[str, Any]) -> dict[int, float]:
