@@ -13,7 +13,8 @@ and confidence sequences valid under continuous peeking. Modules, one concern ea
 * :mod:`.ratio` — delta method for NE, MSE, MAE, accuracy;
 * :mod:`.bootstrap` — Poisson bootstrap with hash(unit, replicate) weights;
 * :mod:`.sequential` — asymptotic confidence sequences (Waudby-Smith et al. 2021);
-* :mod:`.compare` — :func:`arm_stats`, :func:`interval`, :func:`compare_arms`.
+* :mod:`.arms` — :func:`arm_stats`, :class:`ArmStats`: one arm's value, SE and method;
+* :mod:`.compare` — :func:`interval`, :func:`compare_arms`: intervals and verdicts.
 
 >>> import numpy as np
 >>> from rankboard.service.metrics import AUC
@@ -29,6 +30,7 @@ and confidence sequences valid under continuous peeking. Modules, one concern ea
 ('better', True, 'paired on 5000 sample ids')
 """
 
+from rankboard.service.metrics.stats.arms import ArmStats, arm_stats
 from rankboard.service.metrics.stats.bootstrap import (
     DEFAULT_REPLICATES,
     poisson_counts,
@@ -36,9 +38,7 @@ from rankboard.service.metrics.stats.bootstrap import (
 )
 from rankboard.service.metrics.stats.columns import Columns, StatsInputError, as_numpy
 from rankboard.service.metrics.stats.compare import (
-    ArmStats,
     Delta,
-    arm_stats,
     compare_arms,
     higher_is_better,
     interval,

@@ -44,6 +44,18 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _column(value: Any, n: int, field: str, what: str, *, integer: bool = False) -> np.ndarray:
+    """A ``(n,)`` column (int64 with ``integer``); ``StatsInputError`` naming ``field``."""
+    arr = as_numpy(value)
+    if arr.shape != (n,):
+        raise StatsInputError(field, f"{what} must have shape ({n},), got {arr.shape}")
+    if not integer:
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise StatsInputError(field, f"{what} must be integers, got {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
 @dataclass(frozen=True)
 class Columns:
     """One arm's samples of one eval step, all numpy on the CPU.
@@ -72,33 +84,14 @@ class Columns:
             raise StatsInputError("preds", f"preds must be (n,) or (n, C), got {preds.shape}")
         if target.shape[0] != n:
             raise StatsInputError("target", f"target has {target.shape[0]} rows, preds {n}")
-        weights = None
-        if self.weights is not None:
-            weights = as_numpy(self.weights)
-            if weights.shape != (n,):
-                raise StatsInputError(
-                    "weights", f"weights must have shape ({n},), got {weights.shape}"
-                )
-        keys: dict[str, np.ndarray] = {}
-        for name, col in dict(self.keys).items():
-            arr = as_numpy(col)
-            if arr.shape != (n,):
-                raise StatsInputError(
-                    f"keys.{name}", f"key column {name!r} must have shape ({n},), got {arr.shape}"
-                )
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise StatsInputError(f"keys.{name}", f"key column {name!r} must be integers")
-            keys[name] = arr.astype(np.int64, copy=False)
+        weights = None if self.weights is None else _column(self.weights, n, "weights", "weights")
+        keys = {
+            name: _column(col, n, f"keys.{name}", f"key column {name!r}", integer=True)
+            for name, col in dict(self.keys).items()
+        }
         ids = None
         if self.sample_ids is not None:
-            ids = as_numpy(self.sample_ids)
-            if ids.shape != (n,):
-                raise StatsInputError(
-                    "sample_ids", f"sample_ids must have shape ({n},), got {ids.shape}"
-                )
-            if not np.issubdtype(ids.dtype, np.integer):
-                raise StatsInputError("sample_ids", f"sample_ids must be integers, got {ids.dtype}")
-            ids = ids.astype(np.int64, copy=False)
+            ids = _column(self.sample_ids, n, "sample_ids", "sample_ids", integer=True)
         object.__setattr__(self, "preds", preds)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "weights", weights)

@@ -44,6 +44,22 @@ class GroupInfluence(NamedTuple):
     variance: float  # Σ φ_g² / (G (G - 1)); NaN below two groups
 
 
+_EMPTY = GroupInfluence(math.nan, np.zeros(0), np.zeros(0), np.zeros(0, bool), 0, math.nan)
+
+
+def _columns(
+    preds: object, target: object, keys: object
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(keys, preds, target, keys)``: int64 numpy keys, then the kernels' tensors (float32
+    predictions and targets, int64 keys); None without samples."""
+    k = as_numpy(keys).astype(np.int64, copy=False).reshape(-1)
+    if k.size == 0:
+        return None
+    pt = torch.as_tensor(as_numpy(preds)).reshape(-1).to(torch.float32)
+    yt = torch.as_tensor(as_numpy(target)).reshape(-1).to(torch.float32)
+    return k, pt, yt, torch.from_numpy(np.ascontiguousarray(k))
+
+
 def _sample_group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per sample, the index of its group among the present groups (ascending key), and
     the group sizes; matches the group order of the metric's per-group statistics."""
@@ -77,12 +93,10 @@ def grouped_auc_influence(preds: object, target: object, keys: object) -> GroupI
     >>> r.value, r.groups_counted, r.group_psi.tolist()
     (0.625, 4, [0.375, 0.375, -0.125, -0.625])
     """
-    k = as_numpy(keys).astype(np.int64, copy=False).reshape(-1)
-    if k.size == 0:
-        return GroupInfluence(math.nan, np.zeros(0), np.zeros(0), np.zeros(0, bool), 0, math.nan)
-    pt = torch.as_tensor(as_numpy(preds)).reshape(-1).to(torch.float32)
-    yt = torch.as_tensor(as_numpy(target)).reshape(-1).to(torch.float32)
-    stats = grouped_auc_stats(pt, yt, torch.from_numpy(np.ascontiguousarray(k)))
+    cols = _columns(preds, target, keys)
+    if cols is None:
+        return _EMPTY
+    k, stats = cols[0], grouped_auc_stats(*cols[1:])
     value, _ = grouped_auc_from_stats(stats)
     u, pos, neg = stats.u.numpy(), stats.pos.numpy(), stats.neg.numpy()
     valid = (pos > 0) & (neg > 0)
@@ -101,12 +115,10 @@ def grouped_xauc_influence(preds: object, target: object, keys: object) -> Group
     >>> round(r.value, 4), r.groups_counted
     (0.4286, 3)
     """
-    k = as_numpy(keys).astype(np.int64, copy=False).reshape(-1)
-    if k.size == 0:
-        return GroupInfluence(math.nan, np.zeros(0), np.zeros(0), np.zeros(0, bool), 0, math.nan)
-    pt = torch.as_tensor(as_numpy(preds)).reshape(-1).to(torch.float32)
-    tt = torch.as_tensor(as_numpy(target)).reshape(-1).to(torch.float32)
-    stats = grouped_xauc_stats(pt, tt, torch.from_numpy(np.ascontiguousarray(k)))
+    cols = _columns(preds, target, keys)
+    if cols is None:
+        return _EMPTY
+    k, stats = cols[0], grouped_xauc_stats(*cols[1:])
     value, _ = grouped_xauc_from_stats(stats)
     conc = stats.concordant.numpy().astype(np.float64)
     sizes_g = stats.sizes.numpy().astype(np.float64)
