@@ -16,7 +16,7 @@ from rankboard.service.metrics.functional.auc import (
     add_threshold_counts,
     auc_from_histogram,
     auc_from_threshold_histogram,
-    check_thresholds,
+    check_binning,
     exact_auc,
     exact_multiclass_auc,
     multiclass_auc_from_histogram,
@@ -36,14 +36,7 @@ def _binning(what: str, thresholds: int | None, bins: int) -> tuple[int, int]:
     """``(threshold points, equal-width bins)``; ``thresholds=None``: 200 unless ``bins``."""
     if thresholds is None:
         thresholds = 0 if bins else 200
-    t = check_thresholds(thresholds, what, points=True)
-    b = check_thresholds(bins, what, points=False)
-    if t and b:
-        raise ValueError(
-            f"{what}: give thresholds (threshold points, tzrec's meaning) or bins "
-            "(equal-width bins), not both"
-        )
-    return t, b
+    return check_binning(thresholds, bins, what)
 
 
 class _Binned:

@@ -77,7 +77,6 @@ class Accuracy(RankMetric):
             weights=weights,
             grouping_key=grouping_key,
             multiclass_preds=multiclass,
-            supports_weights=True,
             metric_name="Accuracy",
         )
 

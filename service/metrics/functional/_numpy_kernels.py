@@ -248,6 +248,46 @@ def _grouped_auc_weighted_np(
     return _reduce_groups(sg, pos_s, neg_s, cneg_before, int_result=False)
 
 
+def _segments(g: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per element, the start and length of its group's run (``g`` non-decreasing; None:
+    one group)."""
+    if g is None:
+        return np.zeros(n, dtype=np.int64), np.full(n, n, dtype=np.int64)
+    gst = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    sizes = np.diff(np.append(gst, n))
+    return np.repeat(gst, sizes), np.repeat(sizes, sizes)
+
+
+def _partition(
+    bit: np.ndarray,
+    czp: np.ndarray,
+    start: np.ndarray,
+    length: np.ndarray,
+    zs: np.ndarray,
+    zb: np.ndarray,
+    idx: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One level's stable partition of every segment, zeros first: each element's new
+    position, and its new segment's start and length (``czp``: cumulative zeros, ``zs``
+    zeros before the segment, ``zb`` zeros before the element within it)."""
+    zseg = czp[start + length] - zs
+    ones = bit.astype(bool)
+    pos = np.where(ones, start + zseg + (idx - start - zb), start + zb)
+    new_start = np.where(ones, start + zseg, start)
+    new_len = np.where(ones, length - zseg, zseg)
+    return pos, new_start, new_len
+
+
+def _scatter(pos: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Each array moved to the positions ``pos`` (``out[pos] = a``)."""
+    moved = []
+    for a in arrays:
+        out = np.empty_like(a)
+        out[pos] = a
+        moved.append(out)
+    return moved
+
+
 def count_increasing_pairs_np(
     r: np.ndarray, g: np.ndarray | None, num_groups: int, w: np.ndarray | None = None
 ) -> np.ndarray:
@@ -265,14 +305,7 @@ def count_increasing_pairs_np(
     if n < 2:
         return out.astype(np.int64)
     idx = np.arange(n, dtype=np.int64)
-    if g is None:
-        start = np.zeros(n, dtype=np.int64)
-        length = np.full(n, n, dtype=np.int64)
-    else:
-        gst = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-        sizes = np.diff(np.append(gst, n))
-        start = np.repeat(gst, sizes)
-        length = np.repeat(sizes, sizes)
+    start, length = _segments(g, n)
     cur = r.astype(np.int64)
     czp = np.zeros(n + 1, dtype=np.int64)
     total = 0
@@ -289,18 +322,8 @@ def count_increasing_pairs_np(
             out += np.bincount(g, weights=contrib, minlength=num_groups)
         if b == 0:
             break
-        zseg = czp[start + length] - zs
-        ones = bit.astype(bool)
-        pos = np.where(ones, start + zseg + (idx - start - zb), start + zb)
-        new_start = np.where(ones, start + zseg, start)
-        new_len = np.where(ones, length - zseg, zseg)
-        nxt = np.empty_like(cur)
-        nxt[pos] = cur
-        cur = nxt
-        start = np.empty_like(start)
-        start[pos] = new_start
-        length = np.empty_like(length)
-        length[pos] = new_len
+        pos, new_start, new_len = _partition(bit, czp, start, length, zs, zb, idx)
+        cur, start, length = _scatter(pos, cur, new_start, new_len)
     if g is None:
         return np.array([total], dtype=np.int64)
     return np.rint(out).astype(np.int64)
@@ -314,12 +337,9 @@ def _weighted_increasing_pairs_np(
     if n < 2:
         return out
     idx = np.arange(n, dtype=np.int64)
+    start, length = _segments(g, n)
     if g is None:
         g = np.zeros(n, dtype=np.int64)
-    gst = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    sizes = np.diff(np.append(gst, n))
-    start = np.repeat(gst, sizes)
-    length = np.repeat(sizes, sizes)
     cur = r.astype(np.int64)
     czp = np.zeros(n + 1, dtype=np.int64)
     cwz = np.zeros(n + 1, dtype=np.float64)
@@ -334,22 +354,29 @@ def _weighted_increasing_pairs_np(
         out += np.bincount(g, weights=wzb * w * bit, minlength=num_groups)
         if b == 0:
             break
-        zseg = czp[start + length] - zs
-        ones = bit.astype(bool)
-        pos = np.where(ones, start + zseg + (idx - start - zb), start + zb)
-        new_start = np.where(ones, start + zseg, start)
-        new_len = np.where(ones, length - zseg, zseg)
-        nxt = np.empty_like(cur)
-        nxt[pos] = cur
-        cur = nxt
-        wn = np.empty_like(w)
-        wn[pos] = w
-        w = wn
-        start = np.empty_like(start)
-        start[pos] = new_start
-        length = np.empty_like(length)
-        length[pos] = new_len
+        pos, new_start, new_len = _partition(bit, czp, start, length, zs, zb, idx)
+        cur, w, start, length = _scatter(pos, cur, w, new_start, new_len)
     return out
+
+
+def _pack(
+    gid: np.ndarray, gbits: int, trank: np.ndarray, tbits: int, desc: np.ndarray, rbits: int
+) -> np.ndarray:
+    """``(group, target rank, descending prediction rank)`` packed in one uint64 key."""
+    if gbits + tbits + rbits > 64:
+        raise OverflowError("keys too wide to pack")
+    return (gid << np.uint64(tbits + rbits)) | (trank.astype(np.uint64) << np.uint64(rbits)) | desc
+
+
+def _unpack(key: np.ndarray, pm: int, tbits: int, rbits: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Of sorted packed keys: the ascending prediction ranks, each key's group segment
+    (0, 1, ... in order) and the number of segments."""
+    mask = (np.uint64(1) << np.uint64(rbits)) - np.uint64(1)
+    r = (np.uint64(pm - 1) - (key & mask)).astype(np.int64)
+    gs = (key >> np.uint64(tbits + rbits)).astype(np.int64)
+    gstart = np.concatenate(([True], gs[1:] != gs[:-1]))
+    seg = _count_flags(gstart) - 1
+    return r, seg, int(seg[-1]) + 1
 
 
 def weighted_xauc_np(
@@ -371,18 +398,11 @@ def weighted_xauc_np(
     else:
         gid, bound = dense_ids_np(groups)
         gbits = max(1, int(bound - 1).bit_length())
-    if gbits + tbits + rbits > 64:
-        raise OverflowError("keys too wide to pack")
-    key = (gid << np.uint64(tbits + rbits)) | (trank.astype(np.uint64) << np.uint64(rbits)) | desc
+    key = _pack(gid, gbits, trank, tbits, desc, rbits)
     order = np.argsort(key, kind="stable")
     key = key[order]
     w = weights[order].astype(np.float64)
-    mask = (np.uint64(1) << np.uint64(rbits)) - np.uint64(1)
-    r = (np.uint64(pm - 1) - (key & mask)).astype(np.int64)
-    gs = (key >> np.uint64(tbits + rbits)).astype(np.int64)
-    gstart = np.concatenate(([True], gs[1:] != gs[:-1]))
-    seg = _count_flags(gstart) - 1
-    num = int(seg[-1]) + 1
+    r, seg, num = _unpack(key, pm, tbits, rbits)
     wsum = np.bincount(seg, weights=w, minlength=num)
     w2 = np.bincount(seg, weights=w * w, minlength=num)
     conc = _weighted_increasing_pairs_np(r, seg, num, w)
@@ -405,15 +425,8 @@ def grouped_xauc_np(
     gbits = max(1, int(bound - 1).bit_length())
     trank, tm = _dense_rank(float_key_np(target))
     tbits = max(1, int(tm - 1).bit_length())
-    if gbits + tbits + rbits > 64:
-        raise OverflowError("keys too wide to pack")
-    key = (gid << np.uint64(tbits + rbits)) | (trank.astype(np.uint64) << np.uint64(rbits)) | desc
+    key = _pack(gid, gbits, trank, tbits, desc, rbits)
     key = np.sort(key)
-    mask = (np.uint64(1) << np.uint64(rbits)) - np.uint64(1)
-    r = (np.uint64(pm - 1) - (key & mask)).astype(np.int64)
-    gs = (key >> np.uint64(tbits + rbits)).astype(np.int64)
-    gstart = np.concatenate(([True], gs[1:] != gs[:-1]))
-    seg = _count_flags(gstart) - 1
-    num = int(seg[-1]) + 1
+    r, seg, num = _unpack(key, pm, tbits, rbits)
     sizes = np.bincount(seg, minlength=num).astype(np.int64)
     return count_increasing_pairs_np(r, seg, num), sizes

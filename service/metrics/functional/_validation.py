@@ -60,7 +60,7 @@ def validate_batch(
     label_kind: LabelKind,
     weights: object | None = None,
     grouping_key: object | None = None,
-    supports_weights: bool = False,
+    supports_weights: bool = True,
     needs_grouping_key: bool = False,
     multiclass_preds: bool = False,
     allow_multihot_target: bool = False,
@@ -76,7 +76,9 @@ def validate_batch(
     * ``target`` has ``n`` rows. ``binary``: values in {0, 1} (any numeric or bool dtype).
       ``real``: finite. ``multiclass``: integral class ids in ``[0, C)``, or, when
       ``allow_multihot_target``, an ``(n, C)`` tensor of finite non-negative relevance.
-    * ``weights`` only where supported: ``(n,)``, finite, non-negative.
+    * ``weights`` only where supported (``supports_weights``: the functional API takes
+      them wherever it has a ``weights`` argument; a metric class passes its own flag):
+      ``(n,)``, finite, non-negative.
     * ``grouping_key`` required where needed (``(n,)`` integer ids) and refused elsewhere.
     * ``n == 0`` is allowed: the batch is then a no-op for every metric.
 

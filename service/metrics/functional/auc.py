@@ -41,6 +41,7 @@ __all__ = [
     "bin_indices",
     "binary_auc",
     "binned_histogram",
+    "check_binning",
     "check_thresholds",
     "equal_width_indices",
     "exact_auc",
@@ -80,6 +81,26 @@ def check_thresholds(value: int, what: str, *, points: bool) -> int:
             f"{what}: thresholds must be 0 (exact) or at least 2 threshold points, got 1"
         )
     return v
+
+
+def check_binning(thresholds: int, bins: int, what: str) -> tuple[int, int]:
+    """``(thresholds, bins)`` checked by :func:`check_thresholds`; at most one of them set.
+
+    >>> check_binning(0, 10, "AUC")
+    (0, 10)
+    >>> check_binning(200, 10, "AUC")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: AUC: give thresholds (threshold points, tzrec's meaning) or bins ...
+    """
+    t = check_thresholds(thresholds, what, points=True)
+    b = check_thresholds(bins, what, points=False)
+    if t and b:
+        raise ValueError(
+            f"{what}: give thresholds (threshold points, tzrec's meaning) or bins "
+            "(equal-width bins), not both"
+        )
+    return t, b
 
 
 _points_cache: dict[int, np.ndarray] = {}
@@ -296,16 +317,12 @@ def binary_auc(
     >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y, thresholds=3).item()
     0.5
     """
-    thresholds = check_thresholds(thresholds, "auc", points=True)
-    bins = check_thresholds(bins, "auc", points=False)
-    if thresholds and bins:
-        raise ValueError("auc: give thresholds (threshold points) or bins (equal width), not both")
+    thresholds, bins = check_binning(thresholds, bins, "auc")
     b = validate_batch(
         preds,
         target,
         label_kind="binary",
         weights=weights,
-        supports_weights=True,
         prob_preds=thresholds > 0 or bins > 0,
         metric_name="auc",
     )
@@ -380,10 +397,7 @@ def multiclass_auc(
     """
     if average not in ("macro", "weighted"):
         raise ValueError(f"multiclass_auc: average must be 'macro' or 'weighted', got {average!r}")
-    thresholds = check_thresholds(thresholds, "multiclass_auc", points=True)
-    bins = check_thresholds(bins, "multiclass_auc", points=False)
-    if thresholds and bins:
-        raise ValueError("multiclass_auc: give thresholds or bins, not both")
+    thresholds, bins = check_binning(thresholds, bins, "multiclass_auc")
     b = validate_batch(
         preds,
         target,

@@ -71,7 +71,6 @@ def accuracy(
         label_kind="multiclass" if multiclass else "binary",
         multiclass_preds=multiclass,
         weights=weights,
-        supports_weights=True,
         metric_name="accuracy",
     )
     ok = correct_mask(b.preds, b.target, threshold, top_k, inclusive)
@@ -127,7 +126,6 @@ def recall_at_k(
         multiclass_preds=True,
         allow_multihot_target=True,
         weights=weights,
-        supports_weights=True,
         metric_name="recall_at_k",
     )
     hits, total = recall_counts(b.preds, b.target, top_k, b.weights)

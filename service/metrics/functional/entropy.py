@@ -66,7 +66,6 @@ def normalized_entropy(
         target,
         label_kind="binary",
         weights=weights,
-        supports_weights=True,
         prob_preds=True,
         metric_name="normalized_entropy",
     )

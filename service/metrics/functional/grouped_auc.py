@@ -139,7 +139,6 @@ def grouped_auc(
         grouping_key=grouping_key,
         needs_grouping_key=True,
         weights=weights,
-        supports_weights=True,
         metric_name="grouped_auc",
     )
     return grouped_auc_from_stats(grouped_auc_stats(b.preds, b.target, b.keys, b.weights))

@@ -25,7 +25,6 @@ def _mean_error(preds: Tensor, target: Tensor, weights: Tensor | None, squared: 
         target,
         label_kind="real",
         weights=weights,
-        supports_weights=True,
         metric_name="mean_squared_error" if squared else "mean_absolute_error",
     )
     return _mean(*error_sums(b.preds, b.target, b.weights, squared=squared))

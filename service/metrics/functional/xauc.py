@@ -207,9 +207,7 @@ def xauc(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor
     >>> xauc(torch.tensor([0.1, 0.2, 0.3, 0.3]), torch.tensor([1.0, 3.0, 2.0, 5.0])).item()
     0.6666666666666666
     """
-    b = validate_batch(
-        preds, target, label_kind="real", weights=weights, supports_weights=True, metric_name="xauc"
-    )
+    b = validate_batch(preds, target, label_kind="real", weights=weights, metric_name="xauc")
     if b.weights is not None:
         ws = weighted_xauc_stats(b.preds, b.target, None, b.weights)
         return weighted_grouped_xauc_from_stats(ws)[0]
@@ -254,7 +252,6 @@ def grouped_xauc(
         grouping_key=grouping_key,
         needs_grouping_key=True,
         weights=weights,
-        supports_weights=True,
         metric_name="grouped_xauc",
     )
     if b.weights is not None:
