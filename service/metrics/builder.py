@@ -17,19 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from rankboard.protos import metric_pb2
+from rankboard.service.metrics import extra
 from rankboard.service.metrics.auc import AUC, MulticlassAUC
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
-from rankboard.service.metrics.extra import (
-    AUPRC,
-    Calibration,
-    LogLoss,
-    RecallSession,
-    RootMeanSquaredError,
-    RSquared,
-    Windowed,
-)
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
 from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
@@ -144,17 +136,17 @@ def _build(name: str, msg: Any, train: bool) -> RankMetric:
     if name == "unique_ratio":
         return UniqueRatio()
     if name == "root_mean_squared_error":
-        return RootMeanSquaredError()
+        return extra.RootMeanSquaredError()
     if name == "r_squared":
-        return RSquared()
+        return extra.RSquared()
     if name == "log_loss":
-        return LogLoss(eta=msg.eta)
+        return extra.LogLoss(eta=msg.eta)
     if name == "calibration":
-        return Calibration()
+        return extra.Calibration()
     if name == "auprc":
-        return AUPRC()
+        return extra.AUPRC()
     if name == "recall_session":
-        return RecallSession(
+        return extra.RecallSession(
             grouping_key=_grouping_key(msg, "recall_session"),
             top_k=msg.top_k,
             rank_labels=msg.rank_labels,
@@ -189,7 +181,7 @@ def create_metric(cfg: metric_pb2.MetricConfig) -> RankMetric:
         if size < 1:
             raise ValueError(f"{name}: window_size must be >= 1, got {size}")
         _build(name, msg, train=False)  # a bad config fails here, not at the first update
-        return Windowed(lambda: _build(name, msg, train=False), window_size=size)
+        return extra.Windowed(lambda: _build(name, msg, train=False), window_size=size)
     return _build(name, msg, train=False)
 
 

@@ -24,12 +24,13 @@ sklearn's ``roc_auc_score``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
+from rankboard.service.metrics.functional._validation import Batch, to_numpy, validate_batch
 from rankboard.service.metrics.functional.grouped_auc import grouped_auc_stats
 
 __all__ = [
@@ -294,6 +295,18 @@ def exact_auc(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> T
     return torch.where(ok, s.u / torch.where(ok, s.pos * s.neg, 1.0), math.nan)[0]
 
 
+def _binned_batch(
+    preds: Tensor, target: Tensor, thresholds: int, bins: int, what: str, **kinds: Any
+) -> tuple[Batch, int, int]:
+    """The validated batch and the checked ``thresholds``, ``bins`` of an AUC function;
+    binned modes need probabilities. ``kinds``: :func:`validate_batch`'s label options."""
+    thresholds, bins = check_binning(thresholds, bins, what)
+    b = validate_batch(
+        preds, target, prob_preds=thresholds > 0 or bins > 0, metric_name=what, **kinds
+    )
+    return b, thresholds, bins
+
+
 def binary_auc(
     preds: Tensor,
     target: Tensor,
@@ -317,14 +330,8 @@ def binary_auc(
     >>> binary_auc(torch.tensor([0.1, 0.6, 0.35, 0.8]), y, thresholds=3).item()
     0.5
     """
-    thresholds, bins = check_binning(thresholds, bins, "auc")
-    b = validate_batch(
-        preds,
-        target,
-        label_kind="binary",
-        weights=weights,
-        prob_preds=thresholds > 0 or bins > 0,
-        metric_name="auc",
+    b, thresholds, bins = _binned_batch(
+        preds, target, thresholds, bins, "auc", label_kind="binary", weights=weights
     )
     if thresholds > 0:
         h = torch.zeros(2 * thresholds, dtype=torch.float64, device=b.preds.device)
@@ -397,14 +404,14 @@ def multiclass_auc(
     """
     if average not in ("macro", "weighted"):
         raise ValueError(f"multiclass_auc: average must be 'macro' or 'weighted', got {average!r}")
-    thresholds, bins = check_binning(thresholds, bins, "multiclass_auc")
-    b = validate_batch(
+    b, thresholds, bins = _binned_batch(
         preds,
         target,
+        thresholds,
+        bins,
+        "multiclass_auc",
         label_kind="multiclass",
         multiclass_preds=True,
-        prob_preds=thresholds > 0 or bins > 0,
-        metric_name="multiclass_auc",
     )
     if thresholds or bins:
         pts = thresholds > 0
