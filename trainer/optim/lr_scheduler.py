@@ -68,7 +68,8 @@ class BaseLR(LRScheduler):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("config_name") or cls.__name__
-        SCHEDULERS[name] = cls
+        if not name.startswith("_"):  # a private base (_WarmupLR) is no config message
+            SCHEDULERS[name] = cls
 
     def __init__(self, optimizer: torch.optim.Optimizer, by_epoch: bool = False) -> None:
         self.by_epoch = by_epoch
@@ -90,6 +91,37 @@ def _check_warmup(warmup_size: int, warmup_learning_rate: float) -> None:
         raise ValueError(f"warmup_learning_rate must be >= 0, got {warmup_learning_rate}")
 
 
+class _WarmupLR(BaseLR):
+    """A schedule with a linear warmup from ``warmup_learning_rate`` to the base rate over
+    ``warmup_size`` steps and a floor ``min_learning_rate``; subclasses define
+    :meth:`after_warmup`, of the steps taken since the warmup ended."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        min_learning_rate: float,
+        warmup_learning_rate: float,
+        warmup_size: int,
+        by_epoch: bool,
+    ) -> None:
+        if min_learning_rate < 0:
+            raise ValueError(f"min_learning_rate must be >= 0, got {min_learning_rate}")
+        _check_warmup(warmup_size, warmup_learning_rate)
+        self.min_learning_rate = min_learning_rate
+        self.warmup_learning_rate = warmup_learning_rate
+        self.warmup_size = warmup_size
+        super().__init__(optimizer, by_epoch=by_epoch)
+
+    def lr_at(self, base_lr: float, step: int) -> float:
+        if step < self.warmup_size:
+            return _linear(self.warmup_learning_rate, base_lr, step, self.warmup_size)
+        return self.after_warmup(base_lr, step - self.warmup_size)
+
+    def after_warmup(self, base_lr: float, t: int) -> float:  # pragma: no cover - abstract
+        """The learning rate ``t`` steps after the warmup for base rate ``base_lr``."""
+        raise NotImplementedError
+
+
 class ConstantLR(BaseLR):
     """Keeps each param group's base learning rate.
 
@@ -103,7 +135,7 @@ class ConstantLR(BaseLR):
         return base_lr
 
 
-class ExponentialDecayLR(BaseLR):
+class ExponentialDecayLR(_WarmupLR):
     """Linear warmup, then ``base_lr * decay_factor ** p`` floored at ``min_learning_rate``.
 
     ``p = (s - warmup_size) / decay_size``, rounded down when ``staircase``.
@@ -130,21 +162,13 @@ class ExponentialDecayLR(BaseLR):
             raise ValueError(f"ExponentialDecayLR.decay_size must be > 0, got {decay_size}")
         if decay_factor <= 0:
             raise ValueError(f"ExponentialDecayLR.decay_factor must be > 0, got {decay_factor}")
-        if min_learning_rate < 0:
-            raise ValueError(f"min_learning_rate must be >= 0, got {min_learning_rate}")
-        _check_warmup(warmup_size, warmup_learning_rate)
         self.decay_size = decay_size
         self.decay_factor = decay_factor
         self.staircase = staircase
-        self.warmup_learning_rate = warmup_learning_rate
-        self.warmup_size = warmup_size
-        self.min_learning_rate = min_learning_rate
-        super().__init__(optimizer, by_epoch=by_epoch)
+        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
 
-    def lr_at(self, base_lr: float, step: int) -> float:
-        if step < self.warmup_size:
-            return _linear(self.warmup_learning_rate, base_lr, step, self.warmup_size)
-        p = (step - self.warmup_size) / self.decay_size
+    def after_warmup(self, base_lr: float, t: int) -> float:
+        p = t / self.decay_size
         if self.staircase:
             p = math.floor(p)
         return max(base_lr * self.decay_factor**p, self.min_learning_rate)
@@ -203,7 +227,7 @@ def _cosine(base_lr: float, min_lr: float, t: int, period: int) -> float:
     return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * t / period)) / 2
 
 
-class CosineAnnealingLR(BaseLR):
+class CosineAnnealingLR(_WarmupLR):
     """Linear warmup, then half a cosine from the base rate to ``min_learning_rate``.
 
     ``t = min(s - warmup_size, T_max)``: the rate stays at the minimum after ``T_max``.
@@ -226,23 +250,14 @@ class CosineAnnealingLR(BaseLR):
     ) -> None:
         if T_max <= 0:
             raise ValueError(f"CosineAnnealingLR.T_max must be > 0, got {T_max}")
-        if min_learning_rate < 0:
-            raise ValueError(f"min_learning_rate must be >= 0, got {min_learning_rate}")
-        _check_warmup(warmup_size, warmup_learning_rate)
         self.T_max = T_max
-        self.min_learning_rate = min_learning_rate
-        self.warmup_learning_rate = warmup_learning_rate
-        self.warmup_size = warmup_size
-        super().__init__(optimizer, by_epoch=by_epoch)
+        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
 
-    def lr_at(self, base_lr: float, step: int) -> float:
-        if step < self.warmup_size:
-            return _linear(self.warmup_learning_rate, base_lr, step, self.warmup_size)
-        t = min(step - self.warmup_size, self.T_max)
-        return _cosine(base_lr, self.min_learning_rate, t, self.T_max)
+    def after_warmup(self, base_lr: float, t: int) -> float:
+        return _cosine(base_lr, self.min_learning_rate, min(t, self.T_max), self.T_max)
 
 
-class CosineAnnealingWarmRestartsLR(BaseLR):
+class CosineAnnealingWarmRestartsLR(_WarmupLR):
     """Linear warmup, then cosine annealing restarted every ``T_0 * T_mult**k`` steps.
 
     >>> import torch
@@ -266,20 +281,12 @@ class CosineAnnealingWarmRestartsLR(BaseLR):
             raise ValueError(f"CosineAnnealingWarmRestartsLR.T_0 must be > 0, got {T_0}")
         if T_mult < 1:
             raise ValueError(f"CosineAnnealingWarmRestartsLR.T_mult must be >= 1, got {T_mult}")
-        if min_learning_rate < 0:
-            raise ValueError(f"min_learning_rate must be >= 0, got {min_learning_rate}")
-        _check_warmup(warmup_size, warmup_learning_rate)
         self.T_0 = T_0
         self.T_mult = T_mult
-        self.min_learning_rate = min_learning_rate
-        self.warmup_learning_rate = warmup_learning_rate
-        self.warmup_size = warmup_size
-        super().__init__(optimizer, by_epoch=by_epoch)
+        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
 
-    def lr_at(self, base_lr: float, step: int) -> float:
-        if step < self.warmup_size:
-            return _linear(self.warmup_learning_rate, base_lr, step, self.warmup_size)
-        t, period = step - self.warmup_size, self.T_0
+    def after_warmup(self, base_lr: float, t: int) -> float:
+        period = self.T_0
         if self.T_mult == 1:
             t %= period
         else:
