@@ -57,20 +57,24 @@ def _check_smoothing(label_smoothing: float) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
 
 
-class BinaryCrossEntropyLoss(nn.Module):
+class _SmoothedLoss(nn.Module):
+    """A loss with ``label_smoothing`` in [0, 1] and a ``reduction``, checked on creation."""
+
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__()
+        _check_smoothing(label_smoothing)
+        _check_reduction(reduction, type(self).__name__)
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+
+
+class BinaryCrossEntropyLoss(_SmoothedLoss):
     """Mean binary cross-entropy on logits; targets ``y`` become ``y * (1 - s) + s / 2``.
 
     >>> import torch
     >>> round(BinaryCrossEntropyLoss()(torch.tensor([2.0]), torch.tensor([1])).item(), 4)
     0.1269
     """
-
-    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_smoothing(label_smoothing)
-        _check_reduction(reduction, "BinaryCrossEntropyLoss")
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` against 0/1 (or soft) ``labels`` of the same shape."""
@@ -81,20 +85,13 @@ class BinaryCrossEntropyLoss(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target, reduction=self.reduction)
 
 
-class SoftmaxCrossEntropyLoss(nn.Module):
+class SoftmaxCrossEntropyLoss(_SmoothedLoss):
     """Mean softmax cross-entropy of ``(n, c)`` logits against ``(n,)`` class indices.
 
     >>> import torch
     >>> round(SoftmaxCrossEntropyLoss()(torch.zeros(1, 4), torch.tensor([3])).item(), 4)
     1.3863
     """
-
-    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_smoothing(label_smoothing)
-        _check_reduction(reduction, "SoftmaxCrossEntropyLoss")
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``(n, c)`` logits against ``(n,)`` integer labels."""
