@@ -7,26 +7,26 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-from rankboard.trainer.demo.run import ARMS, TASKS, fetch_comparison, format_comparison
+from rankboard.trainer.demo.run import (
+    ARMS,
+    TASKS,
+    add_env_flag,
+    demo_parser,
+    fetch_comparison,
+    format_comparison,
+)
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Fetch ``/compare`` for each task over REST and print the table."""
-    p = argparse.ArgumentParser(
-        prog="python -m rankboard.trainer.demo.report",
-        description="print the service's comparison of the demo's arms",
-    )
-    p.add_argument(
-        "--url",
-        default=os.environ.get("RANKBOARD_URL", "http://127.0.0.1:8000"),
-        help="the service's REST base URL (default $RANKBOARD_URL or http://127.0.0.1:8000)",
+    p = demo_parser(".report", "print the service's comparison of the demo's arms")
+    add_env_flag(
+        p, "--url", "RANKBOARD_URL", "http://127.0.0.1:8000", "the service's REST base URL"
     )
     p.add_argument("--experiment", default="demo")
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="baseline first")

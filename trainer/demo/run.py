@@ -55,6 +55,8 @@ import httpx
 __all__ = [
     "MARKER",
     "ServiceProcess",
+    "add_env_flag",
+    "demo_parser",
     "fetch_comparison",
     "format_comparison",
     "main",
@@ -231,6 +233,30 @@ def format_comparison(comparisons: dict[str, Any], arms: Sequence[str] = ()) -> 
     return "\n\n".join(format_compare(body) for body in comparisons.values())
 
 
+def demo_parser(module: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of ``python -m rankboard.trainer.demo<module>``.
+
+    >>> demo_parser(".report", "print the comparison").prog
+    'python -m rankboard.trainer.demo.report'
+    """
+    return argparse.ArgumentParser(
+        prog=f"python -m rankboard.trainer.demo{module}", description=description
+    )
+
+
+def add_env_flag(p: argparse.ArgumentParser, flag: str, env: str, default: str, what: str) -> None:
+    """A flag whose default is the environment variable ``env``, else ``default``.
+
+    >>> p = argparse.ArgumentParser()
+    >>> add_env_flag(p, "--url", "RANKBOARD_DOCTEST_URL", "http://h:1", "the REST base URL")
+    >>> p.parse_args([]).url
+    'http://h:1'
+    """
+    p.add_argument(
+        flag, default=os.environ.get(env, default), help=f"{what} (default ${env} or {default})"
+    )
+
+
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -240,10 +266,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m rankboard.trainer.demo``."""
-    p = argparse.ArgumentParser(
-        prog="python -m rankboard.trainer.demo",
-        description="rankboard demo: two A/B arms measured by the service",
-    )
+    p = demo_parser("", "rankboard demo: two A/B arms measured by the service")
     p.add_argument(
         "--data-dir",
         type=Path,

@@ -21,7 +21,6 @@ docker-compose trainer containers do)::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -160,24 +159,19 @@ def _log_eval(
             logit, log_watch = model(*model_inputs(batch))
             ids = torch.arange(row, row + len(batch), dtype=torch.int64)
             row += len(batch)
-            stream.log(
-                torch.sigmoid(logit),
-                batch.click,
-                task="ctr",
-                phase="eval",
-                step=step,
-                grouping_keys={"user": batch.user},
-                sample_ids=ids,
-            )
-            stream.log(
-                torch.exp(log_watch),
-                batch.watch_time,
-                task="watch_time",
-                phase="eval",
-                step=step,
-                grouping_keys={"user": batch.user},
-                sample_ids=ids,
-            )
+            for task, preds, labels in (
+                ("ctr", torch.sigmoid(logit), batch.click),
+                ("watch_time", torch.exp(log_watch), batch.watch_time),
+            ):
+                stream.log(
+                    preds,
+                    labels,
+                    task=task,
+                    phase="eval",
+                    step=step,
+                    grouping_keys={"user": batch.user},
+                    sample_ids=ids,
+                )
     model.train()
 
 
@@ -271,14 +265,11 @@ def train_arm(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: train one arm against a running service."""
-    p = argparse.ArgumentParser(
-        prog="python -m rankboard.trainer.demo.train",
-        description="train one arm of the demo and stream its metrics",
-    )
-    p.add_argument(
-        "--target",
-        default=os.environ.get("RANKBOARD_TARGET", "127.0.0.1:50051"),
-        help="the service's gRPC host:port (default $RANKBOARD_TARGET or 127.0.0.1:50051)",
+    from rankboard.trainer.demo.run import _quiet_libraries, add_env_flag, demo_parser
+
+    p = demo_parser(".train", "train one arm of the demo and stream its metrics")
+    add_env_flag(
+        p, "--target", "RANKBOARD_TARGET", "127.0.0.1:50051", "the service's gRPC host:port"
     )
     p.add_argument("--arm", required=True, help="arm name, e.g. control or treatment")
     p.add_argument(
@@ -293,8 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a few-second run (tests, smoke checks)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from rankboard.trainer.demo.run import _quiet_libraries
-
     _quiet_libraries()
     settings = DemoSettings.tiny() if args.tiny else DemoSettings()
     if args.steps:
