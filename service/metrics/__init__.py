@@ -31,12 +31,12 @@ from rankboard.service.metrics.extra import (
     RecallSession,
     RootMeanSquaredError,
     RSquared,
-    Windowed,
 )
 from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
 from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
 from rankboard.service.metrics.train import DecayAUC, TrainMetricWrapper
+from rankboard.service.metrics.windowed import Windowed
 from rankboard.service.metrics.xauc import XAUC
 
 __all__ = [

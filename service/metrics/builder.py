@@ -26,6 +26,7 @@ from rankboard.service.metrics.grouped import GroupedAUC, GroupedXAUC
 from rankboard.service.metrics.regression import MeanAbsoluteError, MeanSquaredError
 from rankboard.service.metrics.sid import RelativeL1, UniqueRatio
 from rankboard.service.metrics.train import DecayAUC, TrainMetricWrapper
+from rankboard.service.metrics.windowed import Windowed
 from rankboard.service.metrics.xauc import XAUC
 
 __all__ = [
@@ -181,7 +182,7 @@ def create_metric(cfg: metric_pb2.MetricConfig) -> RankMetric:
         if size < 1:
             raise ValueError(f"{name}: window_size must be >= 1, got {size}")
         _build(name, msg, train=False)  # a bad config fails here, not at the first update
-        return extra.Windowed(lambda: _build(name, msg, train=False), window_size=size)
+        return Windowed(lambda: _build(name, msg, train=False), window_size=size)
     return _build(name, msg, train=False)
 
 
