@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 _MAGIC = b"RBCK"
 KEEP = 2
 COMPACT_BELOW = 0.5  # a chunk file less live than this is rewritten by the next checkpoint
+# a chunk file is synced every this many bytes as it is written (RocksDB's bytes_per_sync):
+# a checkpoint's hundreds of MiB of dirty pages, flushed at once, made every log sync
+# behind them wait (ext4 commits its journal in order), and acks with them
+SYNC_EVERY = 8 << 20
 
 
 class ChunkRef(NamedTuple):
@@ -208,10 +212,16 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
             f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
             crc = zlib.crc32(index)
             f.write(index)
+            unsynced = 0
             for a in arrays:
                 view = memoryview(a).cast("B")
                 crc = zlib.crc32(view, crc)
                 f.write(view)
+                unsynced += len(view)
+                if unsynced >= SYNC_EVERY:  # see SYNC_EVERY
+                    f.flush()
+                    os.fdatasync(f.fileno())
+                    unsynced = 0
             f.seek(0)
             f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
             f.flush()
