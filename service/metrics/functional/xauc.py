@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
-from rankboard.service.metrics.functional._numpy_kernels import grouped_xauc_np, weighted_xauc_np
+from rankboard.service.metrics.functional._numpy_pairs import grouped_xauc_np, weighted_xauc_np
 from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
 
 # CPU tensors use the numpy kernels; tests flip this to check the torch path agrees.

@@ -32,7 +32,7 @@ from rankboard.service.metrics import (
     create_train_metric,
     normalize_config,
 )
-from rankboard.service.metrics.functional.auc import (
+from rankboard.service.metrics.functional.histogram import (
     MAX_THRESHOLDS,
     _bin_indices_torch,
     bin_indices,
