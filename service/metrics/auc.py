@@ -12,15 +12,17 @@ from torchmetrics import Metric
 from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.auc import (
+    exact_auc,
+    exact_multiclass_auc,
+    multiclass_auc_from_histogram,
+    multiclass_histogram,
+)
+from rankboard.service.metrics.functional.histogram import (
     add_binned_counts,
     add_threshold_counts,
     auc_from_histogram,
     auc_from_threshold_histogram,
     check_binning,
-    exact_auc,
-    exact_multiclass_auc,
-    multiclass_auc_from_histogram,
-    multiclass_histogram,
 )
 
 __all__ = ["AUC", "MulticlassAUC"]

@@ -16,40 +16,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rankboard.service.metrics.functional import histogram
 from rankboard.service.metrics.functional._validation import Batch, validate_batch
 from rankboard.service.metrics.functional.grouped_auc import grouped_auc_stats
-from rankboard.service.metrics.functional.histogram import (
-    MAX_THRESHOLDS,
-    add_binned_counts,
-    add_threshold_counts,
-    auc_from_histogram,
-    auc_from_threshold_histogram,
-    bin_indices,
-    binned_histogram,
-    check_binning,
-    check_thresholds,
-    equal_width_indices,
-    threshold_points,
-)
 
 __all__ = [
-    "MAX_THRESHOLDS",
-    "add_binned_counts",
-    "add_threshold_counts",
-    "auc_from_histogram",
-    "auc_from_threshold_histogram",
-    "bin_indices",
     "binary_auc",
-    "binned_histogram",
-    "check_binning",
-    "check_thresholds",
-    "equal_width_indices",
     "exact_auc",
+    "exact_multiclass_auc",
     "multiclass_auc",
     "multiclass_auc_from_histogram",
     "multiclass_histogram",
-    "threshold_points",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The binned modes' names (:mod:`.histogram`: ``bin_indices``, ``check_binning``,
+    ...), importable from here as before."""
+    if name in histogram.__all__:
+        return getattr(histogram, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def exact_auc(preds: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -70,7 +56,7 @@ def _binned_batch(
 ) -> tuple[Batch, int, int]:
     """The validated batch and the checked ``thresholds``, ``bins`` of an AUC function;
     binned modes need probabilities. ``kinds``: :func:`validate_batch`'s label options."""
-    thresholds, bins = check_binning(thresholds, bins, what)
+    thresholds, bins = histogram.check_binning(thresholds, bins, what)
     b = validate_batch(
         preds, target, prob_preds=thresholds > 0 or bins > 0, metric_name=what, **kinds
     )
@@ -105,10 +91,12 @@ def binary_auc(
     )
     if thresholds > 0:
         h = torch.zeros(2 * thresholds, dtype=torch.float64, device=b.preds.device)
-        add_threshold_counts(h, b.preds, b.target, thresholds, b.weights)
-        return auc_from_threshold_histogram(h)
+        histogram.add_threshold_counts(h, b.preds, b.target, thresholds, b.weights)
+        return histogram.auc_from_threshold_histogram(h)
     if bins > 0:
-        return auc_from_histogram(binned_histogram(b.preds, b.target, bins, b.weights))
+        return histogram.auc_from_histogram(
+            histogram.binned_histogram(b.preds, b.target, bins, b.weights)
+        )
     return exact_auc(b.preds, b.target, b.weights)
 
 
@@ -123,7 +111,7 @@ def multiclass_histogram(
     c = preds.shape[1]
     classes = torch.arange(c, device=preds.device)
     if points:
-        idx = bin_indices(preds.reshape(-1), bins).reshape(preds.shape)
+        idx = histogram.bin_indices(preds.reshape(-1), bins).reshape(preds.shape)
     else:
         idx = torch.clamp(preds * bins, 0, bins - 1).to(torch.int64)
     idx += (target.unsqueeze(1) == classes).to(torch.int64) * bins + classes * (2 * bins)
@@ -149,7 +137,11 @@ def multiclass_auc_from_histogram(
     """Average of one-vs-rest AUCs from ``(C, 2 * bins)`` histograms (``points``: threshold
     buckets, see :func:`auc_from_threshold_histogram`)."""
     bins = hist.shape[-1] // 2
-    per_class = auc_from_threshold_histogram(hist) if points else auc_from_histogram(hist)
+    per_class = (
+        histogram.auc_from_threshold_histogram(hist)
+        if points
+        else histogram.auc_from_histogram(hist)
+    )
     return _average(per_class, hist[:, bins:].sum(-1), average)
 
 

@@ -250,7 +250,7 @@ def binned_auc_influence(
     if bins:
         idx = equal_width_bins(p, bins).numpy()
         return _influence_from_ties(idx.astype(np.intp), int(bins), y, w)
-    from rankboard.service.metrics.functional.auc import bin_indices
+    from rankboard.service.metrics.functional.histogram import bin_indices
 
     idx = bin_indices(p, thresholds).numpy()
     return _influence_from_ties(idx.astype(np.intp), int(thresholds), y, w, untied_last=True)

@@ -41,7 +41,7 @@ def _from_histogram(metric: Any) -> Columns:
     if getattr(metric, "bins", 0) or not hasattr(metric, "bins"):
         rep = ((np.arange(t) + 0.5) / t).astype(np.float32)  # the middle of each bin
     else:
-        from rankboard.service.metrics.functional.auc import threshold_points
+        from rankboard.service.metrics.functional.histogram import threshold_points
 
         rep = threshold_points(t).numpy()  # bucket k holds [point k, point k+1)
     preds = np.concatenate([np.repeat(rep, counts[:t]), np.repeat(rep, counts[t:])])

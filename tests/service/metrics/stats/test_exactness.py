@@ -21,7 +21,7 @@ from rankboard.service.metrics import (
     NormalizedEntropy,
     RecallAtK,
 )
-from rankboard.service.metrics.functional.auc import binned_histogram
+from rankboard.service.metrics.functional.histogram import binned_histogram
 from rankboard.service.metrics.stats import (
     Columns,
     arm_stats,
@@ -279,10 +279,10 @@ def test_mse_delta_method_written_out() -> None:
 def test_threshold_point_buckets_delong_by_definition() -> None:
     """torchmetrics' threshold-point AUC: pairs in one bucket count one half, except in
     the last bucket (scores of exactly 1.0), where they count 0."""
-    pytest.importorskip("rankboard.service.metrics.functional.auc").__dict__.get(
+    pytest.importorskip("rankboard.service.metrics.functional.histogram").__dict__.get(
         "bin_indices"
     ) or pytest.skip("no threshold points in this tree")
-    from rankboard.service.metrics.functional.auc import bin_indices
+    from rankboard.service.metrics.functional.histogram import bin_indices
     from rankboard.service.metrics.stats import binned_auc_influence
 
     rng = np.random.default_rng(15)
