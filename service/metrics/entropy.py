@@ -11,16 +11,36 @@ from rankboard.service.metrics.base import RankMetric
 from rankboard.service.metrics.functional._sums import logloss_sums
 from rankboard.service.metrics.functional._validation import Batch
 from rankboard.service.metrics.functional.entropy import ne_from_sums
-
-
-def _nan() -> Tensor:
-    return torch.tensor(float("nan"), dtype=torch.float64)
-
+from rankboard.service.metrics.functional.regression import _mean
 
 __all__ = ["NormalizedEntropy"]
 
 
-class NormalizedEntropy(RankMetric):
+class LogLossSums(RankMetric):
+    """Base of the metrics of weighted log-loss sums (:class:`NormalizedEntropy` and
+    :class:`~rankboard.service.metrics.extra.LogLoss`): 0/1 labels, probabilities clamped
+    to ``[eta, 1 - eta]``, lower is better; the states are registered by each class."""
+
+    supports_weights = True
+    label_kind = "binary"
+    prob_preds = True
+    higher_is_better = False
+
+    sum_logloss: Tensor
+    sum_weight: Tensor
+
+    def __init__(self, eta: float = 1e-12, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0 < eta < 0.5:
+            raise ValueError(f"{type(self).__name__}: eta must be in (0, 0.5), got {eta}")
+        self.eta = float(eta)
+
+    def mean_logloss(self) -> Tensor:
+        """Mean log loss, 0-d float64; NaN without (weight of) samples."""
+        return _mean(self.sum_logloss, self.sum_weight)
+
+
+class NormalizedEntropy(LogLossSums):
     """Mean log loss of the model over that of a constant predictor at the positive rate.
 
     ``preds`` are probabilities in [0, 1] (a logit is refused), clamped to
@@ -43,21 +63,13 @@ class NormalizedEntropy(RankMetric):
     0.693147
     """
 
-    supports_weights = True
-    label_kind = "binary"
-    prob_preds = True
-    higher_is_better = False
-
     # states (registered by add_state in __init__)
     sum_logloss: Tensor
     sum_positive: Tensor
     sum_weight: Tensor
 
     def __init__(self, eta: float = 1e-12, include_logloss: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0 < eta < 0.5:
-            raise ValueError(f"NormalizedEntropy: eta must be in (0, 0.5), got {eta}")
-        self.eta = float(eta)
+        super().__init__(eta, **kwargs)
         self.include_logloss = bool(include_logloss)
         zero = torch.tensor(0.0, dtype=torch.float64)
         self.add_state("sum_logloss", zero.clone(), dist_reduce_fx="sum", persistent=True)
@@ -78,9 +90,4 @@ class NormalizedEntropy(RankMetric):
     def extra_values(self) -> dict[str, Tensor]:
         """Values reported beside NE: ``{"logloss": mean log loss}`` with
         ``include_logloss``, else empty (0-d float64, NaN without samples)."""
-        if not self.include_logloss:
-            return {}
-        w = self.sum_weight
-        return {
-            "logloss": torch.where(w > 0, self.sum_logloss / torch.where(w > 0, w, 1.0), _nan())
-        }
+        return {"logloss": self.mean_logloss()} if self.include_logloss else {}

@@ -19,9 +19,9 @@ from torch import Tensor
 
 from rankboard.service.metrics._weights import aligned_weights
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.entropy import LogLossSums
 from rankboard.service.metrics.functional._sums import error_sums, logloss_sums
 from rankboard.service.metrics.functional._validation import Batch, to_numpy
-from rankboard.service.metrics.functional.regression import _mean
 from rankboard.service.metrics.regression import MeanSquaredError
 from rankboard.service.metrics.windowed import Windowed
 
@@ -102,7 +102,7 @@ class RSquared(RankMetric):
         return torch.where(ok, 1.0 - self.sum_error / torch.where(ok, sst, 1.0), math.nan)
 
 
-class LogLoss(RankMetric):
+class LogLoss(LogLossSums):
     """Weighted mean binary cross-entropy, predictions clamped to ``[eta, 1 - eta]``: the
     log loss torchrec's NE reports beside NE (``include_logloss``).
 
@@ -112,20 +112,12 @@ class LogLoss(RankMetric):
     0.693147
     """
 
-    supports_weights = True
-    label_kind = "binary"
-    prob_preds = True
-    higher_is_better = False
-
     # states (registered by add_state in __init__)
     sum_logloss: Tensor
     sum_weight: Tensor
 
     def __init__(self, eta: float = 1e-12, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0 < eta < 0.5:
-            raise ValueError(f"LogLoss: eta must be in (0, 0.5), got {eta}")
-        self.eta = float(eta)
+        super().__init__(eta, **kwargs)
         self.add_state("sum_logloss", _zero(), dist_reduce_fx="sum", persistent=True)
         self.add_state("sum_weight", _zero(), dist_reduce_fx="sum", persistent=True)
 
@@ -137,7 +129,7 @@ class LogLoss(RankMetric):
 
     def compute(self) -> Tensor:
         """Mean log loss, 0-d float64; NaN without (weight of) samples."""
-        return _mean(self.sum_logloss, self.sum_weight)
+        return self.mean_logloss()
 
 
 class Calibration(RankMetric):
