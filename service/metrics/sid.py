@@ -30,14 +30,24 @@ def _real_2d(x: Any, name: str, who: str) -> Tensor:
     return t
 
 
-def _no_extras(metric: RankMetric, weights: Any, grouping_key: Any) -> str:
-    """The metric's name, after refusing weights and grouping keys (neither is taken)."""
+def _checked_preds(
+    metric: RankMetric, preds: Any, weights: Any, grouping_key: Any
+) -> tuple[str, Tensor]:
+    """The metric's name and its checked ``preds``, after refusing weights and grouping
+    keys (neither is taken)."""
     who = type(metric).__name__
     if weights is not None:
         raise ValueError(f"{who} does not support per-sample weights")
     if grouping_key is not None:
         raise ValueError(f"{who} does not take a grouping key")
-    return who
+    return who, _real_2d(preds, "preds", who)
+
+
+def _add_sum_and_count(metric: RankMetric, total: str) -> None:
+    """Register a float64 sum state ``total`` and an integer ``count`` state."""
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    metric.add_state(total, zero, dist_reduce_fx="sum", persistent=True)
+    metric.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
 
 
 class RelativeL1(RankMetric):
@@ -66,13 +76,10 @@ class RelativeL1(RankMetric):
         if not (math.isfinite(epsilon) and epsilon >= 0):
             raise ValueError(f"RelativeL1: epsilon must be finite and >= 0, got {epsilon}")
         self.epsilon = float(epsilon)
-        zero = torch.tensor(0.0, dtype=torch.float64)
-        self.add_state("sum_rel", zero, dist_reduce_fx="sum", persistent=True)
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+        _add_sum_and_count(self, "sum_rel")
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
-        who = _no_extras(self, weights, grouping_key)
-        p = _real_2d(preds, "preds", who)
+        who, p = _checked_preds(self, preds, weights, grouping_key)
         t = _real_2d(target, "target", who)
         if p.shape != t.shape:
             raise ValueError(
@@ -117,13 +124,10 @@ class UniqueRatio(RankMetric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        zero = torch.tensor(0.0, dtype=torch.float64)
-        self.add_state("ratio_sum", zero, dist_reduce_fx="sum", persistent=True)
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum", persistent=True)
+        _add_sum_and_count(self, "ratio_sum")
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
-        who = _no_extras(self, weights, grouping_key)
-        p = _real_2d(preds, "preds", who)
+        who, p = _checked_preds(self, preds, weights, grouping_key)
         t = target if isinstance(target, Tensor) else torch.as_tensor(target)
         if t.dim() < 1 or t.shape[0] != p.shape[0]:
             raise ValueError(f"{who}: target must have {p.shape[0]} rows")
