@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -49,6 +50,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
+GC_THRESHOLD = (10_000, 10, 100)
+
+
 @dataclass
 class ServiceConfig:
     """Everything ``rankboard serve`` takes; port 0 picks a free port."""
@@ -70,6 +74,12 @@ class ServiceConfig:
     store: dict = field(default_factory=dict)
     metrics_public: bool = False  # GET /metrics without the read token
     prometheus_max_series: int = 2000  # cap on metric-value series in GET /metrics
+    # Python's cyclic GC thresholds while the service runs (None: leave them). Retained
+    # chunks are tensors the collector walks: with the default (700, 10, 10) a full
+    # collection took 150-200 ms every 2 s under load, holding the GIL (9 % of the
+    # service's CPU, and its ack p99). Young cycles are still collected every GC_THRESHOLD[0]
+    # allocations; the old generation far more rarely.
+    gc_threshold: tuple[int, int, int] | None = GC_THRESHOLD
 
 
 class Service:
@@ -77,6 +87,7 @@ class Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
+        self._gc_before: tuple[int, ...] | None = None
         if config.torch_threads:
             # many small updates from concurrent streams: intra-op threads only contend
             torch.set_num_threads(config.torch_threads)
@@ -173,6 +184,9 @@ class Service:
 
     def start(self) -> Service:
         """Start both servers; return when they accept connections."""
+        if self.config.gc_threshold is not None:
+            self._gc_before = gc.get_threshold()
+            gc.set_threshold(*self.config.gc_threshold)
         self._on_loop(self._start_grpc())
         self._http_thread.start()
         while not self._http.started:
@@ -204,6 +218,9 @@ class Service:
         self._http_thread.join(timeout=5)
         with contextlib.suppress(OSError):
             self._sock.close()
+        if self._gc_before is not None:  # as the process had it
+            gc.set_threshold(*self._gc_before)
+            self._gc_before = None
 
     def wait(self) -> None:
         """Block until the gRPC server terminates."""
