@@ -32,6 +32,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 __all__ = ["LOCK_NAME", "DataDirLock", "StartupError", "check_device", "check_ports", "preflight"]
 
@@ -55,18 +56,21 @@ class DataDirLock:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError as err:
-            raise StartupError(
+        except OSError as err:
+            not_writable = (
                 f"data dir {self.data_dir} is not writable ({err.strerror}); "
                 "choose a --data-dir this user can write"
-            ) from None
-        except OSError as err:
-            if err.errno == errno.EROFS:
-                raise StartupError(
-                    f"data dir {self.data_dir} is on a read-only file system; "
-                    "choose a writable --data-dir"
-                ) from None
-            raise StartupError(f"cannot use data dir {self.data_dir}: {err}") from None
+            )
+            _refuse(
+                err,
+                {
+                    errno.EACCES: not_writable,
+                    errno.EPERM: not_writable,
+                    errno.EROFS: f"data dir {self.data_dir} is on a read-only file system; "
+                    "choose a writable --data-dir",
+                },
+                f"cannot use data dir {self.data_dir}: {err}",
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -140,18 +144,23 @@ def check_ports(host: str, ports: Iterable[int]) -> None:
             try:
                 probe.bind((host, port))
             except OSError as err:
-                if err.errno == errno.EADDRINUSE:
-                    raise StartupError(
-                        f"port {port} on {host} is already in use (another rankboard serve?"
-                        f" `ss -ltnp 'sport = :{port}'` shows who); choose another port,"
-                        " or 0 for any free one"
-                    ) from None
-                if err.errno == errno.EACCES:
-                    raise StartupError(
-                        f"port {port} on {host}: permission denied (ports below 1024 need"
-                        " privileges); choose a port >= 1024"
-                    ) from None
-                raise StartupError(f"cannot bind {host}:{port}: {err.strerror}") from None
+                _refuse(
+                    err,
+                    {
+                        errno.EADDRINUSE: f"port {port} on {host} is already in use (another"
+                        f" rankboard serve? `ss -ltnp 'sport = :{port}'` shows who); choose"
+                        " another port, or 0 for any free one",
+                        errno.EACCES: f"port {port} on {host}: permission denied (ports below"
+                        " 1024 need privileges); choose a port >= 1024",
+                    },
+                    f"cannot bind {host}:{port}: {err.strerror}",
+                )
+
+
+def _refuse(err: OSError, by_errno: dict[int, str], otherwise: str) -> NoReturn:
+    """Raise the :class:`StartupError` that says what ``err`` means: the sentence for its
+    errno, else ``otherwise``."""
+    raise StartupError(by_errno.get(err.errno or 0, otherwise)) from None
 
 
 def check_device(device: str) -> None:
