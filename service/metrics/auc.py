@@ -41,6 +41,18 @@ def _binning(what: str, thresholds: int | None, bins: int) -> tuple[int, int]:
     return check_binning(thresholds, bins, what)
 
 
+def _add_states(metric: Any, hist: Tensor, exact: tuple[str, ...]) -> None:
+    """Register a binned AUC's histogram (initial ``hist``) and points flag, or, exact, the
+    list states ``exact`` of the kept samples."""
+    if metric.num_buckets:
+        metric.add_state("hist", hist, dist_reduce_fx="sum", persistent=True)
+        flag = torch.tensor(1 if metric.thresholds else 0)
+        metric.add_state(_POINTS_STATE, flag, dist_reduce_fx="max", persistent=True)
+    else:
+        for name in exact:
+            metric.add_state(name, [], dist_reduce_fx="cat", persistent=True)
+
+
 class _Binned:
     """Mixin: the binning mode of a binned AUC and the legacy-state switch on load."""
 
@@ -119,15 +131,8 @@ class AUC(_Binned, RankMetric):
         super().__init__(**kwargs)
         self.thresholds, self.bins = _binning(type(self).__name__, thresholds, bins)
         self.prob_preds = self.num_buckets > 0
-        if self.num_buckets:
-            zeros = torch.zeros(2 * self.num_buckets, dtype=torch.float64)
-            self.add_state("hist", zeros, dist_reduce_fx="sum", persistent=True)
-            flag = torch.tensor(1 if self.thresholds else 0)
-            self.add_state(_POINTS_STATE, flag, dist_reduce_fx="max", persistent=True)
-        else:
-            self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
-            self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
-            self.add_state("weights", [], dist_reduce_fx="cat", persistent=True)
+        hist = torch.zeros(2 * self.num_buckets, dtype=torch.float64)
+        _add_states(self, hist, exact=("preds", "target", "weights"))
 
     def _update_batch(self, b: Batch) -> None:
         """Add a batch: ``preds`` (n,) scores, ``target`` (n,) in {0, 1}, ``weights`` (n,)."""
@@ -219,14 +224,7 @@ class MulticlassAUC(_Binned, RankMetric):
         self.average = average
         self.prob_preds = self.num_buckets > 0
         self.add_state("num_classes", torch.tensor(0), dist_reduce_fx="max", persistent=True)
-        if self.num_buckets:
-            empty = torch.zeros(0, dtype=torch.float64)
-            self.add_state("hist", empty, dist_reduce_fx="sum", persistent=True)
-            flag = torch.tensor(1 if self.thresholds else 0)
-            self.add_state(_POINTS_STATE, flag, dist_reduce_fx="max", persistent=True)
-        else:
-            self.add_state("preds", [], dist_reduce_fx="cat", persistent=True)
-            self.add_state("target", [], dist_reduce_fx="cat", persistent=True)
+        _add_states(self, torch.zeros(0, dtype=torch.float64), exact=("preds", "target"))
 
     def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
         b = super()._validate(preds, target, weights, grouping_key)
