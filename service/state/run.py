@@ -213,14 +213,18 @@ class Run:
         # validated once: apply() of this very batch adds these without checking again
         self._checked = (batch, checked)
 
-    def apply(self, batch: Batch) -> list[tuple[str, int, int, float]]:
+    def apply(
+        self, batch: Batch, undo: dict[str, Any] | None = None
+    ) -> list[tuple[str, int, int, float]]:
         """Update the metrics with a checked batch, one update per step segment, all or
         nothing: if any update fails, the run is restored as it was and the error raised.
+        ``undo``: the caller's :meth:`undo_point` for this batch, when it took one.
 
         Returns the train history points this batch produced, as
         ``(metric, point, step, value)``.
         """
-        undo = self.undo_point(batch)
+        if undo is None:
+            undo = self.undo_point(batch)
         pending, self._checked = self._checked, None
         checked = pending[1] if pending is not None and pending[0] is batch else None
         try:

@@ -175,7 +175,7 @@ class MetricStore:
                 # applied before it is logged, all or nothing (Run.apply rolls itself back),
                 # so the log holds only batches that applied: replay never meets a refusal
                 undo = run.undo_point(batch)
-                self._apply(run, batch, new)
+                self._apply(run, batch, new, undo)
                 try:
                     lsn = self._wal.append(RECORD_BATCH, payload, wait=False, crc=crc)
                 except BaseException:
@@ -244,12 +244,12 @@ class MetricStore:
                 f" {self.config.max_samples_total} (rankboard serve --max-samples-total)"
             )
 
-    def _apply(self, run: Run, batch: Batch, new: bool) -> None:
+    def _apply(self, run: Run, batch: Batch, new: bool, undo: dict | None = None) -> None:
         charge, segments = self._charge(run, batch, new)
+        points = run.apply(batch, undo)  # all or nothing: a failure leaves no trace here
         if new:
             self._runs[run.key] = run
             self.registry.register_run(_tuple(run.key), run.declaration, run.label_kind)
-        points = run.apply(batch)
         if run.key.phase == "eval":
             self._retained += batch.num_samples
             self._retained_bytes += batch.num_samples * run.cost_per_sample(batch)

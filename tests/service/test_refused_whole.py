@@ -195,3 +195,34 @@ def test_metric_hash_does_not_walk_retained_state():
     for _ in range(3):
         m.update(torch.rand(4), torch.tensor([0, 1, 0, 1]))
     assert hash(m) == object.__hash__(m)
+
+
+def test_a_new_run_whose_apply_fails_leaves_no_trace(tmp_path, monkeypatch):
+    """Second line of defence at the store: an update that fails after the checks (a fault
+    injected into one metric) registers no run, logs nothing and records no sequence."""
+    from rankboard.service.metrics.entropy import NormalizedEntropy
+    from rankboard.service.state.store import MetricStore, StoreConfig
+
+    store = MetricStore(StoreConfig(data_dir=tmp_path / "d"))
+    msg = ingest_pb2.Batch(
+        producer_id="p",
+        sequence=1,
+        experiment="exp",
+        arm="a",
+        task="ctr",
+        phase=ingest_pb2.PHASE_EVAL,
+        step=1,
+        predictions=encode_array(np.array([0.2, 0.8], np.float32)),
+        labels=encode_array(np.array([0, 1], np.float32)),
+    )
+
+    def fail(self, b):
+        raise RuntimeError("injected fault")
+
+    with monkeypatch.context() as m:
+        m.setattr(NormalizedEntropy, "_update_batch", fail)
+        with pytest.raises(RuntimeError, match="injected"):
+            store.ingest(msg)
+    assert store.runs() == [] and store.registry.runs() == []
+    assert store.ingest(msg).samples == 2  # not a duplicate: the sequence was not recorded
+    store.close()
