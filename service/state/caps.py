@@ -108,12 +108,13 @@ def segment_cost(run: Run, batch: Batch) -> int:
     else:
         part = batch.rows(0, 1)
         cpu = torch.device("cpu")
-        window = Window(_build(run.key.phase, run.configs), columns=SampleColumns())
+        columns = SampleColumns()
+        window = Window(_build(run.key.phase, run.configs), columns=columns)
 
         def update() -> None:
             for name, metric in window.metrics.items():
                 metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
-            window.columns.append(
+            columns.append(
                 part.predictions, part.labels, part.weights, part.grouping_keys, part.sample_ids
             )
 

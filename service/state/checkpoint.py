@@ -41,7 +41,7 @@ import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class ChunkSpan(NamedTuple):
 
     file: int
     pos: int
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count; the name is in manifests
     step: int
 
 
@@ -169,7 +169,8 @@ def write_file(final: Path, obj: Any) -> int:
         with open(tmp, "wb") as f:
             f.write(_MAGIC + b"\0\0\0\0")
             out = _CrcWriter(f)
-            torch.save(obj, out)  # streamed: no second copy of the state in memory
+            # streamed: no second copy of the state in memory
+            torch.save(obj, cast(IO[bytes], out))
             f.seek(len(_MAGIC))
             f.write(struct.pack("<I", out.crc))
             f.flush()
@@ -214,7 +215,7 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
             f.write(index)
             unsynced = 0
             for a in arrays:
-                view = memoryview(a).cast("B")
+                view = a.data.cast("B")
                 crc = zlib.crc32(view, crc)
                 f.write(view)
                 unsynced += len(view)

@@ -213,6 +213,7 @@ def plan_repair(data_dir: str | Path) -> RepairPlan:
             plan.why = f"segment {start:012d}.wal is missing"
     if plan.needed:
         # a missing segment has no file: the scan reads every later segment whole
+        assert plan.segment is not None  # a needed repair names its segment
         scan = scan_after(wal_dir, plan.segment, plan.offset, describe_record)
         plan.lost, plan.other, plan.damaged = scan.lost, scan.other, scan.damaged
     else:

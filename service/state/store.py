@@ -429,23 +429,6 @@ class MetricStore:
     def _version_of(self, skey: tuple[RunKey, int]) -> int:
         return self.run(skey[0]).version  # an int attribute: read without the lock
 
-    def history(self, key: RunKey, metric: str) -> list[tuple[int, float | None]]:
-        """``(step, value)`` points of ``metric``: decay steps (train) or eval steps (eval)."""
-        run = self.run(key)
-        if metric not in run.metric_keys:
-            raise NotFound(f"run has no metric {metric!r} (it has: {', '.join(run.metric_keys)})")
-        if key.phase == "train":
-            return self.registry.history(_tuple(key), metric)
-        with self._lock:
-            steps = sorted(run.windows)
-        rows = []
-        for step in steps:
-            snap, _ = self.snapshots.get((key, step))
-            rows.append((metric, step, step, snap.metrics.get(metric)))
-        self.registry.record_many(_tuple(key), rows)
-        return [(s, v) for _, _, s, v in rows]
-
-    # --- durability ----------------------------------------------------------------
     def _recover(self) -> int:
         loaded = self._checkpoints.load_latest()
         start = 0

@@ -450,10 +450,10 @@ class WriteAheadLog:
             size - good,
             good,
         )
-        with open(path, "r+b") as f:
-            f.truncate(good)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(path, "r+b") as out:
+            out.truncate(good)
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def _write_all(fd: int, header: bytes, payload: bytes) -> None:
@@ -513,7 +513,7 @@ def scan_after(
         if path.stat().st_size == 0:
             continue
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            pos = 0
+            pos: int | None = 0
             if seg == segment:
                 if offset + _HEADER.size <= len(data):
                     length, _, kind = _HEADER.unpack_from(data, offset)

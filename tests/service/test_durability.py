@@ -254,6 +254,7 @@ def test_registry_history_answers_after_restart(tmp_path: Path) -> None:
     """Train history lives in SQLite: after the log that produced it is dropped by
     checkpoints and the service restarts, it is still there, point for point."""
     from rankboard.protos import ingest_pb2, metric_pb2, parse_text
+    from rankboard.service.state import query
 
     decl = [
         parse_text(
@@ -275,13 +276,14 @@ def test_registry_history_answers_after_restart(tmp_path: Path) -> None:
             )
         )
         store.checkpoint()
-    before = store.history(key, "auc")
+    before = query.history(store, key, "auc")
+    before = [(p["step"], p["value"]) for p in before]
     assert [s for s, _ in before] == [10, 20, 30, 40]
     first_kept = int(sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[0].stem[5:])
     assert min(int(s.stem) for s in (tmp_path / "wal").glob("*.wal")) == first_kept > 1
     store.close()
     store = open_store(tmp_path)
-    assert store.history(key, "auc") == before
+    assert [(p["step"], p["value"]) for p in query.history(store, key, "auc")] == before
     assert store.registry.runs()[0][:4] == ("exp", "control", "ctr", "train")
     store.close()
 
