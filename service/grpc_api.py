@@ -98,7 +98,7 @@ class DurableWaiter:
         self._heap: list[tuple[int, int, asyncio.Future]] = []
         self._order = itertools.count()
         self._failed: OSError | None = None
-        store._wal.add_listener(self._on_sync)
+        store.add_sync_listener(self._on_sync)
 
     def _on_sync(self, synced: int, failure: OSError | None) -> None:  # any thread
         if not self._loop.is_closed():

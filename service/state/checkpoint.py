@@ -39,7 +39,7 @@ import pickle
 import struct
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
@@ -162,25 +162,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_file(final: Path, obj: Any) -> int:
-    """Stream ``obj`` to ``final`` atomically (magic, crc32, torch.save); return its size."""
+def _atomic_write(final: Path, fill: Callable[[io.BufferedWriter], None]) -> int:
+    """Write ``final`` through ``fill`` to a temporary file, fsync, rename; return the size.
+
+    On any failure (disk full, I/O error) no half file is left behind.
+    """
     tmp = final.with_suffix(".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(_MAGIC + b"\0\0\0\0")
-            out = _CrcWriter(f)
-            # streamed: no second copy of the state in memory
-            torch.save(obj, cast(IO[bytes], out))
-            f.seek(len(_MAGIC))
-            f.write(struct.pack("<I", out.crc))
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
             size = f.seek(0, os.SEEK_END)
         os.replace(tmp, final)
-    except BaseException:  # disk full, I/O error: no half file left behind
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return size
+
+
+def write_file(final: Path, obj: Any) -> int:
+    """Stream ``obj`` to ``final`` atomically (magic, crc32, torch.save); return its size."""
+
+    def fill(f: io.BufferedWriter) -> None:
+        f.write(_MAGIC + b"\0\0\0\0")
+        out = _CrcWriter(f)
+        # streamed: no second copy of the state in memory
+        torch.save(obj, cast(IO[bytes], out))
+        f.seek(len(_MAGIC))
+        f.write(struct.pack("<I", out.crc))
+
+    return _atomic_write(final, fill)
 
 
 def read_file(path: Path) -> Any:
@@ -207,32 +219,25 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
     """
     arrays = [c.contiguous().numpy() for c in chunks]
     index = pickle.dumps([(a.dtype.str, a.shape) for a in arrays])
-    tmp = final.with_suffix(".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
-            crc = zlib.crc32(index)
-            f.write(index)
-            unsynced = 0
-            for a in arrays:
-                view = a.data.cast("B")
-                crc = zlib.crc32(view, crc)
-                f.write(view)
-                unsynced += len(view)
-                if unsynced >= SYNC_EVERY:  # see SYNC_EVERY
-                    f.flush()
-                    os.fdatasync(f.fileno())
-                    unsynced = 0
-            f.seek(0)
-            f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.seek(0, os.SEEK_END)
-        os.replace(tmp, final)
-    except BaseException:  # disk full, I/O error: no half file left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return size
+
+    def fill(f: io.BufferedWriter) -> None:
+        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
+        crc = zlib.crc32(index)
+        f.write(index)
+        unsynced = 0
+        for a in arrays:
+            view = a.data.cast("B")
+            crc = zlib.crc32(view, crc)
+            f.write(view)
+            unsynced += len(view)
+            if unsynced >= SYNC_EVERY:  # see SYNC_EVERY
+                f.flush()
+                os.fdatasync(f.fileno())
+                unsynced = 0
+        f.seek(0)
+        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
+
+    return _atomic_write(final, fill)
 
 
 def read_chunks(path: Path) -> list[torch.Tensor]:

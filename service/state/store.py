@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +202,11 @@ class MetricStore:
         """Block until the log record at ``lsn`` is durable."""
         self._wal.wait_durable(lsn)
         self._acks.done(lsn)  # telemetry (DASHBOARD)
+
+    def add_sync_listener(self, fn: Callable[[int, OSError | None], None]) -> None:
+        """Call ``fn(synced_lsn, failure)`` from the log's sync thread after each sync
+        (see :meth:`WriteAheadLog.add_listener`)."""
+        self._wal.add_listener(fn)
 
     def _charge(self, run: Run, batch: Batch, new: bool) -> tuple[float, float]:
         """Fixed bytes applying ``batch`` adds: a new run, new windows, a new producer,
