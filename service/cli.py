@@ -186,7 +186,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
 
     from rankboard.service.server import ServiceConfig, env_token, run_service
-    from rankboard.service.state.store import StateLost
+    from rankboard.service.state.store import StateLost, StoreConfig
 
     config = ServiceConfig(
         host=args.host,
@@ -203,16 +203,16 @@ def serve(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         metrics_public=args.metrics_public,
         prometheus_max_series=args.prometheus_max_series,
-        store={
-            "checkpoint_interval_s": args.checkpoint_interval,
-            "max_samples_per_run": args.max_samples_per_run,
-            "max_samples_total": args.max_samples_total,
-            "max_runs": args.max_runs,
-            "max_retained_bytes": (
+        store=StoreConfig(
+            checkpoint_interval_s=args.checkpoint_interval,
+            max_samples_per_run=args.max_samples_per_run,
+            max_samples_total=args.max_samples_total,
+            max_runs=args.max_runs,
+            max_retained_bytes=(
                 int(args.max_retained_mb * 2**20) if args.max_retained_mb is not None else None
             ),
-            "ttl_s": args.ttl_hours * 3600 if args.ttl_hours else None,
-        },
+            ttl_s=args.ttl_hours * 3600 if args.ttl_hours else None,
+        ),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -71,7 +72,9 @@ class ServiceConfig:
     ingest_workers: int = 4  # threads that run the store's blocking ingest
     drain_timeout_s: float = 10.0
     torch_threads: int | None = None
-    store: dict = field(default_factory=dict)
+    # the store's settings (caps, checkpoints, TTL); its data_dir, device and fsync are the
+    # service's own fields above
+    store: StoreConfig = field(default_factory=StoreConfig)
     metrics_public: bool = False  # GET /metrics without the read token
     prometheus_max_series: int = 2000  # cap on metric-value series in GET /metrics
     # Python's cyclic GC thresholds while the service runs (None: leave them). Retained
@@ -93,7 +96,9 @@ class Service:
             torch.set_num_threads(config.torch_threads)
         device = resolve_device(config.device)
         self.store = MetricStore(
-            StoreConfig(data_dir=config.data_dir, device=device, fsync=config.fsync, **config.store)
+            dataclasses.replace(
+                config.store, data_dir=config.data_dir, device=device, fsync=config.fsync
+            )
         )
         self.draining = threading.Event()
         # gRPC runs on its own event loop thread (grpc.aio: idle streams hold no thread)

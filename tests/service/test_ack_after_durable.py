@@ -23,6 +23,7 @@ from rankboard.protos import ingest_pb2, ingest_pb2_grpc
 from rankboard.service.server import ServiceConfig, run_service
 from rankboard.service.state import wal as wal_module
 from rankboard.service.state.batch import encode_array
+from rankboard.service.state.store import StoreConfig
 
 HEADER = struct.Struct("<IIB")
 
@@ -81,7 +82,10 @@ def test_ack_arrives_only_after_its_record_is_synced(tmp_path: Path, monkeypatch
     msgs = batches(60)
     acked: dict[int, float] = {}
     config = ServiceConfig(
-        data_dir=tmp_path, device="cpu", fsync="batch", store={"checkpoint_interval_s": 3600}
+        data_dir=tmp_path,
+        device="cpu",
+        fsync="batch",
+        store=StoreConfig(checkpoint_interval_s=3600),
     )
     with run_service(config) as svc, grpc.insecure_channel(svc.grpc_target) as channel:
         for ack in ingest_pb2_grpc.IngestStub(channel).Stream(iter(msgs)):

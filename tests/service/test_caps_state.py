@@ -28,7 +28,7 @@ Y1 = np.array([1], np.float32)
 
 def test_step_windows_are_charged_what_they_cost(service_factory) -> None:
     cap = 1 << 20
-    svc = service_factory(store={"max_retained_bytes": cap})
+    svc = service_factory(store=StoreConfig(max_retained_bytes=cap))
     accepted = 0
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
@@ -46,7 +46,7 @@ def test_step_windows_are_charged_what_they_cost(service_factory) -> None:
 
 
 def test_train_runs_count_against_the_caps(service_factory) -> None:
-    svc = service_factory(store={"max_runs": 5, "max_samples_total": 10})
+    svc = service_factory(store=StoreConfig(max_runs=5, max_samples_total=10))
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         codes = [
@@ -61,7 +61,7 @@ def test_train_runs_count_against_the_caps(service_factory) -> None:
     assert "--max-runs" in codes[5].error_message
     assert len(svc.store.runs()) == 5
 
-    small = service_factory(store={"max_retained_bytes": 200_000})
+    small = service_factory(store=StoreConfig(max_retained_bytes=200_000))
     with grpc.insecure_channel(small.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         ok = 0

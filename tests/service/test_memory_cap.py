@@ -27,6 +27,7 @@ from rankboard.protos import ingest_pb2, ingest_pb2_grpc, parse_text
 from rankboard.service.state import caps
 from rankboard.service.state.batch import decode_batch
 from rankboard.service.state.run import Run
+from rankboard.service.state.store import StoreConfig
 from tests.helpers import make_batch
 
 RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -96,7 +97,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
     # two eval runs of one step and a producer entry
     p, y, g = data(1200, seed=2)
     room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=2, updates=2)
-    svc = service_factory(store={"max_retained_bytes": 40 * 1000 + room})
+    svc = service_factory(store=StoreConfig(max_retained_bytes=40 * 1000 + room))
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         for seq, arm in enumerate(["a", "b"], start=1):
@@ -133,7 +134,7 @@ def test_cap_refuses_without_change_and_delete_frees_room(service_factory) -> No
 def test_the_account_survives_a_restart(service_factory, tmp_path) -> None:
     p, y, g = data(800, seed=3)
     room = fixed(make_batch(preds=p[:2], labels=y[:2], keys={"u": g[:2]}), runs=1, updates=2)
-    cap = {"max_retained_bytes": 40 * 1000 + room}
+    cap = StoreConfig(max_retained_bytes=40 * 1000 + room)
     svc = service_factory(tmp_path / "d", store=cap)
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
+from rankboard.service.state.store import StoreConfig
 from tests.helpers import make_batch
 
 P = np.array([0.1, 0.7, 0.4, 0.9], np.float32)
@@ -176,7 +177,7 @@ def test_oversized_message(service_factory) -> None:
 
 def test_oversized_batch(service_factory) -> None:
     """A batch over the per-batch sample limit (under the message size limit)."""
-    svc = service_factory(store={"max_samples_per_batch": 4})
+    svc = service_factory(store=StoreConfig(max_samples_per_batch=4))
     with grpc.insecure_channel(svc.grpc_target) as ch, httpx.Client(base_url=svc.http_url) as http:
         stub = ingest_pb2_grpc.IngestStub(ch)
         assert (
@@ -195,7 +196,7 @@ def test_oversized_batch(service_factory) -> None:
 
 
 def test_capacity_cap(service_factory) -> None:
-    svc = service_factory(store={"max_samples_per_run": 6})
+    svc = service_factory(store=StoreConfig(max_samples_per_run=6))
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         assert stub.Send(make_batch(preds=P, labels=Y, seq=1)).error_code == 0
@@ -207,7 +208,7 @@ def test_capacity_cap(service_factory) -> None:
 
 
 def test_global_capacity_cap(service_factory) -> None:
-    svc = service_factory(store={"max_samples_total": 10})
+    svc = service_factory(store=StoreConfig(max_samples_total=10))
     with grpc.insecure_channel(svc.grpc_target) as ch:
         stub = ingest_pb2_grpc.IngestStub(ch)
         for i, arm in enumerate(["a", "b"]):
