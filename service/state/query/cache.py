@@ -31,11 +31,14 @@ class StatsCache:
     a costly one comes back as it was (``stale``) while one background thread
     recomputes, so polling dashboards never wait for a large arm's statistics; ``fresh``
     readers compute (one computation per key at a time, shared by concurrent readers).
+    A background refresh first rests as long as the last computation of its key took, so
+    a large arm that keeps receiving batches costs at most about half a core.
     """
 
     def __init__(self, max_bytes: int = STATS_CACHE_BYTES) -> None:
         self._max = max_bytes
-        self._items: OrderedDict[tuple, tuple[int, Any, int, float]] = OrderedDict()
+        # key -> (version, value, nbytes, seconds it took, monotonic time it finished)
+        self._items: OrderedDict[tuple, tuple[int, Any, int, float, float]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
@@ -58,6 +61,12 @@ class StatsCache:
         return self._compute(key, version, compute), False
 
     def _refresh(self, key: tuple, version: int, compute: Any) -> None:
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None:
+            rest = hit[4] + hit[3] - time.monotonic()
+            if rest > 0:
+                time.sleep(min(rest, 60.0))
         try:
             self._compute(key, version, compute)
         except Exception:  # the next reader retries; the stale entry stays served
@@ -81,10 +90,10 @@ class StatsCache:
                 old = self._items.pop(key, None)
                 if old is not None:
                     self._bytes -= old[2]
-                self._items[key] = (version, value, nbytes, seconds)
+                self._items[key] = (version, value, nbytes, seconds, time.monotonic())
                 self._bytes += nbytes
                 while self._bytes > self._max and len(self._items) > 1:
-                    _, (_, _, dropped, _) = self._items.popitem(last=False)
+                    _, (_, _, dropped, _, _) = self._items.popitem(last=False)
                     self._bytes -= dropped
             return value
 
