@@ -238,7 +238,7 @@ class StoreCollector(Collector):
         producers = GaugeMetricFamily(
             "rankboard_producers", "Producers whose last sequence the service keeps"
         )
-        producers.add_metric([], len(getattr(store, "_producers", {})))
+        producers.add_metric([], len(store.producers))
         runs = list(store.runs())
         run_count = GaugeMetricFamily("rankboard_runs", "Runs held, by phase", labels=["phase"])
         for phase in ("eval", "train"):
@@ -252,9 +252,9 @@ class StoreCollector(Collector):
             " and the history registry",
             labels=["store"],
         )
-        state.add_metric(["retained"], float(getattr(store, "_retained_bytes", 0.0)))
+        state.add_metric(["retained"], float(store.retained_bytes))
         # RELIABILITY: windows, runs and producer entries, charged to the same cap as retained
-        state.add_metric(["fixed"], float(getattr(store, "_fixed_bytes", 0.0)))
+        state.add_metric(["fixed"], float(store.fixed_bytes))
         data = Path(store.data_dir)
         state.add_metric(["wal"], _dir_bytes(data / "wal"))
         state.add_metric(["checkpoints"], _dir_bytes(data / "checkpoints"))

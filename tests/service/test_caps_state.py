@@ -101,9 +101,9 @@ def test_producers_expire_with_their_last_run(service_factory, tmp_path) -> None
         ack = resend(stub, producer="both", experiment="b", seq=2)
         assert (ack.error_code, ack.duplicate) == (0, True)
     svc.store.checkpoint()
-    assert set(svc.store._producers) == {"only-a", "both"}
+    assert set(svc.store.producers) == {"only-a", "both"}
     assert httpx.delete(f"{svc.http_url}/v1/experiments/b").status_code == 200
-    assert set(svc.store._producers) == {"only-a"}
+    assert set(svc.store.producers) == {"only-a"}
 
 
 def test_chunk_files_of_deleted_runs_are_compacted(tmp_path) -> None:
@@ -149,7 +149,7 @@ def test_a_wall_clock_set_forward_expires_nothing(tmp_path) -> None:
     assert [r.key.experiment for r in store.runs()] == ["exp"]
     # really idle for an hour by both clocks: expired (and the producer forgotten)
     assert store.expire(now=time.time() + 3600, mono_now=time.monotonic() + 3600) == ["exp"]
-    assert store.runs() == [] and store._producers == {}
+    assert store.runs() == [] and store.producers == {}
     store.close()
 
 

@@ -171,14 +171,14 @@ def test_checkpoints_write_each_retained_chunk_once(tmp_path: Path) -> None:
         ys.append(y)
         store.ingest(make_batch(preds=p, labels=y, seq=i + 1))
     first = store.checkpoint()
-    written_first = store._last_ckpt_bytes
+    written_first = store.checkpointer.last_bytes
     p, y = data(50, n=500)
     ps.append(p)
     ys.append(y)
     store.ingest(make_batch(preds=p, labels=y, seq=4))
     second = store.checkpoint()
     # 500 new samples against 12000 retained: only the new chunks and a manifest
-    assert store._last_ckpt_bytes < written_first / 4
+    assert store.checkpointer.last_bytes < written_first / 4
     folder = tmp_path / "checkpoints"
     assert (folder / f"chunks-{first:012d}.pt").exists()
     assert (folder / f"chunks-{second:012d}.pt").exists()
@@ -304,5 +304,5 @@ def test_expiry_tolerates_a_concurrent_delete(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(store, "delete_experiment", raced)
     assert store.expire(mono_now=time.monotonic() + 120) == []
     assert store.runs() == []
-    assert store._ckpt_thread.is_alive()
+    assert store.checkpointer.is_alive()
     store.close()
