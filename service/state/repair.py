@@ -49,12 +49,12 @@ from pathlib import Path
 
 from rankboard.protos import ingest_pb2
 from rankboard.service.state import checkpoint
-from rankboard.service.state.wal import (
+from rankboard.service.state.wal_reader import (
     RECORD_BATCH,
     StateLost,
-    _read_records,
     find_valid_record,
     format_batches,
+    read_records,
     scan_after,
 )
 
@@ -192,7 +192,7 @@ def plan_repair(data_dir: str | Path) -> RepairPlan:
         expected += 1
         path = wal_dir / f"{seg:012d}.wal"
         end = 0
-        for kind, payload, end in _read_records(path):  # noqa: B007 - end used after
+        for kind, payload, end in read_records(path):  # noqa: B007 - end used after
             named = describe_record(kind, payload)
             if named is not None:
                 kept[named[0]] = max(kept.get(named[0], 0), named[1])

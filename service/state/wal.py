@@ -32,108 +32,53 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from rankboard.service.errors import ShuttingDown
+from rankboard.service.state.wal_reader import (  # re-exported: the log's public names
+    HEADER,
+    KINDS,
+    MAX_RECORD,
+    RECORD_BATCH,
+    RECORD_DELETE_EXPERIMENT,
+    AfterScan,
+    Describe,
+    LogCorrupt,
+    StateLost,
+    cut_torn_tail,
+    find_valid_record,
+    format_batches,
+    list_segments,
+    read_records,
+    record_crc,
+    replay_segments,
+    scan_after,
+    segment_path,
+)
 from rankboard.service.telemetry import TELEMETRY
 
 log = logging.getLogger(__name__)
 
-RECORD_BATCH = 1
-RECORD_DELETE_EXPERIMENT = 2
-_HEADER = struct.Struct("<IIB")
-MAX_RECORD = 1 << 30
-KINDS = (RECORD_BATCH, RECORD_DELETE_EXPERIMENT)
-# crc32 of the kind byte, the start of every record's checksum (kind + payload)
-_KIND_CRC = [zlib.crc32(bytes([k])) for k in range(256)]
-
-# names a record for an operator: (producer, sequence) of a batch, None for others
-Describe = Callable[[int, bytes], "tuple[str, int] | None"]
-
-
-class StateLost(RuntimeError):
-    """The data dir cannot be recovered exactly (the service refuses to start)."""
-
-
-class LogCorrupt(StateLost):
-    """Corruption the log may not repair by itself: a bad record with valid ones after it,
-    a bad record in a segment that is not the last, or a missing segment.
-
-    ``segment`` and ``offset`` locate the first bad byte; ``lost`` lists the
-    ``(producer, sequence)`` of the valid batches after it (those a cut would lose),
-    ``damaged`` the record at the bad offset when its payload still parses (its
-    checksum failed, so it is a guess), ``other`` the count of lost records that are
-    not batches (experiment deletions).
-    """
-
-    def __init__(
-        self,
-        why: str,
-        segment: int,
-        offset: int,
-        lost: list[tuple[str, int]],
-        damaged: tuple[str, int] | None = None,
-        other: int = 0,
-    ) -> None:
-        self.why = why
-        self.segment = segment
-        self.offset = offset
-        self.lost = lost
-        self.damaged = damaged
-        self.other = other
-        parts = [f"write-ahead log segment {segment:012d}.wal, offset {offset}: {why}"]
-        if damaged is not None:
-            parts.append(
-                f"the damaged record reads as batch {damaged[1]} of producer {damaged[0]!r}"
-            )
-        parts.append(
-            f"{len(lost)} valid acknowledged batches follow it: {format_batches(lost)}"
-            if lost
-            else "no readable acknowledged batch follows it"
-        )
-        if other:
-            parts.append(f"and {other} other records")
-        parts.append(
-            "nothing was changed; stop here to restore the data dir from a backup, or run"
-            " `rankboard repair --data-dir <dir> --dry-run` to see what a repair keeps and loses"
-        )
-        super().__init__("; ".join(parts))
-
-
-def format_batches(batches: list[tuple[str, int]], limit: int = 8) -> str:
-    """``producer: first-last, ...`` runs of sequences, at most ``limit`` producers shown.
-
-    >>> format_batches([("a", 1), ("a", 2), ("a", 3), ("b", 7), ("a", 5)])
-    "'a' 1-3, 5; 'b' 7"
-    """
-    by: dict[str, list[int]] = {}
-    for producer, seq in batches:
-        by.setdefault(producer, []).append(seq)
-    out = []
-    for producer, seqs in list(by.items())[:limit]:
-        seqs.sort()
-        spans: list[str] = []
-        lo = hi = seqs[0]
-        for s in [*seqs[1:], None]:
-            if s is not None and s == hi + 1:
-                hi = s
-                continue
-            spans.append(f"{lo}" if lo == hi else f"{lo}-{hi}")
-            if s is not None:
-                lo = hi = s
-        out.append(f"{producer!r} {', '.join(spans)}")
-    if len(by) > limit:
-        out.append(f"and {len(by) - limit} more producers")
-    return "; ".join(out)
+__all__ = [
+    "KINDS",
+    "MAX_RECORD",
+    "RECORD_BATCH",
+    "RECORD_DELETE_EXPERIMENT",
+    "AfterScan",
+    "Describe",
+    "LogCorrupt",
+    "LogFailed",
+    "StateLost",
+    "WriteAheadLog",
+    "find_valid_record",
+    "format_batches",
+    "read_records",
+    "scan_after",
+]
 
 
 class LogFailed(ShuttingDown):
@@ -177,7 +122,9 @@ class WriteAheadLog:
         self._lock = threading.Lock()
         segments = self.segments()
         if segments:
-            self._cut_torn_tail(segments[-1])  # earlier segments are checked by replay
+            cut_torn_tail(
+                self.folder, segments[-1], self.describe
+            )  # earlier segments are checked by replay
         self.index = segments[-1] if segments else 0
         self._file = open(self._path(self.index), "ab")  # noqa: SIM115
         self.current_bytes = self._file.tell()
@@ -196,7 +143,7 @@ class WriteAheadLog:
             self._syncer.start()
 
     def _path(self, index: int) -> Path:
-        return self.folder / f"{index:012d}.wal"
+        return segment_path(self.folder, index)
 
     def _sync_dir(self) -> None:
         fd = os.open(self.folder, os.O_RDONLY)
@@ -207,16 +154,17 @@ class WriteAheadLog:
 
     def segments(self) -> list[int]:
         """Indices of the segments on disk, ascending."""
-        return sorted(int(p.stem) for p in self.folder.glob("*.wal") if p.stem.isdigit())
+        return list_segments(self.folder)
 
     @staticmethod
     def checksum(kind: int, payload: bytes) -> int:
         """The crc32 a record of ``kind`` with ``payload`` carries (see :meth:`append`).
 
+        >>> import zlib
         >>> WriteAheadLog.checksum(RECORD_BATCH, b"abc") == zlib.crc32(b"\x01abc")
         True
         """
-        return zlib.crc32(payload, _KIND_CRC[kind])
+        return record_crc(kind, payload)
 
     def append(self, kind: int, payload: bytes, wait: bool = True, crc: int | None = None) -> int:
         """Append one record; return its lsn, durable on return when ``wait``.
@@ -225,8 +173,8 @@ class WriteAheadLog:
         takes it before its lock: a pass over the payload that needs no order).
         """
         if crc is None:
-            crc = zlib.crc32(payload, _KIND_CRC[kind])
-        header = _HEADER.pack(len(payload), crc, kind)
+            crc = record_crc(kind, payload)
+        header = HEADER.pack(len(payload), crc, kind)
         with self._lock:
             if self._failed is not None:
                 raise LogFailed(f"the write-ahead log failed earlier: {self._failed}")
@@ -401,59 +349,9 @@ class WriteAheadLog:
             self._syncer.join(timeout=5)
 
     def replay(self, start: int) -> Iterator[tuple[int, int, bytes]]:
-        """Yield ``(segment, kind, payload)`` of every record from segment ``start`` on.
-
-        Raises :class:`LogCorrupt` (after yielding the records before it) at the first
-        bad record or missing segment: replay never crosses a gap. Segment ``start``
-        must exist when ``start > 0`` (a checkpoint names the segment it rotated to,
-        created before the checkpoint was written).
-        """
-        segments = [s for s in self.segments() if s >= start]
-        expected = start if start > 0 else (segments[0] if segments else 0)
-        for seg in segments:
-            if seg != expected:
-                raise self._corrupt(expected, 0, f"segment {expected:012d}.wal is missing")
-            expected += 1
-            path = self._path(seg)
-            end = 0
-            for kind, payload, end in _read_records(path):  # noqa: B007 - end used after
-                yield seg, kind, payload
-            if end < path.stat().st_size:  # the last segment's torn tail was cut at open
-                raise self._corrupt(seg, end, "a record fails its length or checksum check")
-        if start > 0 and not segments:
-            raise self._corrupt(start, 0, f"segment {start:012d}.wal is missing")
-
-    def _corrupt(self, segment: int, offset: int, why: str) -> LogCorrupt:
-        """The :class:`LogCorrupt` error of bad bytes at ``(segment, offset)``."""
-        scan = scan_after(self.folder, segment, offset, self.describe)
-        return LogCorrupt(why, segment, offset, scan.lost, scan.damaged, scan.other)
-
-    def _cut_torn_tail(self, seg: int) -> None:
-        """Cut the last segment's torn tail; raise :class:`LogCorrupt` if it is not one."""
-        path = self._path(seg)
-        good = 0
-        for _, _, good in _read_records(path):  # noqa: B007 - the last end is wanted
-            pass
-        size = path.stat().st_size
-        if good == size:
-            return
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            after = find_valid_record(data, good + 1)
-        if after is not None:
-            raise self._corrupt(
-                seg, good, f"a bad record with a valid one after it (at offset {after})"
-            )
-        log.warning(
-            "write-ahead log %s: cutting a torn tail of %d bytes at offset %d"
-            " (no valid record after it: a write the crash interrupted, never acknowledged)",
-            path.name,
-            size - good,
-            good,
-        )
-        with open(path, "r+b") as out:
-            out.truncate(good)
-            out.flush()
-            os.fsync(out.fileno())
+        """Yield ``(segment, kind, payload)`` of every record from segment ``start`` on
+        (see :func:`~rankboard.service.state.wal_reader.replay_segments`)."""
+        return replay_segments(self.folder, start, self.describe)
 
 
 def _write_all(fd: int, header: bytes, payload: bytes) -> None:
@@ -465,130 +363,3 @@ def _write_all(fd: int, header: bytes, payload: bytes) -> None:
         rest = memoryview(header + payload if done < len(header) else payload)
         start = done if done < len(header) else done - len(header)
         done += os.write(fd, rest[start:])
-
-
-class AfterScan:
-    """What lies after bad bytes: the batches a cut there loses (see :func:`scan_after`)."""
-
-    def __init__(self) -> None:
-        self.lost: list[tuple[str, int]] = []
-        self.damaged: tuple[str, int] | None = None
-        self.other = 0
-        self.records = 0
-
-
-def scan_after(
-    folder: Path, segment: int, offset: int, describe: Describe | None = None
-) -> AfterScan:
-    """Every valid record after ``offset`` of ``segment`` and in the later segments.
-
-    Past each bad stretch the scan resynchronizes on the next valid record (header,
-    known kind, length inside the file and a matching crc32), so it finds what a cut at
-    ``offset`` would drop. ``damaged`` is the record at ``offset`` read without its
-    checksum, when its payload still describes.
-    """
-    out = AfterScan()
-    wal_dir = Path(folder)
-
-    def name(kind: int, payload: bytes) -> tuple[str, int] | None:
-        if describe is None:
-            return None
-        try:
-            return describe(kind, payload)
-        except Exception:  # noqa: BLE001 - a record that does not parse names nothing
-            return None
-
-    def note(kind: int, payload: bytes) -> None:
-        out.records += 1
-        named = name(kind, payload)
-        if named is None:
-            out.other += 1
-        else:
-            out.lost.append(named)
-
-    for seg in sorted(int(p.stem) for p in wal_dir.glob("*.wal") if p.stem.isdigit()):
-        if seg < segment:
-            continue
-        path = wal_dir / f"{seg:012d}.wal"
-        if path.stat().st_size == 0:
-            continue
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            pos: int | None = 0
-            if seg == segment:
-                if offset + _HEADER.size <= len(data):
-                    length, _, kind = _HEADER.unpack_from(data, offset)
-                    end = offset + _HEADER.size + length
-                    if kind in KINDS and end <= len(data):
-                        out.damaged = name(kind, bytes(data[offset + _HEADER.size : end]))
-                found = find_valid_record(data, offset + 1)
-                if found is None:
-                    continue
-                pos = found
-            while pos is not None and pos < len(data):
-                end = pos
-                for kind, payload, end in _scan(data, pos):  # noqa: B007 - end used after
-                    note(kind, payload)
-                pos = find_valid_record(data, end + 1) if end < len(data) else None
-    return out
-
-
-def find_valid_record(data: mmap.mmap | bytes, start: int) -> int | None:
-    """Offset of the first valid record at or after ``start``, or None.
-
-    A candidate needs a known kind byte and a length that fits the file, then a
-    matching crc32 (false positives: 2**-32 per candidate). Vectorized filter first,
-    so a scan over a long bad stretch stays cheap.
-
-    >>> rec = _HEADER.pack(3, zlib.crc32(b"abc", _KIND_CRC[1]), 1) + b"abc"
-    >>> find_valid_record(b"junk" + rec, 0), find_valid_record(b"junk" + rec, 5)
-    (4, None)
-    """
-    size = len(data)
-    window = 1 << 22
-    base = start
-    while base + _HEADER.size <= size:
-        hi = min(size, base + window + _HEADER.size)
-        arr = np.frombuffer(data, np.uint8, count=hi - base, offset=base)
-        n = len(arr) - _HEADER.size + 1
-        if n <= 0:
-            return None
-        kinds = arr[8 : 8 + n]
-        cand = np.flatnonzero(np.isin(kinds, KINDS))
-        if len(cand):
-            b = arr.astype(np.uint32)
-            length = b[cand] | (b[cand + 1] << 8) | (b[cand + 2] << 16) | (b[cand + 3] << 24)
-            ends = base + cand.astype(np.int64) + _HEADER.size + length.astype(np.int64)
-            for c in cand[(length <= MAX_RECORD) & (ends <= size)]:
-                pos = base + int(c)
-                length_, crc, kind = _HEADER.unpack_from(data, pos)
-                payload_start = pos + _HEADER.size
-                if (
-                    zlib.crc32(data[payload_start : payload_start + length_], _KIND_CRC[kind])
-                    == crc
-                ):
-                    return pos
-        base += n
-    return None
-
-
-def _read_records(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """Yield ``(kind, payload, end_offset)`` up to the first torn or corrupt record."""
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        yield from _scan(data)
-
-
-def _scan(data: mmap.mmap, pos: int = 0) -> Iterator[tuple[int, bytes, int]]:
-    while pos + _HEADER.size <= len(data):
-        length, crc, kind = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        end = start + length
-        if length > MAX_RECORD or end > len(data):
-            return
-        payload = data[start:end]
-        if zlib.crc32(payload, _KIND_CRC[kind]) != crc:
-            return
-        yield kind, payload, end
-        pos = end
