@@ -41,13 +41,41 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple, cast
+from typing import IO, Any, cast
 
-import numpy as np
 import torch
 
+from rankboard.service.state.checkpoint_reader import (  # re-exported: public names
+    CHUNKS_HEADER,
+    CHUNKS_MAGIC,
+    MAGIC,
+    ChunkRef,
+    ChunkSpan,
+    chunks_path,
+    file_indices,
+    list_checkpoints,
+    load_checkpoint,
+    manifest_path,
+    read_chunks,
+    read_file,
+)
+
 log = logging.getLogger(__name__)
-_MAGIC = b"RBCK"
+
+__all__ = [
+    "COMPACT_BELOW",
+    "KEEP",
+    "Checkpoints",
+    "ChunkRef",
+    "ChunkSpan",
+    "fsync_dir",
+    "list_checkpoints",
+    "read_chunks",
+    "read_file",
+    "write_chunks",
+    "write_file",
+]
+
 KEEP = 2
 COMPACT_BELOW = 0.5  # a chunk file less live than this is rewritten by the next checkpoint
 # a chunk file is synced every this many bytes as it is written (RocksDB's bytes_per_sync):
@@ -56,35 +84,12 @@ COMPACT_BELOW = 0.5  # a chunk file less live than this is rewritten by the next
 SYNC_EVERY = 8 << 20
 
 
-class ChunkRef(NamedTuple):
-    """Where a retained chunk lives: chunk file ``file`` (a checkpoint index), ``pos``."""
-
-    file: int
-    pos: int
-
-
-class ChunkSpan(NamedTuple):
-    """``count`` chunks of a list, in chunk file ``file`` from ``pos`` on, ``step`` apart.
-
-    A manifest stores a chunk list as spans, not one :class:`ChunkRef` a chunk: the
-    chunks a checkpoint adds to a list lie next to each other in its chunk file (step
-    1), and the empty chunks of an unweighted stream are all one chunk (step 0). So a
-    manifest grows with the lists and the checkpoints that fed them, not with the chunks.
+def _spans(refs: list[ChunkRef]) -> list[ChunkSpan]:
+    """``refs`` (one a chunk, in list order) as the fewest :class:`ChunkSpan`.
 
     >>> _spans([ChunkRef(3, 0), ChunkRef(3, 1), ChunkRef(3, 2), ChunkRef(4, 7), ChunkRef(4, 7)])
     [ChunkSpan(file=3, pos=0, count=3, step=1), ChunkSpan(file=4, pos=7, count=2, step=0)]
-    >>> list(_refs(ChunkSpan(4, 7, 2, 0)))
-    [ChunkRef(file=4, pos=7), ChunkRef(file=4, pos=7)]
     """
-
-    file: int
-    pos: int
-    count: int  # type: ignore[assignment]  # shadows tuple.count; the name is in manifests
-    step: int
-
-
-def _spans(refs: list[ChunkRef]) -> list[ChunkSpan]:
-    """``refs`` (one a chunk, in list order) as the fewest :class:`ChunkSpan`."""
     out: list[list[int]] = []  # [file, pos, count, step], as tuples at the end
     last: list[int] = [-1, 0, 0, 1]
     for file, pos in refs:
@@ -100,11 +105,6 @@ def _spans(refs: list[ChunkRef]) -> list[ChunkSpan]:
     return [ChunkSpan(*span) for span in out]
 
 
-def _refs(span: ChunkSpan) -> Iterator[ChunkRef]:
-    for i in range(span.count):
-        yield ChunkRef(span.file, span.pos + i * span.step)
-
-
 def _same_bytes(chunk: torch.Tensor) -> tuple:
     """A key equal for the tensors (alive together) that view the same bytes the same way.
 
@@ -115,28 +115,6 @@ def _same_bytes(chunk: torch.Tensor) -> tuple:
     if chunk.numel() == 0:
         return (0, chunk.dtype, tuple(chunk.shape), chunk.device)
     return (chunk.data_ptr(), chunk.dtype, tuple(chunk.shape), chunk.stride(), chunk.device)
-
-
-def _manifest_path(folder: Path, index: int) -> Path:
-    return folder / f"ckpt-{index:012d}.pt"
-
-
-def _chunks_path(folder: Path, index: int) -> Path:
-    return folder / f"chunks-{index:012d}.pt"
-
-
-def _indices(folder: Path, prefix: str) -> list[int]:
-    out = []
-    for p in folder.glob(f"{prefix}-*.pt"):
-        stem = p.stem.removeprefix(f"{prefix}-")
-        if stem.isdigit():
-            out.append(int(stem))
-    return sorted(out)
-
-
-def list_checkpoints(folder: Path) -> list[int]:
-    """WAL indices of the checkpoints (manifests) in ``folder``, ascending."""
-    return _indices(folder, "ckpt")
 
 
 class _CrcWriter:
@@ -154,7 +132,8 @@ class _CrcWriter:
         self._f.flush()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync ``folder`` (renames and unlinks in it reach the disk)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -185,30 +164,14 @@ def write_file(final: Path, obj: Any) -> int:
     """Stream ``obj`` to ``final`` atomically (magic, crc32, torch.save); return its size."""
 
     def fill(f: io.BufferedWriter) -> None:
-        f.write(_MAGIC + b"\0\0\0\0")
+        f.write(MAGIC + b"\0\0\0\0")
         out = _CrcWriter(f)
         # streamed: no second copy of the state in memory
         torch.save(obj, cast(IO[bytes], out))
-        f.seek(len(_MAGIC))
+        f.seek(len(MAGIC))
         f.write(struct.pack("<I", out.crc))
 
     return _atomic_write(final, fill)
-
-
-def read_file(path: Path) -> Any:
-    """Read one file written by :func:`write_file`; ValueError when torn or corrupt."""
-    data = path.read_bytes()
-    if len(data) < 8 or data[:4] != _MAGIC:
-        raise ValueError(f"{path.name}: not a rankboard checkpoint file")
-    (crc,) = struct.unpack_from("<I", data, 4)
-    payload = memoryview(data)[8:]
-    if zlib.crc32(payload) != crc:
-        raise ValueError(f"{path.name}: checksum mismatch")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-
-
-_CHUNKS_MAGIC = b"RBCH"
-_CHUNKS_HEADER = struct.Struct("<4sIQ")  # magic, crc32 of the rest, length of the index
 
 
 def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
@@ -221,7 +184,7 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
     index = pickle.dumps([(a.dtype.str, a.shape) for a in arrays])
 
     def fill(f: io.BufferedWriter) -> None:
-        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, 0, len(index)))
+        f.write(CHUNKS_HEADER.pack(CHUNKS_MAGIC, 0, len(index)))
         crc = zlib.crc32(index)
         f.write(index)
         unsynced = 0
@@ -235,31 +198,9 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
                 os.fdatasync(f.fileno())
                 unsynced = 0
         f.seek(0)
-        f.write(_CHUNKS_HEADER.pack(_CHUNKS_MAGIC, crc, len(index)))
+        f.write(CHUNKS_HEADER.pack(CHUNKS_MAGIC, crc, len(index)))
 
     return _atomic_write(final, fill)
-
-
-def read_chunks(path: Path) -> list[torch.Tensor]:
-    """Read a file of :func:`write_chunks`; ValueError when torn or corrupt."""
-    with open(path, "rb") as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)
-        f.readinto(data)
-    if len(data) < _CHUNKS_HEADER.size:
-        raise ValueError(f"{path.name}: truncated")
-    magic, crc, index_len = _CHUNKS_HEADER.unpack_from(data)
-    body = memoryview(data)[_CHUNKS_HEADER.size :]
-    if magic != _CHUNKS_MAGIC or zlib.crc32(body) != crc:
-        raise ValueError(f"{path.name}: not a chunk file or checksum mismatch")
-    out = []
-    offset = _CHUNKS_HEADER.size + index_len
-    for dtype_str, shape in pickle.loads(body[:index_len]):
-        dtype = np.dtype(dtype_str)
-        count = int(np.prod(shape, dtype=np.int64))
-        a = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-        out.append(torch.from_numpy(a))  # shares the (writable) buffer
-        offset += count * dtype.itemsize
-    return out
 
 
 def _is_chunk_list(obj: Any) -> bool:
@@ -387,10 +328,10 @@ class Checkpoints:
         manifest = {"state": externalize(state), "chunk_files": sorted(files)}
         size = 0
         if new:
-            size += write_chunks(_chunks_path(self.folder, index), new)
+            size += write_chunks(chunks_path(self.folder, index), new)
             self._file_bytes[index] = sum(c.numel() * c.element_size() for c in new)
-        size += write_file(_manifest_path(self.folder, index), manifest)
-        _fsync_dir(self.folder)
+        size += write_file(manifest_path(self.folder, index), manifest)
+        fsync_dir(self.folder)
         for chunk, where in placed:  # on disk now: later checkpoints refer to it
             self._written[chunk] = where
         self._collect_garbage()
@@ -411,52 +352,24 @@ class Checkpoints:
                 cut = pos + 1
                 break
             try:
-                needed.update(read_file(_manifest_path(self.folder, manifests[pos]))["chunk_files"])
+                needed.update(read_file(manifest_path(self.folder, manifests[pos]))["chunk_files"])
                 good += 1
             except Exception:  # noqa: BLE001 - an unreadable manifest protects nothing
                 log.warning("checkpoint %d does not read back; older ones are kept", manifests[pos])
         for old in manifests[:cut]:
-            _manifest_path(self.folder, old).unlink(missing_ok=True)
+            manifest_path(self.folder, old).unlink(missing_ok=True)
         oldest = manifests[cut] if manifests else 0
-        for index in _indices(self.folder, "chunks"):
+        for index in file_indices(self.folder, "chunks"):
             # chunk files newer than the kept manifests belong to a checkpoint in progress
             if index not in needed and index < oldest:
-                _chunks_path(self.folder, index).unlink(missing_ok=True)
+                chunks_path(self.folder, index).unlink(missing_ok=True)
                 self._file_bytes.pop(index, None)
 
     def _load(self, index: int) -> dict[str, Any]:
-        manifest = read_file(_manifest_path(self.folder, index))
-        chunks = {f: read_chunks(_chunks_path(self.folder, f)) for f in manifest["chunk_files"]}
-        for f, tensors in chunks.items():
-            self._file_bytes[f] = sum(c.numel() * c.element_size() for c in tensors)
-
-        def resolve(obj: Any) -> Any:
-            if isinstance(obj, ChunkRef):  # manifests before spans: a ref a chunk
-                return chunks[obj.file][obj.pos]
-            if isinstance(obj, dict):
-                return {k: resolve(v) for k, v in obj.items()}
-            if isinstance(obj, list):
-                if obj and isinstance(obj[0], ChunkSpan):
-                    return [chunks[r.file][r.pos] for span in obj for r in _refs(span)]
-                return [resolve(v) for v in obj]
-            return obj
-
-        state = resolve(manifest["state"])
-
-        def remember(obj: Any) -> None:  # loaded chunks are on disk already
-            if isinstance(obj, ChunkRef):
-                self._written[chunks[obj.file][obj.pos]] = obj
-            elif isinstance(obj, ChunkSpan):
-                for r in _refs(obj):
-                    self._written[chunks[r.file][r.pos]] = r
-            elif isinstance(obj, dict):
-                for v in obj.values():
-                    remember(v)
-            elif isinstance(obj, list):
-                for v in obj:
-                    remember(v)
-
-        remember(manifest["state"])
+        state, file_bytes, placed = load_checkpoint(self.folder, index)
+        self._file_bytes.update(file_bytes)
+        for chunk, where in placed:  # loaded chunks are on disk already
+            self._written[chunk] = where
         return state
 
     def oldest_kept(self) -> int | None:

@@ -172,12 +172,12 @@ def plan_repair(data_dir: str | Path) -> RepairPlan:
     plan = RepairPlan(data_dir, start, kept=kept)
     if start is not None:
         plan.stale_checkpoints = [
-            checkpoint._manifest_path(ckpt_dir, i)
+            checkpoint.manifest_path(ckpt_dir, i)
             for i in checkpoint.list_checkpoints(ckpt_dir)
             if i > start
         ] + [
-            checkpoint._chunks_path(ckpt_dir, i)
-            for i in checkpoint._indices(ckpt_dir, "chunks")
+            checkpoint.chunks_path(ckpt_dir, i)
+            for i in checkpoint.file_indices(ckpt_dir, "chunks")
             if i > start
         ]
     first = start or 0
@@ -251,7 +251,7 @@ def apply_repair(plan: RepairPlan) -> Path | None:
             os.replace(path, dest / path.name)
     for folder in (wal_dir, data_dir / "checkpoints", dest):
         if folder.exists():
-            checkpoint._fsync_dir(folder)
+            checkpoint.fsync_dir(folder)
     log.warning("repaired %s: cut at segment %d offset %d", data_dir, plan.segment, plan.offset)
     return dest
 
