@@ -156,11 +156,14 @@ class SnapshotCache:
             return snap
 
     def invalidate(self, experiment: str) -> None:
-        """Forget every snapshot of ``experiment``."""
+        """Forget every snapshot of ``experiment`` and its keys' locks (they live as long
+        as their run: a deleted experiment leaves nothing here)."""
         with self._lock:
             for key in [k for k in self._cache if k[0].experiment == experiment]:
                 self._cache.pop(key, None)
                 self._wanted.discard(key)
+            for key in [k for k in self._locks if k[0].experiment == experiment]:
+                del self._locks[key]
 
     def _refresh_loop(self) -> None:
         while not self._stop.is_set():

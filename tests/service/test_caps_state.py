@@ -178,3 +178,20 @@ def test_many_small_updates_are_charged_their_chunk_overhead(tmp_path) -> None:
     store.delete_experiment("exp")  # and a delete frees all of it
     store.ingest(make_batch(preds=P1, labels=Y1, seq=accepted + 2))
     store.close()
+
+
+def test_deleted_experiments_leave_no_snapshot_locks(tmp_path) -> None:
+    """A snapshot key's lock lives as long as its run: deleting experiments one after
+    another (TTL, REST) must not grow the cache's lock table without bound."""
+    store = MetricStore(StoreConfig(data_dir=tmp_path, checkpoint_interval_s=3600))
+    preds = np.array([0.2, 0.7, 0.4], np.float32)
+    labels = np.array([0, 1, 1], np.float32)
+    for i in range(5):
+        store.ingest(make_batch(preds=preds, labels=labels, seq=i + 1, experiment=f"e{i}"))
+        snap, _ = store.snapshot(RunKey(f"e{i}", "control", "ctr", "eval"))
+        assert snap.metrics["auc"] == pytest.approx(roc_auc_score(labels, preds))
+    assert len(store.snapshots._locks) == 5
+    for i in range(4):
+        store.delete_experiment(f"e{i}")
+    assert [k[0].experiment for k in store.snapshots._locks] == ["e4"]
+    store.close()
