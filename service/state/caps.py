@@ -39,7 +39,8 @@ import torch
 
 from rankboard.service.state.batch import Batch
 from rankboard.service.state.columns import SampleColumns
-from rankboard.service.state.run import Run, Window, _build, _inputs
+from rankboard.service.state.declaration import build_metrics, metric_inputs
+from rankboard.service.state.run import Run, Window
 
 _SKIP = (
     type,
@@ -84,7 +85,7 @@ def window_cost(run: Run) -> int:
     key = (run.key.phase, run.declaration, str(run.device))
     cost = _window_costs.get(key)
     if cost is None:
-        window = Window(_build(run.key.phase, run.configs))
+        window = Window(build_metrics(run.key.phase, run.configs))
         for metric in window.metrics.values():
             metric.to(run.device)
         if run.key.phase == "eval":
@@ -109,11 +110,12 @@ def segment_cost(run: Run, batch: Batch) -> int:
         part = batch.rows(0, 1)
         cpu = torch.device("cpu")
         columns = SampleColumns()
-        window = Window(_build(run.key.phase, run.configs), columns=columns)
+        window = Window(build_metrics(run.key.phase, run.configs), columns=columns)
 
         def update() -> None:
             for name, metric in window.metrics.items():
-                metric.update(part.predictions, part.labels, **_inputs(metric, name, part, cpu))
+                inputs = metric_inputs(metric, name, part, cpu)
+                metric.update(part.predictions, part.labels, **inputs)
             columns.append(
                 part.predictions, part.labels, part.weights, part.grouping_keys, part.sample_ids
             )

@@ -33,10 +33,6 @@ from rankboard.service.state.declaration import (
     retained_nbytes,
 )
 
-# re-exported: callers that built metrics or their inputs through run.py
-_build = build_metrics
-_inputs = metric_inputs
-
 PROBE_ROWS = 256  # rows of a first batch fed to fresh metrics to measure their memory
 
 
