@@ -34,6 +34,7 @@ def test_stale_while_revalidate_and_fresh_waits():
     assert cache.get(KEY, 2, compute(2), fresh=True) == ({"v": 2}, False)
     assert calls == [1, 2]
     cache.forget("e")
+    assert not cache._key_locks  # a deleted experiment leaves no per-key lock behind
     assert cache.get(KEY, 2, compute(2), fresh=False) == ({"v": 2}, False)
     assert calls == [1, 2, 2]
 

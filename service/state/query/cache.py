@@ -102,6 +102,8 @@ class StatsCache:
         with self._lock:
             for key in [k for k in self._items if k[0].experiment == experiment]:
                 self._bytes -= self._items.pop(key)[2]
+            for key in [k for k in self._key_locks if k[0].experiment == experiment]:
+                del self._key_locks[key]
 
 
 def nbytes_of(obj: Any, depth: int = 0) -> int:
