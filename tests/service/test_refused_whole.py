@@ -17,6 +17,7 @@ import torch
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
 from rankboard.service.state.batch import RunKey, decode_batch, encode_array
 from rankboard.service.state.run import Run
+from tests.helpers import make_batch
 
 MULTI = [
     parse_text("multiclass_auc { thresholds: 0 }", metric_pb2.MetricConfig()),
@@ -102,23 +103,12 @@ def test_class_count_change_is_refused_whole_and_stays_refused(service_factory, 
     ],
 )
 def test_values_beyond_float32_are_refused(stub, http, field, value, words):
-    base = dict(
-        producer_id="p",
-        sequence=1,
-        experiment="exp",
-        arm="control",
-        task="ctr",
-        phase=ingest_pb2.PHASE_EVAL,
-        step=1,
-        predictions=encode_array(np.array([0.2, 0.8], np.float32)),
-        labels=encode_array(np.array([0, 1], np.float32)),
-    )
-    good = ingest_pb2.Batch(**base)
+    good = make_batch(preds=[0.2, 0.8], labels=[0, 1], seq=1)
     assert stub.Send(good).error_code == 0
     before = http.get(
         "/v1/experiments/exp/arms/control/metrics", params={"task": "ctr", "fresh": True}
     ).json()
-    bad = ingest_pb2.Batch(**{**base, "sequence": 2})
+    bad = make_batch(preds=[0.2, 0.8], labels=[0, 1], seq=2)
     getattr(bad, field).CopyFrom(encode_array(value))
     ack = stub.Send(bad)
     assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -131,17 +121,7 @@ def test_values_beyond_float32_are_refused(stub, http, field, value, words):
 
 @pytest.mark.parametrize("name", ["exp\n", "exp\r\n", "\nexp", "ex p"])
 def test_names_must_match_whole(stub, name):
-    msg = ingest_pb2.Batch(
-        producer_id="p",
-        sequence=1,
-        experiment=name,
-        arm="a",
-        task="ctr",
-        phase=ingest_pb2.PHASE_EVAL,
-        predictions=encode_array(np.array([0.2], np.float32)),
-        labels=encode_array(np.array([1], np.float32)),
-    )
-    ack = stub.Send(msg)
+    ack = stub.Send(make_batch(preds=[0.2], labels=[1], experiment=name, arm="a"))
     assert ack.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "experiment" in ack.error_message
 
@@ -204,17 +184,7 @@ def test_a_new_run_whose_apply_fails_leaves_no_trace(tmp_path, monkeypatch):
     from rankboard.service.state.store import MetricStore, StoreConfig
 
     store = MetricStore(StoreConfig(data_dir=tmp_path / "d"))
-    msg = ingest_pb2.Batch(
-        producer_id="p",
-        sequence=1,
-        experiment="exp",
-        arm="a",
-        task="ctr",
-        phase=ingest_pb2.PHASE_EVAL,
-        step=1,
-        predictions=encode_array(np.array([0.2, 0.8], np.float32)),
-        labels=encode_array(np.array([0, 1], np.float32)),
-    )
+    msg = make_batch(preds=[0.2, 0.8], labels=[0, 1], producer="p", arm="a")
 
     def fail(self, b):
         raise RuntimeError("injected fault")
