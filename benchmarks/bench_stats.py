@@ -92,40 +92,18 @@ def coverage(reps: int, seed: int) -> dict[str, float]:
 
 def peeking(reps: int, looks: int, per_look: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    metric = AUC(thresholds=0)
     n = looks * per_look
     fixed = seq = 0
     for _ in tqdm(range(reps), desc="peeking", file=sys.stderr, mininterval=1, leave=False):
-        arms = []
-        for _ in range(2):
-            y = rng.integers(0, 2, n)
-            arms.append(((y + rng.normal(0, 1, n)).astype(np.float32), y))
-        f = s = False
-        for look in range(1, looks + 1):
-            m = look * per_look
-            a, b = (
-                arm_stats(metric, Columns(p[:m], y[:m]), name="auc", cluster=None) for p, y in arms
-            )
-            f |= compare_arms(a, b).verdict != "inconclusive"
-            s |= compare_arms(a, b, sequential=True, horizon=n).verdict != "inconclusive"
+        f, s = sims.aa_peeking(rng, looks, per_look)
         fixed += f
         seq += s
     # one arm's AUC stream: does the interval miss the truth Φ(1/√2) at some look?
-    truth = norm.cdf(1 / math.sqrt(2))
     miss_fixed = miss_seq = 0
     for _ in tqdm(
         range(reps), desc="peeking, one arm", file=sys.stderr, mininterval=1, leave=False
     ):
-        y = rng.integers(0, 2, n)
-        p = (y + rng.normal(0, 1, n)).astype(np.float32)
-        f = s = False
-        for look in range(1, looks + 1):
-            m = look * per_look
-            st = arm_stats(metric, Columns(p[:m], y[:m]), name="auc", cluster=None)
-            lo, hi = interval(st)
-            f |= not lo <= truth <= hi
-            lo, hi = interval(st, sequential=True, horizon=n)
-            s |= not lo <= truth <= hi
+        f, s = sims.one_arm_peeking(rng, looks, per_look)
         miss_fixed += f
         miss_seq += s
     return {

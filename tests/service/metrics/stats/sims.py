@@ -29,7 +29,7 @@ from rankboard.service.metrics import (
     NormalizedEntropy,
     RecallAtK,
 )
-from rankboard.service.metrics.stats import Columns, arm_stats, compare_arms
+from rankboard.service.metrics.stats import Columns, arm_stats, compare_arms, interval
 
 AUC_EXACT = AUC(thresholds=0)
 NE = NormalizedEntropy()
@@ -196,3 +196,40 @@ def sim_recall(rng: np.random.Generator, n: int = 600, classes: int = 10, q: flo
     scores[np.arange(n), target] = np.where(hit, 0.9, -0.1)
     cols = Columns(scores.astype(np.float32), target)
     return q, arm_stats(RECALL, cols, name="recall", cluster=None)
+
+
+def aa_peeking(rng: np.random.Generator, looks: int, per_look: int) -> tuple[bool, bool]:
+    """One A/A AUC stream checked at ``looks`` looks: (a fixed-horizon verdict ever said
+    "different", a sequential one ever did). The sequential p-value and verdict agree."""
+    n = looks * per_look
+    metric = AUC(thresholds=0)
+    arms = []
+    for _ in range(2):
+        y = rng.integers(0, 2, n)
+        arms.append(((y + rng.normal(0, 1, n)).astype(np.float32), y))
+    fixed = seq = False
+    for look in range(1, looks + 1):
+        m = look * per_look
+        a, b = (arm_stats(metric, Columns(p[:m], y[:m]), name="auc", cluster=None) for p, y in arms)
+        fixed |= compare_arms(a, b).verdict != "inconclusive"
+        d = compare_arms(a, b, sequential=True, horizon=n)
+        seq |= d.verdict != "inconclusive"
+        assert d.p_value is not None and (d.p_value <= 0.05) == (d.verdict != "inconclusive")
+    return fixed, seq
+
+
+def one_arm_peeking(rng: np.random.Generator, looks: int, per_look: int) -> tuple[bool, bool]:
+    """One arm's binormal AUC stream (truth Φ(1/√2)) checked at ``looks`` looks: (the fixed
+    interval ever missed the truth, the confidence sequence ever did)."""
+    truth = float(norm.cdf(1 / np.sqrt(2)))
+    n = looks * per_look
+    metric = AUC(thresholds=0)
+    y = rng.integers(0, 2, n)
+    p = (y + rng.normal(0, 1, n)).astype(np.float32)
+    fixed = seq = False
+    for look in range(1, looks + 1):
+        m = look * per_look
+        st = arm_stats(metric, Columns(p[:m], y[:m]), name="auc", cluster=None)
+        fixed |= not covered(truth, *(interval(st) or (None, None)))
+        seq |= not covered(truth, *(interval(st, sequential=True, horizon=n) or (None, None)))
+    return fixed, seq

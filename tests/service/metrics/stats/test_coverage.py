@@ -8,17 +8,10 @@ benchmark (benchmarks/bench_stats.py) runs 1000+ replicates of every row.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "stats_sims", pathlib.Path(__file__).with_name("sims.py")
-)
-sims = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sims)
+import tests.service.metrics.stats.sims as sims
 
 
 def _coverage(sim, reps: int, seed: int, **kw) -> float:
