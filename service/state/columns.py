@@ -53,6 +53,7 @@ class SampleColumns:
         self.keys: dict[str, list[torch.Tensor]] = {}
         self.sample_ids: list[torch.Tensor] = []
         self.samples = 0
+        self._key_rows: dict[str, int] = {}  # rows each key column holds (O(1) to ask)
 
     def append(
         self,
@@ -74,8 +75,27 @@ class SampleColumns:
             chunks = self.keys.setdefault(name, [empty_i] * len(self.target[:-1]))
             given = keys.get(name)
             chunks.append(empty_i if given is None else _as(given, torch.int64))
+            self._key_rows[name] = self._key_rows.get(name, 0) + int(chunks[-1].numel())
         self.sample_ids.append(empty_i if sample_ids is None else _as(sample_ids, torch.int64))
         self.samples += n
+
+    def complete_keys(self) -> list[str]:
+        """Names of the key columns every sample has, sorted (O(columns), not O(chunks)).
+
+        >>> cols = SampleColumns()
+        >>> u = {"u": torch.tensor([3])}
+        >>> cols.append(torch.tensor([0.2]), torch.tensor([1]), None, u, None)
+        >>> cols.append(torch.tensor([0.4]), torch.tensor([0]), None, {}, None)
+        >>> cols.complete_keys()
+        []
+        """
+        # read without the store's lock: a key's rows are counted before the samples of
+        # an append, so a complete column never looks short in between
+        samples = self.samples
+        return sorted(k for k, rows in list(self._key_rows.items()) if rows >= samples)
+
+    def _count_key_rows(self) -> None:
+        self._key_rows = {k: sum(int(c.numel()) for c in v) for k, v in self.keys.items()}
 
     @property
     def nbytes(self) -> int:
@@ -103,11 +123,7 @@ class SampleColumns:
                     for w, t in zip(self.weights, self.target, strict=True)
                 ]
             )
-        keys = {
-            name: _cat(chunks, np.int64)
-            for name, chunks in self.keys.items()
-            if sum(c.numel() for c in chunks) == n
-        }
+        keys = {name: _cat(self.keys[name], np.int64) for name in self.complete_keys()}
         ids = _cat(self.sample_ids, np.int64)
         return Columns(
             preds=preds,
@@ -142,6 +158,7 @@ class SampleColumns:
             else:
                 del self.keys[name]
         self.samples = samples
+        self._count_key_rows()
 
     def copy(self) -> SampleColumns:
         """A copy sharing the chunks (they are never changed in place)."""
@@ -150,6 +167,7 @@ class SampleColumns:
         new.keys = {k: list(v) for k, v in self.keys.items()}
         new.sample_ids = list(self.sample_ids)
         new.samples = self.samples
+        new._key_rows = dict(self._key_rows)
         return new
 
     def state(self) -> dict[str, Any]:
@@ -173,6 +191,7 @@ class SampleColumns:
         new.keys = {k: list(v) for k, v in state["keys"].items()}
         new.sample_ids = list(state["sample_ids"])
         new.samples = int(state["samples"])
+        new._count_key_rows()
         return new
 
 

@@ -341,10 +341,7 @@ class Run:
         window = self.windows.get(step) if self.key.phase == "eval" else None
         if window is None or window.columns is None:
             return []
-        cols = window.columns
-        return sorted(
-            k for k, v in list(cols.keys.items()) if sum(c.numel() for c in v) == cols.samples
-        )
+        return window.columns.complete_keys()
 
     def columns(self, step: int) -> SampleColumns | None:
         """A copy (sharing chunks) of eval step ``step``'s sample columns, or None."""
