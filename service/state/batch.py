@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from rankboard.protos import ingest_pb2, metric_pb2, wire
+from rankboard.protos.wire_index import ArraySpan, array_index
 from rankboard.service.errors import InvalidBatch
 
 # the wire format is written once, in the codec; these names stay importable from here
@@ -113,14 +115,59 @@ class Batch:
 
 
 def decode_array(arr: ingest_pb2.Array, what: str) -> np.ndarray:
-    """Decode ``arr`` in bulk (:func:`rankboard.protos.wire.decode_array`); ``what`` names
-    the field in errors, raised as :class:`InvalidBatch`."""
+    """Decode ``arr`` into a writable array of its own (:func:`rankboard.protos.wire.decode_array`
+    then a copy); ``what`` names the field in errors, raised as :class:`InvalidBatch`."""
     try:
         values = wire.decode_array(arr, what)
     except wire.WireError as err:
         raise InvalidBatch(str(err)) from None
     # a writable copy: torch refuses to share read-only buffers without a warning
     return values.copy()
+
+
+class _ArrayReader:
+    """Reads a batch's arrays with one copy from the wire bytes where it has them.
+
+    With ``raw`` (the message's wire form) each array is copied once, straight from
+    its place in ``raw`` (:func:`rankboard.protos.wire_index.array_index`), into an
+    aligned, writable array of the service's dtype (an int column becomes float32 in
+    the same pass). Without, or for a message protobuf would merge, through protobuf
+    (``msg.field.data`` is a copy, then one more).
+    """
+
+    def __init__(self, msg: ingest_pb2.Batch, raw: bytes | None) -> None:
+        self._raw = raw
+        self._index = array_index(raw) if raw is not None else None
+        if self._index is not None and len(self._index.keys) != len(msg.grouping_keys):
+            self._index = None  # not the message protobuf read: take its reading
+
+    def read(
+        self, arr: ingest_pb2.Array, what: str, field: str | int, float_ints: bool = False
+    ) -> np.ndarray:
+        """Array ``field`` (a Batch field name, or the position of a key column)."""
+        span = self._span(field)
+        if span is None or self._raw is None:
+            values = decode_array(arr, what)
+            return values.astype(np.float32) if float_ints and values.dtype.kind == "i" else values
+        dtype = _DTYPES.get(span.dtype)  # type: ignore[call-overload]
+        if dtype is None:
+            raise InvalidBatch(
+                f"{what}: dtype must be set to one of FLOAT32, FLOAT64, INT32, INT64"
+            )
+        if span.nbytes % dtype.itemsize:
+            raise InvalidBatch(
+                f"{what}: {span.nbytes} bytes is not a multiple of {dtype.itemsize} ({dtype.name})"
+            )
+        view = np.frombuffer(self._raw, dtype, span.nbytes // dtype.itemsize, span.offset)
+        out = np.float32 if float_ints and dtype.kind == "i" else dtype.newbyteorder("=")
+        return view.astype(out)  # the one copy: aligned, writable, native order
+
+    def _span(self, field: str | int) -> ArraySpan | None:
+        if self._index is None:
+            return None
+        if isinstance(field, int):
+            return self._index.keys[field][1]
+        return self._index.arrays.get(field)
 
 
 def _check_name(value: str, what: str) -> str:
@@ -132,12 +179,15 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH) -> Batch:
+def decode_batch(
+    msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH, raw: bytes | None = None
+) -> Batch:
     """Decode ``msg`` into tensors and check its structure.
 
-    Raises :class:`InvalidBatch` for missing identity fields, unknown phases,
-    bad buffers, mismatched lengths, empty or oversized batches, and NaN or
-    infinite predictions, labels or weights.
+    ``raw``, ``msg``'s wire form when the caller has it, saves a copy of every column
+    (see :class:`_ArrayReader`). Raises :class:`InvalidBatch` for missing identity
+    fields, unknown phases, bad buffers, mismatched lengths, empty or oversized batches,
+    and NaN or infinite predictions, labels or weights.
     """
     if not msg.producer_id:
         raise InvalidBatch("producer_id is required")
@@ -156,41 +206,41 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
         raise InvalidBatch(f"step must be >= 0, got {msg.step}")
     if not msg.HasField("predictions") or not msg.HasField("labels"):
         raise InvalidBatch("predictions and labels are required")
-    labels = decode_array(msg.labels, "labels")
-    preds = decode_array(msg.predictions, "predictions")
+    reader = _ArrayReader(msg, raw)
+    labels = reader.read(msg.labels, "labels", "labels")
     n = labels.shape[0]
     if n == 0:
         raise InvalidBatch("empty batch: labels has no values")
     if n > max_samples:
         raise InvalidBatch(f"batch of {n} samples is over the limit of {max_samples} per batch")
+    preds = reader.read(msg.predictions, "predictions", "predictions", float_ints=True)
     width = max(msg.num_classes, 1)
     if preds.shape[0] != n * width:
         raise InvalidBatch(
             f"length mismatch: {n} labels but {preds.shape[0]} predictions"
             + (f" (expected {n} x {width} classes)" if width > 1 else "")
         )
-    pred_t = torch.from_numpy(preds.astype(np.float32) if preds.dtype.kind == "i" else preds)
+    _check_float32_range(preds, "predictions")
+    pred_t = torch.from_numpy(preds)
     if width > 1:
         pred_t = pred_t.reshape(n, width)
-    _check_float32_range(pred_t, "predictions")
-    label_t = torch.from_numpy(labels)
     if labels.dtype.kind == "f":
-        _check_float32_range(label_t, "labels")
+        _check_float32_range(labels, "labels")
+    label_t = torch.from_numpy(labels)
     weights = None
     if msg.HasField("weights"):
-        w = decode_array(msg.weights, "weights")
+        w = reader.read(msg.weights, "weights", "weights", float_ints=True)
         if w.shape[0] != n:
             raise InvalidBatch(f"length mismatch: {n} labels but {w.shape[0]} weights")
-        weights = torch.from_numpy(w.astype(np.float32) if w.dtype.kind == "i" else w)
-        _check_float32_range(weights, "weights")
-        if bool((weights < 0).any()):
+        if _check_float32_range(w, "weights") < 0:
             raise InvalidBatch("weights must be finite and >= 0")
+        weights = torch.from_numpy(w)
     keys: dict[str, torch.Tensor] = {}
-    for col in msg.grouping_keys:
+    for i, col in enumerate(msg.grouping_keys):
         name = _check_name(col.name, "grouping key name")
         if name in keys:
             raise InvalidBatch(f"grouping key {name!r} given twice")
-        k = decode_array(col.keys, f"grouping key {name!r}")
+        k = reader.read(col.keys, f"grouping key {name!r}", i)
         if k.dtype.kind != "i":
             raise InvalidBatch(f"grouping key {name!r} must be INT64 or INT32")
         if k.shape[0] != n:
@@ -198,7 +248,7 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
         keys[name] = torch.from_numpy(k.astype(np.int64, copy=False))
     sample_ids = None
     if msg.HasField("sample_ids"):
-        ids = decode_array(msg.sample_ids, "sample_ids")
+        ids = reader.read(msg.sample_ids, "sample_ids", "sample_ids")
         if ids.dtype.kind != "i":
             raise InvalidBatch("sample_ids must be INT64 or INT32")
         if ids.shape[0] != n:
@@ -233,19 +283,27 @@ def decode_batch(msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH
     )
 
 
-def _check_float32_range(values: torch.Tensor, what: str) -> None:
-    """Refuse NaN, infinities and float64 values that become infinite as float32 state.
+def _check_float32_range(values: np.ndarray, what: str) -> float:
+    """Refuse NaN, infinities and float64 values that become infinite as float32 state;
+    return the smallest value. One min and one max pass (vectorized, no temporaries):
+    both propagate NaN, and an infinity is its own min or max.
 
-    >>> _check_float32_range(torch.tensor([1e39], dtype=torch.float64), "labels")
+    >>> _check_float32_range(np.array([1e39]), "labels")
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     rankboard.service.errors.InvalidBatch: labels contain values beyond float32's range ...
+    >>> _check_float32_range(np.array([0.5, np.nan], np.float32), "weights")
+    Traceback (most recent call last):
+    ...
+    rankboard.service.errors.InvalidBatch: weights contain NaN or infinite values
     """
-    if not bool(torch.isfinite(values).all()):
+    lo, hi = float(values.min()), float(values.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InvalidBatch(f"{what} contain NaN or infinite values")
-    if values.dtype == torch.float64 and bool((values.abs() > _FLOAT32_MAX).any()):
+    if values.dtype == np.float64 and (lo < -_FLOAT32_MAX or hi > _FLOAT32_MAX):
         raise InvalidBatch(
             f"{what} contain values beyond float32's range (|x| > {_FLOAT32_MAX!r}):"
             " metric state is float32"
         )
+    return lo

@@ -38,7 +38,6 @@ import os
 import pickle
 import struct
 import weakref
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -59,6 +58,7 @@ from rankboard.service.state.checkpoint_reader import (  # re-exported: public n
     read_chunks,
     read_file,
 )
+from rankboard.service.state.checksum import crc32
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class _CrcWriter:
         self.crc = 0
 
     def write(self, data: bytes) -> int:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = crc32(data, self.crc)
         return self._f.write(data)
 
     def flush(self) -> None:
@@ -185,12 +185,12 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
 
     def fill(f: io.BufferedWriter) -> None:
         f.write(CHUNKS_HEADER.pack(CHUNKS_MAGIC, 0, len(index)))
-        crc = zlib.crc32(index)
+        crc = crc32(index)
         f.write(index)
         unsynced = 0
         for a in arrays:
             view = a.data.cast("B")
-            crc = zlib.crc32(view, crc)
+            crc = crc32(view, crc)
             f.write(view)
             unsynced += len(view)
             if unsynced >= SYNC_EVERY:  # see SYNC_EVERY

@@ -16,13 +16,14 @@ import io
 import os
 import pickle
 import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from rankboard.service.state.checksum import crc32
 
 MAGIC = b"RBCK"
 
@@ -94,7 +95,7 @@ def read_file(path: Path) -> Any:
         raise ValueError(f"{path.name}: not a rankboard checkpoint file")
     (crc,) = struct.unpack_from("<I", data, 4)
     payload = memoryview(data)[8:]
-    if zlib.crc32(payload) != crc:
+    if crc32(payload) != crc:
         raise ValueError(f"{path.name}: checksum mismatch")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
 
@@ -108,7 +109,7 @@ def read_chunks(path: Path) -> list[torch.Tensor]:
         raise ValueError(f"{path.name}: truncated")
     magic, crc, index_len = CHUNKS_HEADER.unpack_from(data)
     body = memoryview(data)[CHUNKS_HEADER.size :]
-    if magic != CHUNKS_MAGIC or zlib.crc32(body) != crc:
+    if magic != CHUNKS_MAGIC or crc32(body) != crc:
         raise ValueError(f"{path.name}: not a chunk file or checksum mismatch")
     out = []
     offset = CHUNKS_HEADER.size + index_len

@@ -64,7 +64,9 @@ def recover(
     for _, kind, payload in wal.replay(start):
         try:
             if kind == RECORD_BATCH:
-                replay_batch(ledger, ingest_pb2.Batch.FromString(payload), max_samples_per_batch)
+                replay_batch(
+                    ledger, ingest_pb2.Batch.FromString(payload), max_samples_per_batch, payload
+                )
             elif kind == RECORD_DELETE_EXPERIMENT:
                 ledger.delete(payload.decode())
             replayed += 1
@@ -75,9 +77,12 @@ def recover(
     return start
 
 
-def replay_batch(ledger: Ledger, msg: ingest_pb2.Batch, max_samples_per_batch: int) -> None:
-    """Apply one logged batch (a duplicate is skipped, as live ingestion skips it)."""
-    batch = decode_batch(msg, max_samples_per_batch)
+def replay_batch(
+    ledger: Ledger, msg: ingest_pb2.Batch, max_samples_per_batch: int, raw: bytes | None = None
+) -> None:
+    """Apply one logged batch (a duplicate is skipped, as live ingestion skips it);
+    ``raw``, the record's payload, spares a copy of each column."""
+    batch = decode_batch(msg, max_samples_per_batch, raw)
     admitted = ledger.admit(batch)
     if admitted is not None:
         run, new = admitted
