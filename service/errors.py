@@ -12,44 +12,44 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 
 class ServiceError(Exception):
-    """Base of the service's domain errors; ``code`` names the gRPC status."""
+    """Base of the service's domain errors; ``code`` names the gRPC status.
 
-    code = "INTERNAL"
+    A subclass names its status in its class statement
+    (``class Gone(ServiceError, code="NOT_FOUND")``); one that names none keeps its
+    parent's.
+    """
+
+    code: ClassVar[str] = "INTERNAL"
+
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
 
-class InvalidBatch(ServiceError):
+class InvalidBatch(ServiceError, code="INVALID_ARGUMENT"):
     """A batch whose data is malformed (lengths, dtypes, NaN, labels, keys)."""
 
-    code = "INVALID_ARGUMENT"
 
-
-class DeclarationConflict(ServiceError):
+class DeclarationConflict(ServiceError, code="FAILED_PRECONDITION"):
     """A batch that declares other metrics than its run was declared with."""
 
-    code = "FAILED_PRECONDITION"
 
-
-class CapacityExceeded(ServiceError):
+class CapacityExceeded(ServiceError, code="RESOURCE_EXHAUSTED"):
     """A batch that would take the service over a cap on retained samples."""
 
-    code = "RESOURCE_EXHAUSTED"
 
-
-class NotFound(ServiceError):
+class NotFound(ServiceError, code="NOT_FOUND"):
     """An experiment, arm, task, phase, step or metric that does not exist."""
 
-    code = "NOT_FOUND"
 
-
-class ShuttingDown(ServiceError):
+class ShuttingDown(ServiceError, code="UNAVAILABLE"):
     """The service drains and takes no new batches."""
 
-    code = "UNAVAILABLE"
 
-
-class InvalidQuery(ServiceError):
+class InvalidQuery(ServiceError, code="INVALID_ARGUMENT"):
     """A query parameter that cannot be honoured (alpha, cluster column, horizon...)."""
-
-    code = "INVALID_ARGUMENT"

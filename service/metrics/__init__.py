@@ -12,16 +12,10 @@ and ``label_kind`` say what to pass; ``compute()`` is a 0-d float64 tensor, NaN 
 undefined.
 """
 
+from rankboard.service.metrics import builder
 from rankboard.service.metrics.auc import AUC, MulticlassAUC
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.metrics.builder import (
-    create_metric,
-    create_metrics,
-    create_train_metric,
-    create_train_metrics,
-    metric_key,
-    normalize_config,
-)
+from rankboard.service.metrics.builder import *  # noqa: F403 (its __all__, re-exported below)
 from rankboard.service.metrics.classification import Accuracy, RecallAtK
 from rankboard.service.metrics.entropy import NormalizedEntropy
 from rankboard.service.metrics.extra import (
@@ -62,10 +56,5 @@ __all__ = [
     "TrainMetricWrapper",
     "UniqueRatio",
     "Windowed",
-    "create_metric",
-    "create_metrics",
-    "create_train_metric",
-    "create_train_metrics",
-    "metric_key",
-    "normalize_config",
 ]
+__all__ += builder.__all__  # create_metric(s), create_train_metric(s), ...

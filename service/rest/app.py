@@ -18,7 +18,7 @@ from rankboard.service.errors import ServiceError
 from rankboard.service.rest import experiments, models, results
 from rankboard.service.rest.dashboard import add_ui_routes
 from rankboard.service.rest.deps import bearer
-from rankboard.service.rest.prometheus import add_metrics_route
+from rankboard.service.rest.prometheus import StoreCollector, add_metrics_route
 from rankboard.service.state.store import MetricStore
 
 __all__ = ["create_app"]
@@ -74,5 +74,6 @@ def create_app(
     app.include_router(experiments.admin, dependencies=[write])
     # dashboard, /docs, /redoc, /openapi.json (packaged assets) and /metrics
     add_ui_routes(app, store, read, token_required=read_token is not None)
-    add_metrics_route(app, store, read, public=metrics_public, max_series=prometheus_max_series)
+    collector = StoreCollector(store, prometheus_max_series)
+    add_metrics_route(app, collector, read, public=metrics_public)
     return app

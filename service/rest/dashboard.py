@@ -201,15 +201,29 @@ def _columns(arm: str, metric: str, points: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-_DOCS_HTML = """<!doctype html>
+def _api_page(div_id: str, bundle: str, init: str, stylesheet: str = "") -> str:
+    """An API reference page (Swagger UI, ReDoc): the ``bundle`` script renders the spec
+    into ``<div id=div_id>`` with the ``init`` JavaScript, once the page has fetched the
+    spec (``rankboardSpec()`` in ``token.js``, which sends the token a user gave)."""
+    head = f'<link rel="stylesheet" href="{stylesheet}">\n' if stylesheet else ""
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rankboard API</title>
-<link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
-<link rel="icon" href="data:,"></head>
-<body><div id="swagger-ui"></div>
-<script src="/static/vendor/swagger-ui/swagger-ui-bundle.js"></script>
+{head}<link rel="icon" href="data:,"></head>
+<body><div id="{div_id}"></div>
+<script src="{bundle}"></script>
 <script src="/static/token.js"></script>
 <script>
-rankboardSpec().then(function (spec) {
+rankboardSpec().then(function (spec) {{
+{init}
+}});
+</script></body></html>
+"""
+
+
+_DOCS_HTML = _api_page(
+    "swagger-ui",
+    "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+    """\
   window.ui = SwaggerUIBundle({
     spec: spec, dom_id: "#swagger-ui", deepLinking: true,
     requestInterceptor: function (req) {
@@ -217,23 +231,14 @@ rankboardSpec().then(function (spec) {
       if (t && !req.headers.Authorization) { req.headers.Authorization = "Bearer " + t; }
       return req;
     },
-  });
-});
-</script></body></html>
-"""
-
-_REDOC_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>rankboard API</title>
-<link rel="icon" href="data:,"></head>
-<body><div id="redoc"></div>
-<script src="/static/vendor/redoc/redoc.standalone.js"></script>
-<script src="/static/token.js"></script>
-<script>
-rankboardSpec().then(function (spec) {
-  Redoc.init(spec, {}, document.getElementById("redoc"));
-});
-</script></body></html>
-"""
+  });""",
+    stylesheet="/static/vendor/swagger-ui/swagger-ui.css",
+)
+_REDOC_HTML = _api_page(
+    "redoc",
+    "/static/vendor/redoc/redoc.standalone.js",
+    '  Redoc.init(spec, {}, document.getElementById("redoc"));',
+)
 
 
 def add_ui_routes(

@@ -24,7 +24,8 @@ Example::
     >>> text = exposition(StoreCollector(store)).decode()
     >>> "rankboard_metric_series" in {f.name for f in text_string_to_metric_families(text)}
     True
-    >>> store.close(); d.cleanup()
+    >>> store.close()
+    >>> d.cleanup()
 """
 
 from __future__ import annotations
@@ -360,16 +361,10 @@ class RequestTimer:
 
 
 def add_metrics_route(
-    app: FastAPI,
-    store: MetricStore,
-    read: Any,
-    *,
-    public: bool = False,
-    max_series: int = DEFAULT_MAX_SERIES,
-) -> StoreCollector:
-    """Serve ``GET /metrics`` on ``app`` (behind ``read`` unless ``public``) and time
-    every REST request. Returns the collector."""
-    collector = StoreCollector(store, max_series)
+    app: FastAPI, collector: StoreCollector, read: Any, *, public: bool = False
+) -> None:
+    """Serve ``collector``'s exposition as ``GET /metrics`` on ``app`` (behind ``read``
+    unless ``public``) and time every REST request."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     deps = [] if public else [read]
@@ -383,4 +378,3 @@ def add_metrics_route(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE)
 
     app.add_middleware(RequestTimer)
-    return collector

@@ -7,9 +7,10 @@ model's fields.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
 from rankboard.service.rest import models
@@ -23,15 +24,20 @@ router = APIRouter(prefix="/v1/experiments", tags=["results"])
 Step = Annotated[int | None, Query(ge=0, description="eval step (default: the latest)")]
 
 
+@dataclass(frozen=True)
+class At:
+    """The ``phase`` and eval ``step`` query parameters of a snapshot or comparison."""
+
+    phase: Phase = "eval"
+    step: Step = None
+
+
+AtDep = Annotated[At, Depends()]
+
+
 @router.get("/{experiment}/arms/{arm}/metrics", response_model=models.MetricsSnapshot)
 async def get_metrics(
-    experiment: str,
-    arm: str,
-    task: NameParam,
-    q: Params,
-    store: StoreDep,
-    phase: Phase = "eval",
-    step: Step = None,
+    experiment: str, arm: str, task: NameParam, at: AtDep, q: Params, store: StoreDep
 ) -> dict:
     """Metric values of one arm with standard errors and intervals; eval gives the
     latest step unless ``step`` is set (train: decayed values, no interval).
@@ -39,26 +45,22 @@ async def get_metrics(
     Values come from a cache refreshed when state changed; ``stale`` says a
     newer one is being computed; ``fresh=true`` waits for it.
     """
-    key = RunKey(experiment, arm, task, phase)
-    return await run_in_threadpool(query.metrics_snapshot, store, key, step, q)
+    key = RunKey(experiment, arm, task, at.phase)
+    return await run_in_threadpool(query.metrics_snapshot, store, key, at.step, q)
 
 
 @router.get("/{experiment}/compare", response_model=models.Comparison)
 async def compare(
-    experiment: str,
-    task: NameParam,
-    baseline: NameParam,
-    q: Params,
-    store: StoreDep,
-    phase: Phase = "eval",
-    step: Step = None,
+    experiment: str, task: NameParam, baseline: NameParam, at: AtDep, q: Params, store: StoreDep
 ) -> dict:
     """Every arm against the baseline arm: values, intervals, deltas with intervals,
     p-values and verdicts (paired when both arms carry the same sample ids).
 
     Eval arms are compared at one step: ``step``, or the latest every arm has.
     """
-    return await run_in_threadpool(query.compare, store, experiment, task, baseline, q, phase, step)
+    return await run_in_threadpool(
+        query.compare, store, experiment, task, baseline, q, at.phase, at.step
+    )
 
 
 @router.get("/{experiment}/arms/{arm}/history", response_model=models.History)

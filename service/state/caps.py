@@ -85,12 +85,9 @@ def window_cost(run: Run) -> int:
     key = (run.key.phase, run.declaration, str(run.device))
     cost = _window_costs.get(key)
     if cost is None:
-        window = Window(build_metrics(run.key.phase, run.configs))
-        for metric in window.metrics.values():
-            metric.to(run.device)
-        if run.key.phase == "eval":
-            window.columns = SampleColumns()
-        cost = _window_costs[key] = object_nbytes(window)
+        metrics = build_metrics(run.key.phase, run.configs, run.device)
+        columns = SampleColumns() if run.key.phase == "eval" else None
+        cost = _window_costs[key] = object_nbytes(Window(metrics, columns=columns))
     run.__dict__["_window_cost"] = cost
     return cost
 

@@ -18,6 +18,7 @@ from rankboard.protos import metric_pb2
 from rankboard.service import metrics as rbm
 from rankboard.service.errors import InvalidBatch
 from rankboard.service.metrics.base import RankMetric
+from rankboard.service.metrics.builder import AnyMetricConfig
 from rankboard.service.state.batch import Batch
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "retained_nbytes",
 ]
 
-Config = metric_pb2.MetricConfig | metric_pb2.TrainMetricConfig
+Config = AnyMetricConfig  # an eval or a train metric's config
 
 
 def label_kind_of(batch: Batch) -> str:
@@ -91,16 +92,25 @@ def declaration_text(configs: Sequence[Config]) -> str:
     return "\n".join(lines)
 
 
-def build_metrics(phase: str, configs: Sequence[Config]) -> dict[str, RankMetric]:
+def build_metrics(
+    phase: str, configs: Sequence[Config], device: torch.device | None = None
+) -> dict[str, RankMetric]:
+    """The metric objects of a ``phase`` run declared with ``configs``, by key; moved to
+    ``device`` when one is given (a fresh window's metrics). ``InvalidBatch`` when the
+    declaration does not build."""
     try:
         if phase == "train":
             train = [c for c in configs if isinstance(c, metric_pb2.TrainMetricConfig)]
-            return dict(rbm.create_train_metrics(train))
-        return dict(
-            rbm.create_metrics([c for c in configs if isinstance(c, metric_pb2.MetricConfig)])
-        )
+            metrics: dict[str, RankMetric] = dict(rbm.create_train_metrics(train))
+        else:
+            evals = [c for c in configs if isinstance(c, metric_pb2.MetricConfig)]
+            metrics = dict(rbm.create_metrics(evals))
     except ValueError as err:
         raise InvalidBatch(f"bad metric declaration: {err}") from None
+    if device is not None:
+        for metric in metrics.values():
+            metric.to(device)
+    return metrics
 
 
 def metric_inputs(

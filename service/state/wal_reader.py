@@ -22,6 +22,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class StateLost(RuntimeError):
     """The data dir cannot be recovered exactly (the service refuses to start)."""
 
 
+@dataclass(eq=False)
 class LogCorrupt(StateLost):
     """Corruption the log may not repair by itself: a bad record with valid ones after it,
     a bad record in a segment that is not the last, or a missing segment.
@@ -55,33 +57,27 @@ class LogCorrupt(StateLost):
     not batches (experiment deletions).
     """
 
-    def __init__(
-        self,
-        why: str,
-        segment: int,
-        offset: int,
-        lost: list[tuple[str, int]],
-        damaged: tuple[str, int] | None = None,
-        other: int = 0,
-    ) -> None:
-        self.why = why
-        self.segment = segment
-        self.offset = offset
-        self.lost = lost
-        self.damaged = damaged
-        self.other = other
-        parts = [f"write-ahead log segment {segment:012d}.wal, offset {offset}: {why}"]
-        if damaged is not None:
-            parts.append(
-                f"the damaged record reads as batch {damaged[1]} of producer {damaged[0]!r}"
-            )
-        parts.append(
-            f"{len(lost)} valid acknowledged batches follow it: {format_batches(lost)}"
-            if lost
+    why: str
+    segment: int
+    offset: int
+    lost: list[tuple[str, int]]
+    damaged: tuple[str, int] | None = None
+    other: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"write-ahead log segment {self.segment:012d}.wal, offset {self.offset}"
+        after = (
+            f"{len(self.lost)} valid acknowledged batches follow it: {format_batches(self.lost)}"
+            if self.lost
             else "no readable acknowledged batch follows it"
         )
-        if other:
-            parts.append(f"and {other} other records")
+        parts = [f"{where}: {self.why}"]
+        if self.damaged is not None:
+            producer, sequence = self.damaged
+            parts.append(f"the damaged record reads as batch {sequence} of producer {producer!r}")
+        parts.append(after)
+        if self.other:
+            parts.append(f"and {self.other} other records")
         parts.append(
             "nothing was changed; stop here to restore the data dir from a backup, or run"
             " `rankboard repair --data-dir <dir> --dry-run` to see what a repair keeps and loses"

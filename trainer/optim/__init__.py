@@ -15,20 +15,8 @@ Example::
     ['ConstantLR', 'CosineAnnealingLR']
 """
 
-from rankboard.trainer.optim.builder import (
-    CPU_SPARSE_OPTIMIZERS,
-    build_part_optimizers,
-    check_sparse_optimizer_device,
-    config_to_kwargs,
-    create_dense_optimizer,
-    create_part_optim_schedulers,
-    create_part_optimizer,
-    create_scheduler,
-    create_sparse_optimizer,
-    group_param_by_regex_pattern,
-    keyed_optimizer,
-    sparse_initial_accumulator_value,
-)
+from rankboard.trainer.optim import builder
+from rankboard.trainer.optim.builder import *  # noqa: F403 (its __all__, re-exported below)
 from rankboard.trainer.optim.ema import DenseEMA, EMAOptimizer
 from rankboard.trainer.optim.fused import (
     apply_sparse_optimizer,
@@ -54,7 +42,6 @@ from rankboard.trainer.optim.train_optimizers import (
 from rankboard.trainer.optim.wrapper import MIXED_PRECISION_DTYPES, TrainStepOptimizer
 
 __all__ = [
-    "CPU_SPARSE_OPTIMIZERS",
     "GRAD_CLIPPING_TYPES",
     "MIXED_PRECISION_DTYPES",
     "SCHEDULERS",
@@ -70,19 +57,9 @@ __all__ = [
     "TrainStepOptimizer",
     "apply_sparse_optimizer",
     "build_optimizers",
-    "build_part_optimizers",
-    "check_sparse_optimizer_device",
     "check_train_config",
-    "config_to_kwargs",
-    "create_dense_optimizer",
-    "create_part_optim_schedulers",
-    "create_part_optimizer",
-    "create_scheduler",
-    "create_sparse_optimizer",
     "dense_named_parameters",
-    "group_param_by_regex_pattern",
-    "keyed_optimizer",
     "set_initial_accumulator",
-    "sparse_initial_accumulator_value",
     "table_wise_sharding_plan",
 ]
+__all__ += builder.__all__  # the builders: create_*_optimizer, create_scheduler, ...

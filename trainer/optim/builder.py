@@ -39,7 +39,6 @@ except ImportError:  # pragma: no cover - depends on the installed fbgemm
 
 __all__ = [
     "CPU_SPARSE_OPTIMIZERS",
-    "OptimizerClass",
     "build_part_optimizers",
     "check_sparse_optimizer_device",
     "config_to_kwargs",
@@ -49,6 +48,7 @@ __all__ = [
     "create_scheduler",
     "create_sparse_optimizer",
     "group_param_by_regex_pattern",
+    "keyed_optimizer",
     "sparse_initial_accumulator_value",
 ]
 

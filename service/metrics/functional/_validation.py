@@ -19,7 +19,7 @@ from torch import Tensor
 
 LabelKind = Literal["binary", "multiclass", "real"]
 
-__all__ = ["Batch", "LabelKind", "validate_batch"]
+__all__ = ["Batch", "LabelKind", "validate_batch", "validate_grouped"]
 
 
 class Batch(NamedTuple):
@@ -172,6 +172,20 @@ def validate_batch(
         _as(t, want),
         None if w is None else _as(w, torch.float32),
         None if k is None else _as(k, torch.int64),
+    )
+
+
+def validate_grouped(
+    preds: object, target: object, grouping_key: object, weights: object | None, **kinds: Any
+) -> Batch:
+    """:func:`validate_batch` for a per-group metric: ``grouping_key`` is required.
+    ``kinds``: ``label_kind`` and ``metric_name``.
+
+    >>> validate_grouped([0.2, 0.9], [0, 1], [7, 7], None, label_kind="binary").keys.tolist()
+    [7, 7]
+    """
+    return validate_batch(
+        preds, target, grouping_key=grouping_key, needs_grouping_key=True, weights=weights, **kinds
     )
 
 

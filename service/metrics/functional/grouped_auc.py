@@ -19,7 +19,7 @@ from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
 from rankboard.service.metrics.functional._numpy_kernels import grouped_auc_np
-from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
+from rankboard.service.metrics.functional._validation import to_numpy, validate_grouped
 
 # CPU tensors go through the numpy kernels (faster there); tests flip this to check that
 # the torch path used on other devices agrees.
@@ -132,14 +132,8 @@ def grouped_auc(
     >>> round(value.item(), 4), count.item()
     (0.75, 2)
     """
-    b = validate_batch(
-        preds,
-        target,
-        label_kind="binary",
-        grouping_key=grouping_key,
-        needs_grouping_key=True,
-        weights=weights,
-        metric_name="grouped_auc",
+    b = validate_grouped(
+        preds, target, grouping_key, weights, label_kind="binary", metric_name="grouped_auc"
     )
     return grouped_auc_from_stats(grouped_auc_stats(b.preds, b.target, b.keys, b.weights))
 

@@ -29,7 +29,11 @@ from torch import Tensor
 
 from rankboard.service.metrics.functional._keys import dense_ids, float_sort_key
 from rankboard.service.metrics.functional._numpy_pairs import grouped_xauc_np, weighted_xauc_np
-from rankboard.service.metrics.functional._validation import to_numpy, validate_batch
+from rankboard.service.metrics.functional._validation import (
+    to_numpy,
+    validate_batch,
+    validate_grouped,
+)
 
 # CPU tensors use the numpy kernels; tests flip this to check the torch path agrees.
 _use_numpy = True
@@ -245,14 +249,8 @@ def grouped_xauc(
     >>> round(v.item(), 4), c.item()
     (0.6, 2)
     """
-    b = validate_batch(
-        preds,
-        target,
-        label_kind="real",
-        grouping_key=grouping_key,
-        needs_grouping_key=True,
-        weights=weights,
-        metric_name="grouped_xauc",
+    b = validate_grouped(
+        preds, target, grouping_key, weights, label_kind="real", metric_name="grouped_xauc"
     )
     if b.weights is not None:
         ws = weighted_xauc_stats(b.preds, b.target, b.keys, b.weights)
