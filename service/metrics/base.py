@@ -94,13 +94,7 @@ class RankMetric(Metric):
         ``reset()``."""
         return self._placed or super().update_called
 
-    def _validate(
-        self,
-        preds: Any,
-        target: Any,
-        weights: Any | None,
-        grouping_key: Any | None,
-    ) -> Batch:
+    def _validate(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch:
         return validate_batch(
             preds,
             target,
@@ -116,12 +110,7 @@ class RankMetric(Metric):
         )
 
     def check_inputs(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
+        self, preds: Any, target: Any, *, weights: Any = None, grouping_key: Any = None
     ) -> Batch:
         """Raise ``ValueError`` if ``update`` would refuse this batch; changes nothing.
 
@@ -148,12 +137,7 @@ class RankMetric(Metric):
             self._update_batch(b)
 
     def update(
-        self,
-        preds: Any,
-        target: Any,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
+        self, preds: Any, target: Any, *, weights: Any = None, grouping_key: Any = None
     ) -> None:
         """Add a batch: ``preds`` and ``target`` with ``n`` rows, optional ``weights``
         ``(n,)`` >= 0 where supported and ``grouping_key`` ``(n,)`` integer ids where
@@ -167,13 +151,7 @@ class RankMetric(Metric):
         """Add a validated, non-empty batch (on the metric's device) to the states."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _update_batch")
 
-    def _prepare(
-        self,
-        preds: Any,
-        target: Any,
-        weights: Any | None,
-        grouping_key: Any | None,
-    ) -> Batch | None:
+    def _prepare(self, preds: Any, target: Any, weights: Any, grouping_key: Any) -> Batch | None:
         """Validate, follow the device, and return the batch (None when it is empty)."""
         return self._placed_batch(self._validate(preds, target, weights, grouping_key))
 

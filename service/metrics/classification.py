@@ -37,8 +37,8 @@ class Accuracy(RankMetric):
     0.6667
     >>> top2 = Accuracy(top_k=2)
     >>> top2.update(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]), torch.tensor([1, 0]))
-    >>> top2.compute().item()
-    0.5
+    >>> top2.compute()  # a 0-d float64 tensor, as every metric's compute()
+    tensor(0.5000, dtype=torch.float64)
     """
 
     label_kind = "binary"

@@ -134,12 +134,7 @@ class UniqueRatio(RankMetric):
         return Batch(p, t, None, None)
 
     def update(
-        self,
-        preds: Any,
-        target: Any = None,
-        *,
-        weights: Any | None = None,
-        grouping_key: Any | None = None,
+        self, preds: Any, target: Any = None, *, weights: Any = None, grouping_key: Any = None
     ) -> None:
         """Add one batch's ratio of distinct rows of ``preds`` (``(n,)`` or ``(n, L)``)."""
         if target is None:

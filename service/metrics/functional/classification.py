@@ -50,8 +50,8 @@ def accuracy(
     *,
     threshold: float = 0.5,
     top_k: int = 1,
-    weights: Tensor | None = None,
     inclusive: bool = False,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Fraction correct; binary for ``(n,)`` preds, top-k for ``(n, C)``. NaN if empty.
 

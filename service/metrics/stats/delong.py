@@ -257,11 +257,7 @@ def binned_auc_influence(
 
 
 def delong_variance(
-    preds: object,
-    target: object,
-    weights: object | None = None,
-    *,
-    clusters: object | None = None,
+    preds: object, target: object, weights: object | None = None, *, clusters: object | None = None
 ) -> float:
     """DeLong variance of the exact AUC (clustered by ``clusters``: Obuchowski 1997).
 
@@ -309,8 +305,8 @@ def auc_interval(
     target: object,
     weights: object | None = None,
     *,
-    alpha: float = 0.05,
     clusters: object | None = None,
+    alpha: float = 0.05,
 ) -> tuple[float, float, float]:
     """``(AUC, low, high)``: the exact AUC and its ``1 - alpha`` DeLong interval.
 
