@@ -34,6 +34,8 @@ import os
 import sys
 from typing import Any
 
+from rankboard.service.argtypes import float_where
+
 __all__ = ["add_compare_parser", "compare", "fetch_compare", "format_compare"]
 
 
@@ -43,6 +45,9 @@ class CompareError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+_alpha = float_where(lambda a: 0 < a <= 0.5, "in (0, 0.5]")
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,16 +89,6 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None, help="read token (or RANKBOARD_READ_TOKEN)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
     p.set_defaults(func=compare)
-
-
-def _alpha(value: str) -> float:
-    try:
-        a = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < a <= 0.5:
-        raise argparse.ArgumentTypeError(f"must be in (0, 0.5], got {value}")
-    return a
 
 
 def fetch_compare(
