@@ -79,11 +79,44 @@ class Record:
         )
 
 
+@dataclass
+class Limits:
+    """The accumulator's bounds and policy, checked when made (``ValueError``).
+
+    ``max_pending_samples``: queued plus unacknowledged samples held in memory;
+    ``max_batch_samples``: the largest batch; ``linger``: seconds a queued record may wait
+    for others to share its batch; ``when_full``: ``"spill"``, ``"block"`` or ``"drop"``.
+
+    >>> Limits(linger=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: linger must be >= 0 seconds, got -1.0
+    """
+
+    max_pending_samples: int = 2_000_000
+    max_batch_samples: int = 65_536
+    linger: float = 0.1
+    when_full: WhenFull = "spill"
+
+    def __post_init__(self) -> None:
+        if self.when_full not in ("spill", "block", "drop"):
+            raise ValueError(
+                f"when_full must be 'spill', 'block' or 'drop', got {self.when_full!r}"
+            )
+        if self.max_pending_samples < 1 or self.max_batch_samples < 1:
+            raise ValueError("max_pending_samples and max_batch_samples must be positive")
+        if not self.linger >= 0:  # NaN too
+            raise ValueError(f"linger must be >= 0 seconds, got {self.linger}")
+        self.max_pending_samples = int(self.max_pending_samples)
+        self.max_batch_samples = int(self.max_batch_samples)
+        self.linger = float(self.linger)
+
+
 class Accumulator:
     """Queued records of one producer, the memory bound and the ``when_full`` policy.
 
     ``pending`` samples (queued plus unacknowledged, spilled ones included) are
-    bounded by ``max_pending_samples`` in memory; the lock is the sender's.
+    bounded by ``limits.max_pending_samples`` in memory; the lock is the sender's.
     """
 
     def __init__(
@@ -93,20 +126,14 @@ class Accumulator:
         *,
         experiment: str,
         arm: str,
-        max_pending_samples: int = 2_000_000,
-        max_batch_samples: int = 65_536,
-        linger: float = 0.1,
-        when_full: WhenFull = "spill",
+        limits: Limits | None = None,
     ) -> None:
         self.sender = sender
         self.spill = spill
         self.lock = sender.lock
         self.experiment = experiment
         self.arm = arm
-        self.max_pending_samples = int(max_pending_samples)
-        self.max_batch_samples = int(max_batch_samples)
-        self.linger = float(linger)
-        self.when_full = when_full
+        self.limits = limits or Limits()
         self.declared: dict[tuple[str, str], list[Any]] = {}
         self.queue: deque[Record] = deque()
         self.queued_samples = 0
@@ -136,13 +163,13 @@ class Accumulator:
         """Queue ``record`` within the memory bound; False when dropped (``"drop"``)."""
         self.check_usable()
         waited_since: float | None = None
-        sender = self.sender
-        while self.in_memory() > 0 and self.in_memory() + record.n > self.max_pending_samples:
-            if self.when_full == "spill" and self.spill is not None:
-                fits = lambda: self.in_memory() + record.n <= self.max_pending_samples  # noqa: E731
+        sender, limit = self.sender, self.limits.max_pending_samples
+        while self.in_memory() > 0 and self.in_memory() + record.n > limit:
+            if self.limits.when_full == "spill" and self.spill is not None:
+                fits = lambda: self.in_memory() + record.n <= limit  # noqa: E731
                 if self.spill.spill_oldest(sender.unacked.values(), fits):
                     continue
-            if self.when_full == "drop":
+            if self.limits.when_full == "drop":
                 self.counts["dropped_records"] += 1
                 self.counts["dropped_samples"] += record.n
                 dropped = self.counts["dropped_records"]
@@ -158,7 +185,7 @@ class Accumulator:
             if waited_since is None:
                 waited_since = time.monotonic()
             sender.work.notify()  # queued records become (spillable) batches
-            sender.acked.wait(0.05 if self.when_full == "spill" else 1.0)
+            sender.acked.wait(0.05 if self.limits.when_full == "spill" else 1.0)
             self.check_usable()
             if waited_since and time.monotonic() - waited_since > 10.0:
                 logger.warning(
@@ -186,14 +213,14 @@ class Accumulator:
         if not self.queue:
             return None
         if (
-            self.linger <= 0
+            self.limits.linger <= 0
             or self.flushing
             or self.closing
-            or self.queued_samples >= self.max_batch_samples
-            or 2 * self.in_memory() >= self.max_pending_samples
+            or self.queued_samples >= self.limits.max_batch_samples
+            or 2 * self.in_memory() >= self.limits.max_pending_samples
         ):
             return 0.0
-        return self.queue[0].queued_at + self.linger - time.monotonic()
+        return self.queue[0].queued_at + self.limits.linger - time.monotonic()
 
     def take(self) -> list[Record]:
         """Records to send now: the first one and the ones that can share its batch."""
@@ -203,7 +230,7 @@ class Accumulator:
         while (
             self.queue
             and self.queue[0].shape_key == first.shape_key
-            and total + self.queue[0].n <= self.max_batch_samples
+            and total + self.queue[0].n <= self.limits.max_batch_samples
         ):
             rec = self.queue.popleft()
             records.append(rec)
@@ -251,8 +278,8 @@ class Accumulator:
                 spans.append([r.step, row, row + r.n])
             row += r.n
         out = []
-        for lo in range(0, n, self.max_batch_samples):
-            hi = min(n, lo + self.max_batch_samples)
+        for lo in range(0, n, self.limits.max_batch_samples):
+            hi = min(n, lo + self.limits.max_batch_samples)
             parts = [
                 (step, min(end, hi) - max(start, lo))
                 for step, start, end in spans

@@ -24,7 +24,7 @@ import torch
 
 from rankboard.protos.stream import MetricsStreamError, Rejection, Sender
 from rankboard.protos.wire import MetricList, parse_metrics, phase_code
-from rankboard.trainer.client.accumulator import Accumulator
+from rankboard.trainer.client.accumulator import Accumulator, Limits
 from rankboard.trainer.client.spill import SpillStore
 
 logger = logging.getLogger(__name__)
@@ -156,12 +156,7 @@ class MetricsStream:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if when_full not in ("spill", "block", "drop"):
-            raise ValueError(f"when_full must be 'spill', 'block' or 'drop', got {when_full!r}")
-        if max_pending_samples < 1 or max_batch_samples < 1:
-            raise ValueError("max_pending_samples and max_batch_samples must be positive")
-        if not linger >= 0:  # NaN too
-            raise ValueError(f"linger must be >= 0 seconds, got {linger}")
+        limits = Limits(max_pending_samples, max_batch_samples, linger, when_full)  # checked
         if producer_id is None:
             producer_id = (
                 f"{run_id or default_run_id()}/rank{default_rank() if rank is None else rank}"
@@ -187,14 +182,7 @@ class MetricsStream:
         folder = None if spill_dir is None else os.fspath(spill_dir)
         self._spill = SpillStore(self._sender, folder, max_spill_bytes)
         self._acc = Accumulator(
-            self._sender,
-            self._spill,
-            experiment=experiment,
-            arm=arm,
-            max_pending_samples=max_pending_samples,
-            max_batch_samples=max_batch_samples,
-            linger=linger,
-            when_full=when_full,
+            self._sender, self._spill, experiment=experiment, arm=arm, limits=limits
         )
         self._sender.source = self._acc
         self._sender.on_acked = self._spill.release

@@ -208,14 +208,9 @@ def train_arm(
     per_epoch = len(train_data) // settings.batch_size
     start = time.monotonic()
     loss_ctr = loss_wt = float("nan")
+    # the producer id is "<run_id>/rank<rank>", the rank torch.distributed's (default_rank)
     with MetricsStream(
-        target,
-        experiment=experiment,
-        arm=arm,
-        run_id=run_id,
-        rank=rank,
-        metrics=METRICS,
-        token=token,
+        target, experiment=experiment, arm=arm, run_id=run_id, metrics=METRICS, token=token
     ) as stream:
         bar = tqdm(
             total=steps,

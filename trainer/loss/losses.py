@@ -57,15 +57,22 @@ def _check_smoothing(label_smoothing: float) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
 
 
-class _SmoothedLoss(nn.Module):
+class _ReducedLoss(nn.Module):
+    """A loss with a ``reduction`` (:data:`REDUCTIONS`), checked on creation."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        _check_reduction(reduction, type(self).__name__)
+        self.reduction = reduction
+
+
+class _SmoothedLoss(_ReducedLoss):
     """A loss with ``label_smoothing`` in [0, 1] and a ``reduction``, checked on creation."""
 
     def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
         _check_smoothing(label_smoothing)
-        _check_reduction(reduction, type(self).__name__)
+        super().__init__(reduction)
         self.label_smoothing = label_smoothing
-        self.reduction = reduction
 
 
 class BinaryCrossEntropyLoss(_SmoothedLoss):
@@ -105,7 +112,7 @@ class SoftmaxCrossEntropyLoss(_SmoothedLoss):
         )
 
 
-class L2Loss(nn.Module):
+class L2Loss(_ReducedLoss):
     """Mean squared error between predictions and labels of the same shape.
 
     >>> import torch
@@ -113,18 +120,13 @@ class L2Loss(nn.Module):
     2.5
     """
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction, "L2Loss")
-        self.reduction = reduction
-
     def forward(self, preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``(preds - labels) ** 2``, reduced."""
         _check_same_shape(preds, labels, "L2Loss")
         return F.mse_loss(preds, labels.to(preds.dtype), reduction=self.reduction)
 
 
-class BinaryFocalLoss(nn.Module):
+class BinaryFocalLoss(_ReducedLoss):
     """Focal loss on logits: BCE weighted by ``alpha y (1-p)^g + (1-alpha)(1-y) p^g``.
 
     The weight is detached (no gradient flows through it). ``reduction="none"``
@@ -139,15 +141,13 @@ class BinaryFocalLoss(nn.Module):
     """
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.5, reduction: str = "mean") -> None:
-        super().__init__()
-        _check_reduction(reduction, "BinaryFocalLoss")
+        super().__init__(reduction)
         if gamma < 0:
             raise ValueError(f"BinaryFocalLoss.gamma must be >= 0, got {gamma}")
         if not 0 < alpha < 1:
             raise ValueError(f"BinaryFocalLoss.alpha must be in (0, 1), got {alpha}")
         self.gamma = gamma
         self.alpha = alpha
-        self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` against 0/1 ``labels`` of the same shape."""

@@ -29,7 +29,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, TypedDict, Unpack
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -91,18 +91,30 @@ def _check_warmup(warmup_size: int, warmup_learning_rate: float) -> None:
         raise ValueError(f"warmup_learning_rate must be >= 0, got {warmup_learning_rate}")
 
 
+class WarmupArgs(TypedDict, total=False):
+    """The keyword arguments every warmup schedule takes (see :class:`_WarmupLR`)."""
+
+    min_learning_rate: float
+    warmup_learning_rate: float
+    warmup_size: int
+    by_epoch: bool
+
+
 class _WarmupLR(BaseLR):
-    """A schedule with a linear warmup from ``warmup_learning_rate`` to the base rate over
-    ``warmup_size`` steps and a floor ``min_learning_rate``; subclasses define
-    :meth:`after_warmup`, of the steps taken since the warmup ended."""
+    """A schedule with a linear warmup from ``warmup_learning_rate`` (default 0) to the
+    base rate over ``warmup_size`` steps (default 0: none) and a floor
+    ``min_learning_rate`` (default 0); subclasses take these as keywords
+    (:class:`WarmupArgs`) and define :meth:`after_warmup`, of the steps taken since the
+    warmup ended."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        min_learning_rate: float,
-        warmup_learning_rate: float,
-        warmup_size: int,
-        by_epoch: bool,
+        *,
+        min_learning_rate: float = 0.0,
+        warmup_learning_rate: float = 0.0,
+        warmup_size: int = 0,
+        by_epoch: bool = False,
     ) -> None:
         if min_learning_rate < 0:
             raise ValueError(f"min_learning_rate must be >= 0, got {min_learning_rate}")
@@ -153,10 +165,7 @@ class ExponentialDecayLR(_WarmupLR):
         decay_size: int = 0,
         decay_factor: float = 0.95,
         staircase: bool = True,
-        warmup_learning_rate: float = 0.0,
-        warmup_size: int = 0,
-        min_learning_rate: float = 0.0,
-        by_epoch: bool = False,
+        **warmup: Unpack[WarmupArgs],
     ) -> None:
         if decay_size <= 0:
             raise ValueError(f"ExponentialDecayLR.decay_size must be > 0, got {decay_size}")
@@ -165,7 +174,7 @@ class ExponentialDecayLR(_WarmupLR):
         self.decay_size = decay_size
         self.decay_factor = decay_factor
         self.staircase = staircase
-        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
+        super().__init__(optimizer, **warmup)
 
     def after_warmup(self, base_lr: float, t: int) -> float:
         p = t / self.decay_size
@@ -240,18 +249,12 @@ class CosineAnnealingLR(_WarmupLR):
     """
 
     def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        T_max: int = 0,
-        min_learning_rate: float = 0.0,
-        warmup_learning_rate: float = 0.0,
-        warmup_size: int = 0,
-        by_epoch: bool = False,
+        self, optimizer: torch.optim.Optimizer, T_max: int = 0, **warmup: Unpack[WarmupArgs]
     ) -> None:
         if T_max <= 0:
             raise ValueError(f"CosineAnnealingLR.T_max must be > 0, got {T_max}")
         self.T_max = T_max
-        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
+        super().__init__(optimizer, **warmup)
 
     def after_warmup(self, base_lr: float, t: int) -> float:
         return _cosine(base_lr, self.min_learning_rate, min(t, self.T_max), self.T_max)
@@ -272,10 +275,7 @@ class CosineAnnealingWarmRestartsLR(_WarmupLR):
         optimizer: torch.optim.Optimizer,
         T_0: int = 0,
         T_mult: int = 1,
-        min_learning_rate: float = 0.0,
-        warmup_learning_rate: float = 0.0,
-        warmup_size: int = 0,
-        by_epoch: bool = False,
+        **warmup: Unpack[WarmupArgs],
     ) -> None:
         if T_0 <= 0:
             raise ValueError(f"CosineAnnealingWarmRestartsLR.T_0 must be > 0, got {T_0}")
@@ -283,7 +283,7 @@ class CosineAnnealingWarmRestartsLR(_WarmupLR):
             raise ValueError(f"CosineAnnealingWarmRestartsLR.T_mult must be >= 1, got {T_mult}")
         self.T_0 = T_0
         self.T_mult = T_mult
-        super().__init__(optimizer, min_learning_rate, warmup_learning_rate, warmup_size, by_epoch)
+        super().__init__(optimizer, **warmup)
 
     def after_warmup(self, base_lr: float, t: int) -> float:
         period = self.T_0
