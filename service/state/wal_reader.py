@@ -20,12 +20,13 @@ import logging
 import mmap
 import os
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from rankboard.service.state.checksum import crc32
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ HEADER = struct.Struct("<IIB")  # length, crc32, kind
 MAX_RECORD = 1 << 30
 KINDS = (RECORD_BATCH, RECORD_DELETE_EXPERIMENT)
 # crc32 of the kind byte, the start of every record's checksum (kind + payload)
-KIND_CRC = [zlib.crc32(bytes([k])) for k in range(256)]
+KIND_CRC = [crc32(bytes([k])) for k in range(256)]
 
 # names a record for an operator: (producer, sequence) of a batch, None for others
 Describe = Callable[[int, bytes], "tuple[str, int] | None"]
@@ -115,10 +116,11 @@ def format_batches(batches: list[tuple[str, int]], limit: int = 8) -> str:
 def record_crc(kind: int, payload: bytes) -> int:
     """The checksum a record of ``kind`` and ``payload`` carries.
 
+    >>> import zlib
     >>> record_crc(1, b"abc") == zlib.crc32(b"\\x01abc")
     True
     """
-    return zlib.crc32(payload, KIND_CRC[kind])
+    return crc32(payload, KIND_CRC[kind])
 
 
 def segment_path(folder: Path, index: int) -> Path:
@@ -270,7 +272,7 @@ def find_valid_record(data: mmap.mmap | bytes, start: int) -> int | None:
     matching crc32 (false positives: 2**-32 per candidate). Vectorized filter first,
     so a scan over a long bad stretch stays cheap.
 
-    >>> rec = HEADER.pack(3, zlib.crc32(b"abc", KIND_CRC[1]), 1) + b"abc"
+    >>> rec = HEADER.pack(3, crc32(b"abc", KIND_CRC[1]), 1) + b"abc"
     >>> find_valid_record(b"junk" + rec, 0), find_valid_record(b"junk" + rec, 5)
     (4, None)
     """
@@ -293,7 +295,7 @@ def find_valid_record(data: mmap.mmap | bytes, start: int) -> int | None:
                 pos = base + int(c)
                 length_, crc, kind = HEADER.unpack_from(data, pos)
                 payload_start = pos + HEADER.size
-                if zlib.crc32(data[payload_start : payload_start + length_], KIND_CRC[kind]) == crc:
+                if crc32(data[payload_start : payload_start + length_], KIND_CRC[kind]) == crc:
                     return pos
         base += n
     return None
@@ -318,7 +320,7 @@ def scan_records(data: mmap.mmap | bytes, pos: int = 0) -> Iterator[tuple[int, b
         if length > MAX_RECORD or end > len(data):
             return
         payload = data[start:end]
-        if zlib.crc32(payload, KIND_CRC[kind]) != crc:
+        if crc32(payload, KIND_CRC[kind]) != crc:
             return
         yield kind, payload, end
         pos = end
