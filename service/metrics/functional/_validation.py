@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -207,7 +208,8 @@ def _memo(kind: str, x: Tensor, fn: Callable[[Tensor], Any]) -> Any:
 
     Several metrics validate the same batch (and the service checks a batch before it
     applies it): the value reductions run once per tensor, not once per metric. The
-    entry holds ``x`` itself, so its id cannot be reused, and its version counter, which
+    entry holds a weak reference to ``x`` (a hit must be ``x`` itself, so a reused id
+    never matches, and the cache pins no batch's memory) and its version counter, which
     any in-place change bumps.
 
     >>> x = torch.tensor([0.5, 2.0])
@@ -224,12 +226,12 @@ def _memo(kind: str, x: Tensor, fn: Callable[[Tensor], Any]) -> Any:
         cache = _facts.cache = {}
     key = (kind, id(x))
     hit = cache.get(key)
-    if hit is not None and hit[0] is x and hit[1] == x._version:
+    if hit is not None and hit[0]() is x and hit[1] == x._version:
         return hit[2]
     value = fn(x)
     if len(cache) >= _MAX_FACTS:
         cache.clear()
-    cache[key] = (x, x._version, value)
+    cache[key] = (weakref.ref(x), x._version, value)
     return value
 
 
