@@ -28,7 +28,6 @@ import torch
 from rankboard.protos import ingest_pb2, metric_pb2, wire
 from rankboard.protos.wire_index import ArraySpan, array_index
 from rankboard.service.errors import InvalidBatch
-from rankboard.service.state.arena import Arenas, ColumnArena
 
 # the wire format is written once, in the codec; these names stay importable from here
 _DTYPES = wire.DTYPES
@@ -136,11 +135,8 @@ class _ArrayReader:
     (``msg.field.data`` is a copy, then one more).
     """
 
-    def __init__(
-        self, msg: ingest_pb2.Batch, raw: bytes | None, arena: ColumnArena | None = None
-    ) -> None:
+    def __init__(self, msg: ingest_pb2.Batch, raw: bytes | None) -> None:
         self._raw = raw
-        self._arena = arena
         self._index = array_index(raw) if raw is not None else None
         if self._index is not None and len(self._index.keys) != len(msg.grouping_keys):
             self._index = None  # not the message protobuf read: take its reading
@@ -162,15 +158,9 @@ class _ArrayReader:
             raise InvalidBatch(
                 f"{what}: {span.nbytes} bytes is not a multiple of {dtype.itemsize} ({dtype.name})"
             )
-        count = span.nbytes // dtype.itemsize
-        view = np.frombuffer(self._raw, dtype, count, span.offset)
-        convert = float_ints and dtype.kind == "i"
-        out_dtype = np.dtype(np.float32) if convert else dtype.newbyteorder("=")
-        if self._arena is None:
-            return view.astype(out_dtype)  # the one copy: aligned, writable, native order
-        out = self._arena.take(out_dtype, count)  # the one copy, into the run's memory
-        np.copyto(out, view, casting="unsafe" if convert else "equiv")
-        return out
+        view = np.frombuffer(self._raw, dtype, span.nbytes // dtype.itemsize, span.offset)
+        out = np.float32 if float_ints and dtype.kind == "i" else dtype.newbyteorder("=")
+        return view.astype(out)  # the one copy: aligned, writable, native order
 
     def _span(self, field: str | int) -> ArraySpan | None:
         if self._index is None:
@@ -190,19 +180,14 @@ def _check_name(value: str, what: str) -> str:
 
 
 def decode_batch(
-    msg: ingest_pb2.Batch,
-    max_samples: int = MAX_SAMPLES_PER_BATCH,
-    raw: bytes | None = None,
-    arenas: Arenas | None = None,
+    msg: ingest_pb2.Batch, max_samples: int = MAX_SAMPLES_PER_BATCH, raw: bytes | None = None
 ) -> Batch:
     """Decode ``msg`` into tensors and check its structure.
 
     ``raw``, ``msg``'s wire form when the caller has it, saves a copy of every column
-    (see :class:`_ArrayReader`); with ``arenas`` an eval batch's columns are copied into
-    its run's :class:`~rankboard.service.state.arena.ColumnArena` (they are kept).
-    Raises :class:`InvalidBatch` for missing identity fields, unknown phases, bad
-    buffers, mismatched lengths, empty or oversized batches, and NaN or infinite
-    predictions, labels or weights.
+    (see :class:`_ArrayReader`). Raises :class:`InvalidBatch` for missing identity
+    fields, unknown phases, bad buffers, mismatched lengths, empty or oversized batches,
+    and NaN or infinite predictions, labels or weights.
     """
     if not msg.producer_id:
         raise InvalidBatch("producer_id is required")
@@ -221,8 +206,7 @@ def decode_batch(
         raise InvalidBatch(f"step must be >= 0, got {msg.step}")
     if not msg.HasField("predictions") or not msg.HasField("labels"):
         raise InvalidBatch("predictions and labels are required")
-    arena = arenas.of(key) if arenas is not None and phase == "eval" else None
-    reader = _ArrayReader(msg, raw, arena)
+    reader = _ArrayReader(msg, raw)
     labels = reader.read(msg.labels, "labels", "labels")
     n = labels.shape[0]
     if n == 0:

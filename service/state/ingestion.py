@@ -33,7 +33,6 @@ import torch
 
 from rankboard.service.errors import CapacityExceeded
 from rankboard.service.state import caps
-from rankboard.service.state.arena import Arenas
 from rankboard.service.state.batch import Batch, RunKey
 from rankboard.service.state.registry import Registry
 from rankboard.service.state.run import Run
@@ -55,7 +54,6 @@ class Ledger:
         self.device = device
         self.registry = registry  # None: no history rows (doctests)
         self.runs: dict[RunKey, Run] = {}
-        self.arenas = Arenas()  # the memory of each eval run's kept columns (arena.py)
         self.producers: dict[str, int] = {}  # producer -> last applied sequence
         self.retained = 0  # eval samples held
         self.retained_bytes = 0.0
@@ -193,7 +191,6 @@ class Ledger:
             if key.phase == "eval":
                 self.retained -= run.samples
                 self.retained_bytes -= run.retained_bytes
-        self.arenas.keep(self.runs)  # a deleted run's column memory goes with its chunks
         for producer in list(self._producer_runs):
             runs = self._producer_runs[producer]
             runs -= gone

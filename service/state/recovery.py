@@ -82,7 +82,7 @@ def replay_batch(
 ) -> None:
     """Apply one logged batch (a duplicate is skipped, as live ingestion skips it);
     ``raw``, the record's payload, spares a copy of each column."""
-    batch = decode_batch(msg, max_samples_per_batch, raw, ledger.arenas)
+    batch = decode_batch(msg, max_samples_per_batch, raw)
     admitted = ledger.admit(batch)
     if admitted is not None:
         run, new = admitted

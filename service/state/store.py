@@ -159,7 +159,7 @@ class MetricStore:
         stream handler applies the next batch meanwhile: the log syncs in parallel).
         State changes before the sync; a crash loses both, and the producer re-sends.
         """
-        batch = decode_batch(msg, self.config.max_samples_per_batch, raw, self._ledger.arenas)
+        batch = decode_batch(msg, self.config.max_samples_per_batch, raw)
         # the record's bytes and checksum before the lock (zlib releases the GIL on large
         # payloads): under the lock only what must keep the log order the apply order
         payload = raw if raw is not None else msg.SerializeToString()
