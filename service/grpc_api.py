@@ -23,7 +23,7 @@ import hmac
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent import futures
 from typing import NamedTuple
 
@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rankboard.protos import ingest_pb2
 from rankboard.service.errors import ServiceError, ShuttingDown
-from rankboard.service.state.store import MetricStore
+from rankboard.service.state.store import IngestResult, MetricStore, Prepared
 from rankboard.service.state.wal import LogFailed
 from rankboard.service.telemetry import TELEMETRY
 
@@ -52,6 +52,14 @@ def status_of(err: ServiceError) -> grpc.StatusCode:
 
 
 _MAX_PENDING_ACKS = 16  # batches applied per stream ahead of their log sync
+# A batch up to this many wire bytes (65,536 samples with a user key are ~1 MiB) is
+# applied on the event loop when the store's lock is free: handing it to a thread and
+# its result back cost a quarter of the service's CPU at 8,192 samples a batch (two
+# wake-ups and GIL hand-overs a batch; benchmarks/README.md, issue 17), and the store
+# applies one batch at a time anyway. Larger batches, and any batch while the lock is
+# held (a checkpoint taking the state, a delete), go to the ingest threads, so the loop
+# never waits for the lock and blocks for a few milliseconds at most.
+INLINE_MAX_BYTES = 2 << 20
 
 
 class RawBatch(NamedTuple):
@@ -166,6 +174,31 @@ class IngestServicer:
         """Stop the ingest threads (after the server stopped)."""
         self._pool.shutdown(wait=True)
 
+    def _answer(
+        self, msg: ingest_pb2.Batch, work: Callable[[], IngestResult | None]
+    ) -> tuple[ingest_pb2.Ack, int] | None:
+        """Run ``work``, one ingest step of ``msg``, and make its ack and the log position
+        the ack waits for; None when ``work`` returned None (the store was busy)."""
+        ack = ingest_pb2.Ack(producer_id=msg.producer_id, sequence=msg.sequence)
+        try:
+            result = work()
+        except ShuttingDown:
+            raise
+        except ServiceError as err:
+            ack.error_code = status_of(err).value[0]
+            ack.error_message = str(err)
+            return ack, 0
+        except Exception as err:
+            log.exception("batch %s/%d failed", msg.producer_id, msg.sequence)
+            ack.error_code = grpc.StatusCode.INTERNAL.value[0]
+            ack.error_message = f"internal error: {err}"
+            return ack, 0
+        if result is None:
+            return None
+        ack.duplicate = result.duplicate
+        ack.samples = result.samples
+        return ack, result.lsn
+
     def _ack(
         self, request: ingest_pb2.Batch | RawBatch, wait: bool = True
     ) -> tuple[ingest_pb2.Ack, int]:
@@ -176,27 +209,32 @@ class IngestServicer:
                 raise ValueError("an undecodable batch reached the store")
         else:
             batch, raw = request, None
-        ack = ingest_pb2.Ack(producer_id=batch.producer_id, sequence=batch.sequence)
-        try:
-            result = self._store.ingest(batch, raw=raw, wait=wait)
-        except ShuttingDown:
-            raise
-        except ServiceError as err:
-            ack.error_code = status_of(err).value[0]
-            ack.error_message = str(err)
-            return ack, 0
-        except Exception as err:
-            log.exception("batch %s/%d failed", batch.producer_id, batch.sequence)
-            ack.error_code = grpc.StatusCode.INTERNAL.value[0]
-            ack.error_message = f"internal error: {err}"
-            return ack, 0
-        ack.duplicate = result.duplicate
-        ack.samples = result.samples
-        return ack, result.lsn
+        answer = self._answer(batch, lambda: self._store.ingest(batch, raw=raw, wait=wait))
+        assert answer is not None  # a blocking ingest always answers
+        return answer
 
     async def _apply(self, request: RawBatch) -> tuple[ingest_pb2.Ack, int]:
-        assert self._loop is not None
-        return await self._loop.run_in_executor(self._pool, self._ack, request, False)
+        """Apply ``request``: here on the event loop when it is small and the store is
+        free, else on an ingest thread (see :data:`INLINE_MAX_BYTES`)."""
+        assert self._loop is not None and request.msg is not None
+        if len(request.raw) > INLINE_MAX_BYTES:
+            return await self._loop.run_in_executor(self._pool, self._ack, request, False)
+        msg, store = request.msg, self._store
+        prepared: list[Prepared] = []
+
+        def inline() -> IngestResult | None:
+            prepared.append(store.prepare(msg, request.raw))
+            return store.commit(prepared[0], wait=False, blocking=False)
+
+        answer = self._answer(msg, inline)
+        if answer is not None:
+            return answer
+        # the lock is held (a checkpoint taking its state, a delete): wait on a thread
+        late = await self._loop.run_in_executor(
+            self._pool, self._answer, msg, lambda: store.commit(prepared[0], wait=False)
+        )
+        assert late is not None  # a blocking commit always answers
+        return late
 
     async def Stream(
         self, request_iterator: AsyncIterator[RawBatch], context: grpc.aio.ServicerContext
@@ -369,7 +407,7 @@ def build_grpc_server(
     )
     servicer.bind(asyncio.get_running_loop())
     # telemetry: every ack's outcome counted, one wrapper around the servicer's one path
-    servicer._ack = TELEMETRY.counted_ack(servicer._ack)  # type: ignore[method-assign]
+    servicer._answer = TELEMETRY.counted_ack(servicer._answer)  # type: ignore[method-assign]
     server.add_generic_rpc_handlers((_ingest_handler(servicer),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

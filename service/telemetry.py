@@ -176,11 +176,15 @@ class Telemetry:
         wrapper.__doc__ = fn.__doc__
         return wrapper
 
-    def counted_ack(self, fn: Callable[..., tuple]) -> Callable[..., tuple]:
-        """Wrap the servicer's ``_ack`` (returns ``(Ack, lsn)``): count batches by outcome."""
+    def counted_ack(self, fn: Callable[..., tuple | None]) -> Callable[..., tuple | None]:
+        """Wrap the servicer's ``_answer`` (returns ``(Ack, lsn)``, or None for a batch
+        not handled yet): count batches by outcome."""
 
-        def wrapper(*args: object, **kwargs: object) -> tuple:
-            ack, lsn = fn(*args, **kwargs)
+        def wrapper(*args: object, **kwargs: object) -> tuple | None:
+            answer = fn(*args, **kwargs)
+            if answer is None:
+                return None
+            ack, lsn = answer
             if ack.error_code:
                 self.batch_done("rejected", _code_name(ack.error_code))
             elif ack.duplicate:

@@ -41,7 +41,7 @@ import torch
 from rankboard.protos import ingest_pb2
 from rankboard.service.errors import NotFound, ShuttingDown
 from rankboard.service.state import checkpoint
-from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, RunKey, decode_batch
+from rankboard.service.state.batch import MAX_SAMPLES_PER_BATCH, Batch, RunKey, decode_batch
 from rankboard.service.state.checkpointer import Checkpointer, checkpoint_due
 from rankboard.service.state.columns import SampleColumns
 from rankboard.service.state.ingestion import Ledger
@@ -88,6 +88,16 @@ class StoreConfig:
     snapshot_min_interval_s: float = 0.2
     ttl_s: float | None = None
     max_runs: int = 10_000  # runs of any phase (train runs included)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch decoded and checked, with its log record's bytes and checksum
+    (:meth:`MetricStore.prepare`), ready for :meth:`MetricStore.commit`."""
+
+    batch: Batch
+    payload: bytes
+    crc: int
 
 
 @dataclass(frozen=True)
@@ -159,48 +169,69 @@ class MetricStore:
         stream handler applies the next batch meanwhile: the log syncs in parallel).
         State changes before the sync; a crash loses both, and the producer re-sends.
         """
+        result = self.commit(self.prepare(msg, raw), wait=wait)
+        assert result is not None  # a blocking commit always runs
+        return result
+
+    def prepare(self, msg: ingest_pb2.Batch, raw: bytes | None = None) -> Prepared:
+        """The part of :meth:`ingest` that needs no lock: decode and check ``msg``, take
+        its record's bytes and checksum. Raises :class:`InvalidBatch` on bad input."""
         batch = decode_batch(msg, self.config.max_samples_per_batch, raw)
-        # the record's bytes and checksum before the lock (zlib releases the GIL on large
-        # payloads): under the lock only what must keep the log order the apply order
+        # the record's bytes and checksum before the lock (the crc releases the GIL on
+        # large payloads): under the lock only what must keep the log order the apply order
         payload = raw if raw is not None else msg.SerializeToString()
-        crc = WriteAheadLog.checksum(RECORD_BATCH, payload)
-        with self._lock:
-            if self._closed:
-                raise ShuttingDown("the service is shutting down; retry on another instance")
-            ledger = self._ledger
-            admitted = ledger.admit(batch)  # refusals (Run.check) change nothing
-            if admitted is None:
-                # the first copy may still be on its way to the disk
-                result = IngestResult(batch.sequence, True, 0, self._wal.lsn)
-            else:
-                run, new = admitted
-                cfg = self.config
-                ledger.check_caps(
-                    run,
-                    batch,
-                    cfg.max_runs,
-                    self.max_retained_bytes,
-                    cfg.max_samples_per_run,
-                    cfg.max_samples_total,
-                )
-                # applied before it is logged, all or nothing (Run.apply rolls itself back),
-                # so the log holds only batches that applied: replay never meets a refusal
-                last = ledger.producers.get(batch.producer_id)
-                undo = run.undo_point(batch)
-                ledger.apply(run, batch, new, undo)
-                try:
-                    lsn = self._wal.append(RECORD_BATCH, payload, wait=False, crc=crc)
-                except BaseException:
-                    ledger.unapply(run, batch, new, undo, last)
-                    raise
-                result = IngestResult(batch.sequence, False, batch.num_samples, lsn)
-                self._acks.start(lsn)  # telemetry (DASHBOARD)
+        return Prepared(batch, payload, WriteAheadLog.checksum(RECORD_BATCH, payload))
+
+    def commit(
+        self, prepared: Prepared, wait: bool = True, blocking: bool = True
+    ) -> IngestResult | None:
+        """Apply and log a :meth:`prepare`-d batch (see :meth:`ingest`); with
+        ``blocking=False``, None (and nothing done) when the lock is held elsewhere, so
+        a caller on an event loop can hand the batch to a thread instead of waiting."""
+        if not self._lock.acquire(blocking=blocking):
+            return None
+        try:
+            result = self._commit_locked(prepared)
+        finally:
+            self._lock.release()
         if not result.duplicate and self.checkpointer.wal_due():
             self.checkpointer.wake()
         if wait:
             self._wal.wait_durable(result.lsn)
             self._acks.done(result.lsn)  # telemetry (DASHBOARD)
         return result
+
+    def _commit_locked(self, prepared: Prepared) -> IngestResult:
+        batch = prepared.batch
+        if self._closed:
+            raise ShuttingDown("the service is shutting down; retry on another instance")
+        ledger = self._ledger
+        admitted = ledger.admit(batch)  # refusals (Run.check) change nothing
+        if admitted is None:
+            # the first copy may still be on its way to the disk
+            return IngestResult(batch.sequence, True, 0, self._wal.lsn)
+        run, new = admitted
+        cfg = self.config
+        ledger.check_caps(
+            run,
+            batch,
+            cfg.max_runs,
+            self.max_retained_bytes,
+            cfg.max_samples_per_run,
+            cfg.max_samples_total,
+        )
+        # applied before it is logged, all or nothing (Run.apply rolls itself back),
+        # so the log holds only batches that applied: replay never meets a refusal
+        last = ledger.producers.get(batch.producer_id)
+        undo = run.undo_point(batch)
+        ledger.apply(run, batch, new, undo)
+        try:
+            lsn = self._wal.append(RECORD_BATCH, prepared.payload, wait=False, crc=prepared.crc)
+        except BaseException:
+            ledger.unapply(run, batch, new, undo, last)
+            raise
+        self._acks.start(lsn)  # telemetry (DASHBOARD)
+        return IngestResult(batch.sequence, False, batch.num_samples, lsn)
 
     def is_durable(self, lsn: int) -> bool:
         """Whether the log record at ``lsn`` is durable (see :meth:`ingest`)."""
