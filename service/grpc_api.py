@@ -7,9 +7,10 @@ reported in its :class:`Ack` and the stream goes on; whole-call errors
 
 Every call is a coroutine on one event loop, so an open stream costs no thread
 while it is idle: thousands of producers can stay connected. The store's ingest is
-blocking (decode, checks, the log append, metric updates under its lock): it runs
-in a small bounded thread pool, one batch of a stream at a time, so a stream's
-batches apply in order. An ack is written only once its batch's log record is
+blocking (decode, checks, the log append, metric updates under its lock): a batch of
+up to :data:`INLINE_MAX_BYTES` runs on the loop when the lock is free, any other in a
+small bounded thread pool; one batch of a stream at a time, so a stream's batches
+apply in order. An ack is written only once its batch's log record is
 durable; the wait is a future resolved by the log's sync thread (no thread waits),
 and acks leave in order while the next batches apply.
 
