@@ -37,7 +37,6 @@ import logging
 import os
 import pickle
 import struct
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -59,6 +58,7 @@ from rankboard.service.state.checkpoint_reader import (  # re-exported: public n
     read_file,
 )
 from rankboard.service.state.checksum import crc32
+from rankboard.service.state.chunk_lists import ListCache, Placed
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,26 @@ def write_chunks(final: Path, chunks: list[torch.Tensor]) -> int:
     return _atomic_write(final, fill)
 
 
+def _all_tensors(items: list[Any]) -> bool:
+    return all(isinstance(x, torch.Tensor) for x in items)
+
+
 def _is_chunk_list(obj: Any) -> bool:
-    return isinstance(obj, list) and bool(obj) and all(isinstance(x, torch.Tensor) for x in obj)
+    return isinstance(obj, list) and bool(obj) and _all_tensors(obj)
+
+
+def _tensor_lists(obj: Any) -> Iterator[list[torch.Tensor]]:
+    """The lists in ``obj`` (at any depth) that start with a tensor: the candidates for
+    chunk lists, found without looking past their first element."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensor_lists(v)
+    elif isinstance(obj, list) and obj:
+        if isinstance(obj[0], torch.Tensor):
+            yield obj
+        else:
+            for v in obj:
+                yield from _tensor_lists(v)
 
 
 def _chunks_of(obj: Any) -> Iterator[torch.Tensor]:
@@ -219,48 +237,15 @@ def _chunks_of(obj: Any) -> Iterator[torch.Tensor]:
             yield from _chunks_of(v)
 
 
-class _Placed:
-    """Where chunks were written, by tensor identity; an entry goes with its tensor.
-
-    A dict on ``id`` with a weak reference to tell a reused id from the tensor itself
-    (``torch.utils.weak.WeakIdKeyDictionary`` did the same in Python a lookup, 3 us a
-    chunk: half a second a checkpoint at 70k chunks). Any doubt reads as "not written"
-    (the chunk is written again), never as another tensor's place.
-
-    >>> placed, t = _Placed(), torch.arange(3)
-    >>> placed[t] = ChunkRef(1, 0)
-    >>> placed.get(t), placed.get(torch.arange(3))
-    (ChunkRef(file=1, pos=0), None)
-    """
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[weakref.ref, ChunkRef]] = {}
-
-    def get(self, chunk: torch.Tensor) -> ChunkRef | None:
-        entry = self._by_id.get(id(chunk))
-        if entry is None or entry[0]() is not chunk:
-            return None
-        return entry[1]
-
-    def __setitem__(self, chunk: torch.Tensor, where: ChunkRef) -> None:
-        key, by_id = id(chunk), self._by_id
-
-        def gone(ref: weakref.ref) -> None:  # the tensor was freed: its id may be reused
-            entry = by_id.get(key)
-            if entry is not None and entry[0] is ref:
-                by_id.pop(key, None)
-
-        by_id[key] = (weakref.ref(chunk, gone), where)
-
-
 class Checkpoints:
     """The checkpoints of one data dir, remembering which chunks are already on disk."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         # chunk tensor (by identity) -> where it was written; entries vanish with it
-        self._written = _Placed()
+        self._written = Placed()
         self._file_bytes: dict[int, int] = {}  # chunk file -> bytes of the chunks in it
+        self._lists = ListCache()  # the chunk lists of the last checkpoint (chunk_lists.py)
 
     def live_fractions(self, state: dict[str, Any]) -> dict[int, float]:
         """For each chunk file ``state`` refers to, the fraction of its bytes still live.
@@ -295,7 +280,13 @@ class Checkpoints:
         fresh: dict[tuple, ChunkRef] = {}  # same-bytes key -> where, for this file's chunks
         placed: list[tuple[torch.Tensor, ChunkRef]] = []  # every tensor object written now
         files: set[int] = set()
-        compact = {f for f, frac in self.live_fractions(state).items() if frac < COMPACT_BELOW}
+        lists = self._lists
+        full = not lists  # the first checkpoint of this process: nothing to match against
+        lists.start()
+        grown = {id(c): e for c in _tensor_lists(state) if (e := lists.match(c)) is not None}
+        compact: set[int] = set()
+        if full or not lists.all_matched():  # chunks left the state: reconsider compaction
+            compact = {f for f, frac in self.live_fractions(state).items() if frac < COMPACT_BELOW}
         if compact:
             log.info("checkpoint %d compacts chunk files %s (mostly dead)", index, sorted(compact))
 
@@ -314,24 +305,44 @@ class Checkpoints:
             files.add(where.file)
             return where
 
+        def chunk_list(chunks: list[torch.Tensor]) -> list[ChunkSpan] | None:
+            """The spans of a chunk list (None: not one); a list that only grew since
+            the last checkpoint keeps its spans, and only its new chunks are looked up."""
+            entry = grown.get(id(chunks))
+            tail = chunks[entry.count :] if entry is not None else chunks
+            if entry is not None and (entry.files & compact or not _all_tensors(tail)):
+                entry, tail = None, chunks
+            if entry is None and not _is_chunk_list(chunks):
+                return None
+            refs = [ref(c) for c in tail]
+            spans = (entry.spans if entry is not None else []) + _spans(refs)
+            list_files = {r.file for r in refs} | (entry.files if entry is not None else set())
+            files.update(list_files)
+            lists.remember(chunks, spans, list_files)
+            return spans
+
         def externalize(obj: Any) -> Any:
             if isinstance(obj, dict):
                 return {k: externalize(v) for k, v in obj.items()}
-            if _is_chunk_list(obj):
-                return _spans([ref(c) for c in obj])
             if isinstance(obj, list):
-                return [externalize(v) for v in obj]
+                spans = chunk_list(obj) if obj and isinstance(obj[0], torch.Tensor) else None
+                return spans if spans is not None else [externalize(v) for v in obj]
             if isinstance(obj, torch.Tensor):
                 return obj.detach().cpu()
             return obj
 
-        manifest = {"state": externalize(state), "chunk_files": sorted(files)}
-        size = 0
-        if new:
-            size += write_chunks(chunks_path(self.folder, index), new)
-            self._file_bytes[index] = sum(c.numel() * c.element_size() for c in new)
-        size += write_file(manifest_path(self.folder, index), manifest)
-        fsync_dir(self.folder)
+        try:
+            manifest = {"state": externalize(state), "chunk_files": sorted(files)}
+            size = 0
+            if new:
+                size += write_chunks(chunks_path(self.folder, index), new)
+                self._file_bytes[index] = sum(c.numel() * c.element_size() for c in new)
+            size += write_file(manifest_path(self.folder, index), manifest)
+            fsync_dir(self.folder)
+        except BaseException:
+            lists.forget()
+            raise
+        lists.commit()
         for chunk, where in placed:  # on disk now: later checkpoints refer to it
             self._written[chunk] = where
         self._collect_garbage()
