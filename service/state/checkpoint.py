@@ -58,7 +58,7 @@ from rankboard.service.state.checkpoint_reader import (  # re-exported: public n
     read_file,
 )
 from rankboard.service.state.checksum import crc32
-from rankboard.service.state.chunk_lists import ListCache, Placed
+from rankboard.service.state.chunk_lists import ListCache, Placed, StatePath
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +211,18 @@ def _is_chunk_list(obj: Any) -> bool:
     return isinstance(obj, list) and bool(obj) and _all_tensors(obj)
 
 
-def _tensor_lists(obj: Any) -> Iterator[list[torch.Tensor]]:
-    """The lists in ``obj`` (at any depth) that start with a tensor: the candidates for
-    chunk lists, found without looking past their first element."""
+def _tensor_lists(obj: Any, path: StatePath) -> Iterator[tuple[StatePath, list[torch.Tensor]]]:
+    """The lists in ``obj`` (at any depth) that start with a tensor, with their place:
+    the candidates for chunk lists, found without looking past their first element."""
     if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensor_lists(v)
+        for k, v in obj.items():
+            yield from _tensor_lists(v, (*path, k))
     elif isinstance(obj, list) and obj:
         if isinstance(obj[0], torch.Tensor):
-            yield obj
+            yield path, obj
         else:
-            for v in obj:
-                yield from _tensor_lists(v)
+            for i, v in enumerate(obj):
+                yield from _tensor_lists(v, (*path, i))
 
 
 def _chunks_of(obj: Any) -> Iterator[torch.Tensor]:
@@ -283,7 +283,7 @@ class Checkpoints:
         lists = self._lists
         full = not lists  # the first checkpoint of this process: nothing to match against
         lists.start()
-        grown = {id(c): e for c in _tensor_lists(state) if (e := lists.match(c)) is not None}
+        grown = {p: e for p, c in _tensor_lists(state, ()) if (e := lists.match(p, c)) is not None}
         compact: set[int] = set()
         if full or not lists.all_matched():  # chunks left the state: reconsider compaction
             compact = {f for f, frac in self.live_fractions(state).items() if frac < COMPACT_BELOW}
@@ -305,10 +305,10 @@ class Checkpoints:
             files.add(where.file)
             return where
 
-        def chunk_list(chunks: list[torch.Tensor]) -> list[ChunkSpan] | None:
+        def chunk_list(chunks: list[torch.Tensor], path: StatePath) -> list[ChunkSpan] | None:
             """The spans of a chunk list (None: not one); a list that only grew since
             the last checkpoint keeps its spans, and only its new chunks are looked up."""
-            entry = grown.get(id(chunks))
+            entry = grown.get(path)
             tail = chunks[entry.count :] if entry is not None else chunks
             if entry is not None and (entry.files & compact or not _all_tensors(tail)):
                 entry, tail = None, chunks
@@ -318,21 +318,23 @@ class Checkpoints:
             spans = (entry.spans if entry is not None else []) + _spans(refs)
             list_files = {r.file for r in refs} | (entry.files if entry is not None else set())
             files.update(list_files)
-            lists.remember(chunks, spans, list_files)
+            lists.remember(path, chunks, spans, list_files)
             return spans
 
-        def externalize(obj: Any) -> Any:
+        def externalize(obj: Any, path: StatePath) -> Any:
             if isinstance(obj, dict):
-                return {k: externalize(v) for k, v in obj.items()}
+                return {k: externalize(v, (*path, k)) for k, v in obj.items()}
             if isinstance(obj, list):
-                spans = chunk_list(obj) if obj and isinstance(obj[0], torch.Tensor) else None
-                return spans if spans is not None else [externalize(v) for v in obj]
+                spans = chunk_list(obj, path) if obj and isinstance(obj[0], torch.Tensor) else None
+                if spans is not None:
+                    return spans
+                return [externalize(v, (*path, i)) for i, v in enumerate(obj)]
             if isinstance(obj, torch.Tensor):
                 return obj.detach().cpu()
             return obj
 
         try:
-            manifest = {"state": externalize(state), "chunk_files": sorted(files)}
+            manifest = {"state": externalize(state, ()), "chunk_files": sorted(files)}
             size = 0
             if new:
                 size += write_chunks(chunks_path(self.folder, index), new)

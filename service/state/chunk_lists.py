@@ -9,33 +9,26 @@ run ever kept, at every checkpoint (a 50M-sample run in 8,192-sample batches hol
 chunks; a checkpoint comes every 256 MiB of log). Lists only grow at their end, or lose
 chunks at their front (windowed metrics) or as a whole (deleted runs).
 
-:class:`ListCache` remembers, for each list of the last checkpoint, its first and last
-chunk (weak references), its length and its spans. A list of the next checkpoint whose
-first chunk is that same tensor, at least as long, with the same chunk at the remembered
-last position, has only grown: its remembered spans stand, and only the new chunks are
-looked up. Whatever does not match is done in full; a remembered list that nothing
-matches means chunks left the state (a delete, a trimmed window), which is when
-compaction must be reconsidered.
+:class:`ListCache` remembers, for each list of the last checkpoint, by its place in the
+state, its first and last chunk (weak references), its length and its spans. A list of
+the next checkpoint at that place whose first chunk is that same tensor, at least as
+long, with the same chunk at the remembered last position, has only grown: its
+remembered spans stand, and only the new chunks are looked up. Whatever does not match
+is done in full; a remembered list that nothing matches means chunks left the state (a
+delete, a trimmed window), which is when compaction must be reconsidered.
 
 Example::
 
     >>> import torch
-    >>> from rankboard.service.state.checkpoint_reader import ChunkRef, ChunkSpan
+    >>> from rankboard.service.state.checkpoint_reader import ChunkSpan
     >>> a, b, c = torch.arange(2), torch.arange(3), torch.arange(4)
     >>> cache = ListCache()
-    >>> cache.start(); cache.remember([a, b], [ChunkSpan(1, 0, 2, 1)], {1}); cache.commit()
-    >>> cache.start()
-    >>> hit = cache.match([a, b, c])
+    >>> cache.start(); cache.remember(("auc", "preds"), [a, b], [ChunkSpan(1, 0, 2, 1)], {1})
+    >>> cache.commit(); cache.start()
+    >>> hit = cache.match(("auc", "preds"), [a, b, c])
     >>> hit.count, hit.spans, cache.all_matched()
     (2, [ChunkSpan(file=1, pos=0, count=2, step=1)], True)
-    >>> cache.start(); cache.match([b, c]) is None, cache.all_matched()
-    (True, False)
-
-Two lists that begin with the same chunk are never matched (either could be taken for
-the other):
-
-    >>> cache.start(); cache.remember([a], [], set()); cache.remember([a, c], [], set())
-    >>> cache.commit(); cache.start(); cache.match([a, c]) is None, cache.all_matched()
+    >>> cache.start(); cache.match(("auc", "preds"), [b, c]) is None, cache.all_matched()
     (True, False)
 """
 
@@ -48,7 +41,7 @@ import torch
 
 from rankboard.service.state.checkpoint_reader import ChunkRef, ChunkSpan
 
-__all__ = ["ListCache", "ListEntry", "Placed"]
+__all__ = ["ListCache", "ListEntry", "Placed", "StatePath"]
 
 
 @dataclass
@@ -62,49 +55,49 @@ class ListEntry:
     files: set[int]
 
 
+StatePath = tuple[object, ...]  # where a list lies in the state: dict keys and list positions
+
+
 class ListCache:
-    """The chunk lists of the last checkpoint, by their first chunk (see the module)."""
+    """The chunk lists of the last checkpoint, by their place in the state (see the
+    module). A place holds one list, so two lists never stand for each other, even
+    when they share chunks (two metrics keeping the same batch)."""
 
     def __init__(self) -> None:
-        # id(first chunk) -> entry; None where two lists began with one chunk: neither
-        # is matched (done in full), and the next checkpoint reconsiders compaction
-        self._entries: dict[int, ListEntry | None] = {}
-        self._next: dict[int, ListEntry | None] = {}
-        self._used: set[int] = set()
+        self._entries: dict[StatePath, ListEntry] = {}
+        self._next: dict[StatePath, ListEntry] = {}
+        self._used = 0
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
     def start(self) -> None:
         """Begin matching the lists of a new checkpoint."""
-        self._next, self._used = {}, set()
+        self._next, self._used = {}, 0
 
-    def match(self, chunks: list[torch.Tensor]) -> ListEntry | None:
-        """The entry of the list ``chunks`` grew from, or None."""
-        key = id(chunks[0])
-        entry = self._entries.get(key)
+    def match(self, path: StatePath, chunks: list[torch.Tensor]) -> ListEntry | None:
+        """The entry of the list at ``path`` that ``chunks`` grew from, or None."""
+        entry = self._entries.get(path)
         if (
             entry is None
-            or key in self._used  # two lists starting with one chunk: do both in full
             or entry.first() is not chunks[0]
             or len(chunks) < entry.count
             or entry.last() is not chunks[entry.count - 1]
         ):
             return None
-        self._used.add(key)
+        self._used += 1
         return entry
 
     def all_matched(self) -> bool:
-        """Whether every list of the last checkpoint grew into one of this checkpoint."""
-        return len(self._used) == len(self._entries)
+        """Whether every list of the last checkpoint grew into one of this checkpoint
+        (call after matching each list once)."""
+        return self._used == len(self._entries)
 
-    def remember(self, chunks: list[torch.Tensor], spans: list[ChunkSpan], files: set[int]) -> None:
+    def remember(
+        self, path: StatePath, chunks: list[torch.Tensor], spans: list[ChunkSpan], files: set[int]
+    ) -> None:
         """Note how this checkpoint wrote ``chunks`` (kept once :meth:`commit` is called)."""
-        key = id(chunks[0])
-        if key in self._next:  # another list of this checkpoint began with this chunk
-            self._next[key] = None
-            return
-        self._next[key] = ListEntry(
+        self._next[path] = ListEntry(
             weakref.ref(chunks[0]), weakref.ref(chunks[-1]), len(chunks), spans, files
         )
 
@@ -114,7 +107,7 @@ class ListCache:
 
     def forget(self) -> None:
         """Match nothing next time (after a failed checkpoint)."""
-        self._entries, self._next, self._used = {}, {}, set()
+        self._entries, self._next, self._used = {}, {}, 0
 
 
 class Placed:
