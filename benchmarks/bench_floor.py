@@ -49,8 +49,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import heapq
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -87,43 +85,13 @@ READY = "gRPC on"  # the first stdout line of every server, rankboard serve's in
 # ---------------------------------------------------------------------------------------
 
 
-class DurableFutures:
-    """Futures on the event loop resolved once a log position is durable (the log's sync
-    thread reports each sync; the report is handed to the loop)."""
+class LogSyncs:
+    """The log as :class:`rankboard.service.grpc_api.DurableWaiter` watches it (the service
+    hands it the store, which reports the same two things)."""
 
-    def __init__(self, wal: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._wal = wal
-        self._loop = loop
-        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-        self._failed: OSError | None = None
-        wal.add_listener(self._on_sync)
-
-    def _on_sync(self, synced: int, failure: OSError | None) -> None:  # the sync thread
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            self._loop.call_soon_threadsafe(self._release, synced, failure)
-
-    def _release(self, synced: int, failure: OSError | None) -> None:
-        self._failed = self._failed or failure
-        while self._heap and (self._failed is not None or self._heap[0][0] <= synced):
-            fut = heapq.heappop(self._heap)[2]
-            if fut.done():
-                continue
-            if self._failed is not None:
-                fut.set_exception(OSError(f"the write-ahead log failed: {self._failed}"))
-            else:
-                fut.set_result(None)
-
-    async def wait(self, lsn: int) -> None:
-        """Return once ``lsn`` is durable. A sync that covers it after this check posts
-        its release to the loop after the future is registered (both run on the loop)."""
-        if self._wal.is_durable(lsn):
-            return
-        if self._failed is not None:
-            raise OSError(f"the write-ahead log failed: {self._failed}")
-        fut: asyncio.Future[None] = self._loop.create_future()
-        heapq.heappush(self._heap, (lsn, next(self._order), fut))
-        await fut
+    def __init__(self, wal: Any) -> None:
+        self.add_sync_listener = wal.add_listener
+        self.is_durable = wal.is_durable
 
 
 class FloorIngest:
@@ -137,13 +105,15 @@ class FloorIngest:
         self.counts = {"batches": 0, "samples": 0, "bytes": 0, "acks": 0}
         self._decode = None
         self._wal = None
-        self._durable: DurableFutures | None = None
+        self._durable: Any = None
         if variant in ("grpc+log", "grpc+log+decode"):
             from rankboard.service.state.wal import RECORD_BATCH, WriteAheadLog
 
             self._record = RECORD_BATCH
             self._wal = WriteAheadLog(data_dir / "wal", "batch")  # rankboard serve --fsync batch
-            self._durable = DurableFutures(self._wal, loop)
+            from rankboard.service.grpc_api import DurableWaiter
+
+            self._durable = DurableWaiter(LogSyncs(self._wal), loop)
         if variant == "grpc+log+decode":
             import torch
 
@@ -265,28 +235,7 @@ async def serve_floor(variant: str, port: int, data_dir: Path) -> dict[str, int]
 def server_command(variant: str, port: int, data: str, http_port: int) -> list[str]:
     """The command line of ``variant``'s server; ``full`` is bench_service's own."""
     if variant == "full":
-        return [
-            sys.executable,
-            "-m",
-            "rankboard.service.cli",
-            "serve",
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            str(http_port),
-            "--data-dir",
-            data,
-            "--device",
-            "cpu",
-            "--fsync",
-            "batch",
-            "--log-level",
-            "WARNING",
-            "--max-samples-per-run",
-            str(10**9),
-            "--max-samples-total",
-            str(10**10),
-        ]
+        return bs.serve_command(port, http_port, data, "batch")
     return [
         sys.executable,
         str(Path(__file__).resolve()),

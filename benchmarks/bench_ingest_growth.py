@@ -19,9 +19,8 @@ import numpy as np
 from torchmetrics import Metric
 from tqdm import tqdm
 
-from rankboard.protos import ingest_pb2
+from rankboard.protos.wire import encode_batch
 from rankboard.service.metrics.base import RankMetric
-from rankboard.service.state.batch import encode_array
 from rankboard.service.state.store import MetricStore, StoreConfig
 
 
@@ -35,18 +34,18 @@ def run(batches: int, n: int, label: str) -> list[float]:
         for i in tqdm(range(1, batches + 1), desc=label, unit="batch", leave=False):
             p = rng.random(n).astype(np.float32)
             y = (rng.random(n) < 0.3).astype(np.float32)
-            msg = ingest_pb2.Batch(
+            msg = encode_batch(
                 producer_id="p",
                 sequence=i,
                 experiment="e",
                 arm="a",
                 task="ctr",
-                phase=ingest_pb2.PHASE_EVAL,
+                phase="eval",
                 step=1,
-                predictions=encode_array(p),
-                labels=encode_array(y),
+                predictions=p,
+                labels=y,
+                grouping_keys={"user": rng.integers(0, 1000, n)},
             )
-            msg.grouping_keys.add(name="user", keys=encode_array(rng.integers(0, 1000, n)))
             store.ingest(msg, wait=False)
             if i % 1000 == 0:
                 rates.append(1000 / (time.perf_counter() - t0))

@@ -363,33 +363,39 @@ def note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def serve_command(grpc_port: int, http_port: int, data_dir: str, fsync: str) -> list[str]:
+    """The ``rankboard serve`` command line every service benchmark measures (caps far
+    above what a run ingests)."""
+    return [
+        sys.executable,
+        "-m",
+        "rankboard.service.cli",
+        "serve",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--data-dir",
+        data_dir,
+        "--device",
+        "cpu",
+        "--fsync",
+        fsync,
+        "--log-level",
+        "WARNING",
+        "--max-samples-per-run",
+        str(10**9),
+        "--max-samples-total",
+        str(10**10),
+    ]
+
+
 def measure(args: argparse.Namespace, n: int, producers: int, base: dict[str, float]) -> dict:
     """One combination against a fresh ``rankboard serve``: its report."""
     gport, hport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rankboard.service.cli",
-                "serve",
-                "--grpc-port",
-                str(gport),
-                "--http-port",
-                str(hport),
-                "--data-dir",
-                data,
-                "--device",
-                "cpu",
-                "--fsync",
-                args.fsync,
-                "--log-level",
-                "WARNING",
-                "--max-samples-per-run",
-                str(10**9),
-                "--max-samples-total",
-                str(10**10),
-            ],
+            serve_command(gport, hport, data, args.fsync),
             stdout=subprocess.PIPE,
             text=True,
         )

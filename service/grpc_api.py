@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent import futures
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -96,6 +96,14 @@ def _discard(fut: asyncio.Future) -> None:
         fut.exception()
 
 
+class SyncSource(Protocol):
+    """What :class:`DurableWaiter` watches: the store (or its log) reporting syncs."""
+
+    def add_sync_listener(self, fn: Callable[[int, OSError | None], None]) -> None: ...
+
+    def is_durable(self, lsn: int) -> bool: ...
+
+
 class DurableWaiter:
     """Futures on the event loop that resolve once a log position is durable.
 
@@ -104,7 +112,7 @@ class DurableWaiter:
     sync fails them all with :class:`LogFailed` (nothing more is acknowledged).
     """
 
-    def __init__(self, store: MetricStore, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: SyncSource, loop: asyncio.AbstractEventLoop) -> None:
         self._store = store
         self._loop = loop
         self._heap: list[tuple[int, int, asyncio.Future]] = []

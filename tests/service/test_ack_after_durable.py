@@ -20,9 +20,9 @@ import grpc
 import numpy as np
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc
+from rankboard.protos.wire import encode_batch
 from rankboard.service.server import ServiceConfig, run_service
 from rankboard.service.state import wal as wal_module
-from rankboard.service.state.batch import encode_array
 from rankboard.service.state.store import StoreConfig
 
 HEADER = struct.Struct("<IIB")
@@ -34,18 +34,18 @@ def batches(count: int, n: int = 2048) -> list[ingest_pb2.Batch]:
     for seq in range(1, count + 1):
         y = (rng.random(n) < 0.3).astype(np.float32)
         p = rng.random(n).astype(np.float32)
-        msg = ingest_pb2.Batch(
+        msg = encode_batch(
             producer_id="slow-disk",
             sequence=seq,
             experiment="e",
             arm="a",
             task="ctr",
-            phase=ingest_pb2.PHASE_EVAL,
+            phase="eval",
             step=1,
-            predictions=encode_array(p),
-            labels=encode_array(y),
+            predictions=p,
+            labels=y,
+            grouping_keys={"user_id": rng.integers(0, 500, n)},
         )
-        msg.grouping_keys.add(name="user_id", keys=encode_array(rng.integers(0, 500, n)))
         out.append(msg)
     return out
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rankboard.protos import ingest_pb2, ingest_pb2_grpc, metric_pb2, parse_text
+from rankboard.protos.wire import encode_batch
 from rankboard.service.state.batch import RunKey, decode_batch, encode_array
 from rankboard.service.state.run import Run
 from tests.helpers import make_batch
@@ -29,22 +30,20 @@ def multiclass_batch(seq: int, classes: int, n: int = 6, segments=None) -> inges
     rng = np.random.default_rng(seq)
     probs = rng.dirichlet(np.ones(classes), n).astype(np.float32)
     labels = (np.arange(n) % classes).astype(np.float32)
-    msg = ingest_pb2.Batch(
+    return encode_batch(
         producer_id="p",
         sequence=seq,
         experiment="exp",
         arm="control",
         task="cls",
-        phase=ingest_pb2.PHASE_EVAL,
+        phase="eval",
         step=1,
-        predictions=encode_array(probs.reshape(-1)),
-        labels=encode_array(labels),
+        predictions=probs.reshape(-1),
+        labels=labels,
         num_classes=classes,
         metrics=MULTI,
+        segments=segments or (),
     )
-    for step, count in segments or []:
-        msg.segments.add(step=step, samples=count)
-    return msg
 
 
 def everything(http: httpx.Client) -> dict:
