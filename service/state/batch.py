@@ -28,6 +28,7 @@ import torch
 from rankboard.protos import ingest_pb2, metric_pb2, wire
 from rankboard.protos.wire_index import ArraySpan, array_index
 from rankboard.service.errors import InvalidBatch
+from rankboard.service.metrics.functional._validation import remember_range
 
 # the wire format is written once, in the codec; these names stay importable from here
 _DTYPES = wire.DTYPES
@@ -220,21 +221,24 @@ def decode_batch(
             f"length mismatch: {n} labels but {preds.shape[0]} predictions"
             + (f" (expected {n} x {width} classes)" if width > 1 else "")
         )
-    _check_float32_range(preds, "predictions")
+    pred_range = _check_float32_range(preds, "predictions")
     pred_t = torch.from_numpy(preds)
     if width > 1:
         pred_t = pred_t.reshape(n, width)
-    if labels.dtype.kind == "f":
-        _check_float32_range(labels, "labels")
+    remember_range(pred_t, *pred_range)  # the metrics' validation takes it from here
     label_t = torch.from_numpy(labels)
+    if labels.dtype.kind == "f":
+        remember_range(label_t, *_check_float32_range(labels, "labels"))
     weights = None
     if msg.HasField("weights"):
         w = reader.read(msg.weights, "weights", "weights", float_ints=True)
         if w.shape[0] != n:
             raise InvalidBatch(f"length mismatch: {n} labels but {w.shape[0]} weights")
-        if _check_float32_range(w, "weights") < 0:
+        w_range = _check_float32_range(w, "weights")
+        if w_range[0] < 0:
             raise InvalidBatch("weights must be finite and >= 0")
         weights = torch.from_numpy(w)
+        remember_range(weights, *w_range)
     keys: dict[str, torch.Tensor] = {}
     for i, col in enumerate(msg.grouping_keys):
         name = _check_name(col.name, "grouping key name")
@@ -283,9 +287,9 @@ def decode_batch(
     )
 
 
-def _check_float32_range(values: np.ndarray, what: str) -> float:
+def _check_float32_range(values: np.ndarray, what: str) -> tuple[float, float]:
     """Refuse NaN, infinities and float64 values that become infinite as float32 state;
-    return the smallest value. One min and one max pass (vectorized, no temporaries):
+    return ``(min, max)``. One min and one max pass (vectorized, no temporaries):
     both propagate NaN, and an infinity is its own min or max.
 
     >>> _check_float32_range(np.array([1e39]), "labels")
@@ -306,4 +310,4 @@ def _check_float32_range(values: np.ndarray, what: str) -> float:
             f"{what} contain values beyond float32's range (|x| > {_FLOAT32_MAX!r}):"
             " metric state is float32"
         )
-    return lo
+    return lo, hi

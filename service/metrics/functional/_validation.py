@@ -229,10 +229,30 @@ def _memo(kind: str, x: Tensor, fn: Callable[[Tensor], Any]) -> Any:
     if hit is not None and hit[0]() is x and hit[1] == x._version:
         return hit[2]
     value = fn(x)
+    _remember(cache, kind, x, value)
+    return value
+
+
+def _remember(cache: dict, kind: str, x: Tensor, value: Any) -> None:
     if len(cache) >= _MAX_FACTS:
         cache.clear()
-    cache[key] = (weakref.ref(x), x._version, value)
-    return value
+    cache[(kind, id(x))] = (weakref.ref(x), x._version, value)
+
+
+def remember_range(x: Tensor, lo: float, hi: float) -> None:
+    """Record ``(min, max)`` of CPU tensor ``x`` where its maker already took them (the
+    service's decoder checks every column's range), so validation does not again.
+
+    >>> x = torch.tensor([0.25, 0.5])
+    >>> remember_range(x, 0.25, 0.5); _memo("range", x, lambda t: (-1.0, -1.0))
+    (0.25, 0.5)
+    """
+    if x.is_inference():
+        return
+    cache: dict | None = getattr(_facts, "cache", None)
+    if cache is None:
+        cache = _facts.cache = {}
+    _remember(cache, "range", x, (lo, hi))
 
 
 def _range_cpu(x: Tensor) -> tuple[float, float]:
